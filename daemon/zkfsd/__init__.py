@@ -1,0 +1,1 @@
+"""zkfsd: a ZooKeeper-compatible coordination server (importable as `zkfsd`)."""

@@ -1,0 +1,147 @@
+"""`zkfsd`: command-line entry point of the zkfs coordination server."""
+from __future__ import annotations
+
+import errno
+import logging
+import sys
+
+import click
+
+from zkfsd.config import ConfigError, build_config
+
+log = logging.getLogger("zkfsd")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Exit status, also documented in man/zkfsd.8.
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    # Replace rather than add handlers, so calling main() twice in one process (tests) does not
+    # print every line twice.
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _single_os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc` if it is one, possibly wrapped in (nested) one-member groups.
+
+    trio wraps errors from nurseries in ExceptionGroups; an operator should still get one clear line
+    for "address already in use" instead of a traceback.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, OSError) else None
+
+
+_STARTUP_ERRNOS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.EROFS, errno.ENOSPC}
+
+
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=(
+        "Options given on the command line override the same setting in --config. "
+        "SIGTERM (or SIGINT) stops the server cleanly. Exit status: 0 clean stop, 1 failure, "
+        "2 bad configuration. See zkfsd(8) for zoo.cfg keys and four-letter words."
+    ),
+)
+@click.option("--config", "config_file", metavar="FILE",
+              help="ZooKeeper-style zoo.cfg to read (dataDir, clientPort, tickTime, server.N, ...).")
+@click.option("--data-dir", metavar="DIR",
+              help="Directory for snapshots, the myid file and (by default) the transaction log. "
+                   "Required here or as dataDir in --config.")
+@click.option("--data-log-dir", metavar="DIR",
+              help="Put the transaction log on its own directory (ideally its own disk).")
+@click.option("--client-port", type=int, metavar="PORT",
+              help="TCP port for ZooKeeper clients and four-letter words.  [default: 2181]")
+@click.option("--client-address", metavar="ADDR",
+              help="Address to listen on for clients.  [default: 127.0.0.1]")
+@click.option("--tick-time", type=int, metavar="MS",
+              help="Basic time unit in milliseconds; session timeout bounds derive from it.  "
+                   "[default: 2000]")
+@click.option("--min-session-timeout", type=int, metavar="MS",
+              help="Smallest session timeout granted to clients.  [default: 2 x tick time]")
+@click.option("--max-session-timeout", type=int, metavar="MS",
+              help="Largest session timeout granted to clients.  [default: 20 x tick time]")
+@click.option("--my-id", type=int, metavar="N",
+              help="This server's id among the server.N lines (instead of DATA_DIR/myid).")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+              help="Least severe log messages written to stderr.")
+@click.version_option(package_name="zkfs", prog_name="zkfsd")
+def main(
+    config_file: str | None,
+    data_dir: str | None,
+    data_log_dir: str | None,
+    client_port: int | None,
+    client_address: str | None,
+    tick_time: int | None,
+    min_session_timeout: int | None,
+    max_session_timeout: int | None,
+    my_id: int | None,
+    log_level: str,
+) -> None:
+    """Run zkfsd, a server that speaks ZooKeeper's client protocol.
+
+    Unmodified ZooKeeper clients (zkCli.sh, kazoo, Curator) connect to it on the client port.
+    It runs in the foreground and logs to stderr, one line per event.
+
+    \b
+    Example:
+      zkfsd --data-dir /var/lib/zkfs --client-port 2181
+      zkfsd --config /etc/zkfs/zoo.cfg
+    """
+    setup_logging(log_level)
+    try:
+        config = build_config(
+            config_file,
+            data_dir=data_dir,
+            data_log_dir=data_log_dir,
+            client_port=client_port,
+            client_address=client_address,
+            tick_time=tick_time,
+            min_session_timeout=min_session_timeout,
+            max_session_timeout=max_session_timeout,
+            my_id=my_id,
+        )
+    except ConfigError as e:
+        # One line, no traceback: the message is for the operator, not a bug report.
+        click.echo(f"zkfsd: configuration error: {e}", err=True)
+        sys.exit(EXIT_CONFIG)
+
+    # Imported here so `zkfsd --help` and config errors do not pay for (or depend on) the server.
+    import trio
+
+    from zkfsd import server
+
+    log.info(
+        "starting: data_dir=%s log_dir=%s client=%s:%d tick=%dms session timeout %d-%dms%s",
+        config.data_dir, config.log_dir, config.client_address, config.client_port,
+        config.tick_time, config.min_timeout, config.max_timeout,
+        f" my_id={config.my_id} servers={sorted(config.servers)}" if config.servers else " standalone",
+    )
+    try:
+        trio.run(server.serve, config)
+    except KeyboardInterrupt:
+        # Only reachable before serve() installs its own SIGINT handling (during start-up).
+        log.info("interrupted, exiting")
+        sys.exit(EXIT_INTERRUPTED)
+    except BaseException as e:  # noqa: BLE001 - only to turn common start-up failures into one line
+        os_error = _single_os_error(e)
+        if os_error is not None and os_error.errno in _STARTUP_ERRNOS:
+            log.error("cannot start: %s", os_error)
+            sys.exit(EXIT_FAILURE)
+        raise
+    log.info("stopped")
+    sys.exit(EXIT_OK)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

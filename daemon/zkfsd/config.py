@@ -1,0 +1,381 @@
+"""zkfsd configuration: ZooKeeper-style zoo.cfg files plus command-line overrides.
+
+The file format and key names are ZooKeeper's own, so an existing zoo.cfg (or one written from
+ZooKeeper's documentation) works unchanged: keys zkfsd has no use for are kept in
+`ServerConfig.extra` and logged, never rejected, because operators share one file between tools.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Four-letter words enabled unless 4lw.commands.whitelist says otherwise. ZooKeeper's own default
+# is only "srvr"; zkfsd enables these because none of them changes state or exposes secrets.
+DEFAULT_FOUR_LETTER_WORDS: frozenset[str] = frozenset(
+    {"ruok", "srvr", "stat", "mntr", "conf", "cons", "wchs", "dump", "envi"}
+)
+# Every word ZooKeeper 3.8 defines: what "4lw.commands.whitelist=*" enables, and what a whitelist
+# may name. Whether zkfsd implements a word is the server's business (it answers unknown ones
+# like ZooKeeper does); the config only keeps out words that cannot be meant.
+ZOOKEEPER_FOUR_LETTER_WORDS: frozenset[str] = DEFAULT_FOUR_LETTER_WORDS | frozenset(
+    {"wchc", "wchp", "isro", "srst", "crst", "dirs", "gtmk", "stmk", "hash"}
+)
+
+# Standard ZooKeeper keys that zkfsd accepts but does not (yet) use: logged at INFO, not WARNING,
+# since they are expected in real-world files.
+_KNOWN_UNUSED_KEYS = frozenset(
+    {
+        "initLimit",
+        "syncLimit",
+        "maxClientCnxns",
+        "autopurge.snapRetainCount",
+        "autopurge.purgeInterval",
+        "admin.enableServer",
+        "admin.serverPort",
+        "admin.serverAddress",
+        "preAllocSize",
+        "globalOutstandingLimit",
+        "leaderServes",
+        "cnxTimeout",
+        "standaloneEnabled",
+        "reconfigEnabled",
+        "dynamicConfigFile",
+        "quorumListenOnAllIPs",
+        "metricsProvider.className",
+        "metricsProvider.httpPort",
+        "metricsProvider.exportJvmInfo",
+        "secureClientPort",
+        "secureClientPortAddress",
+        "electionAlg",
+        "syncEnabled",
+        "forceSync",
+        "jute.maxbuffer",
+        "localSessionsEnabled",
+        "localSessionsUpgradingEnabled",
+        "maxCnxns",
+    }
+)
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message is meant for the operator."""
+
+
+@dataclass(kw_only=True)
+class ServerConfig:
+    """Everything zkfsd needs to start. Times are milliseconds, as in ZooKeeper."""
+
+    tick_time: int = 2000
+    data_dir: str
+    data_log_dir: str | None = None
+    client_port: int = 2181
+    client_address: str = "127.0.0.1"
+    min_session_timeout: int | None = None
+    max_session_timeout: int | None = None
+    # server id -> (host, peer port, election port), from `server.N=host:peer:election` lines.
+    servers: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    my_id: int | None = None
+    snap_count: int = 10000
+    peer_secret_file: str | None = None
+    four_letter_words: set[str] = field(default_factory=lambda: set(DEFAULT_FOUR_LETTER_WORDS))
+    # Keys from zoo.cfg that zkfsd does not interpret, kept so tools can still see them.
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def min_timeout(self) -> int:
+        """Smallest session timeout granted to a client (ZooKeeper: 2 ticks unless configured)."""
+        if self.min_session_timeout is not None:
+            return self.min_session_timeout
+        return 2 * self.tick_time
+
+    @property
+    def max_timeout(self) -> int:
+        """Largest session timeout granted to a client (ZooKeeper: 20 ticks unless configured)."""
+        if self.max_session_timeout is not None:
+            return self.max_session_timeout
+        return 20 * self.tick_time
+
+    @property
+    def log_dir(self) -> str:
+        """Where the write-ahead log lives: dataLogDir if set, else dataDir (as in ZooKeeper)."""
+        return self.data_log_dir or self.data_dir
+
+    @property
+    def standalone(self) -> bool:
+        return len(self.servers) <= 1
+
+    def validate(self) -> None:
+        if not isinstance(self.tick_time, int) or self.tick_time <= 0:
+            raise ConfigError(f"tickTime must be a positive number of milliseconds, got {self.tick_time!r}")
+        if not self.data_dir:
+            raise ConfigError("dataDir is required (set dataDir in zoo.cfg or pass --data-dir)")
+        # Port 0 is allowed on purpose: in-process tests bind to any free port.
+        if not isinstance(self.client_port, int) or not 0 <= self.client_port <= 65535:
+            raise ConfigError(f"clientPort must be between 0 and 65535, got {self.client_port!r}")
+        if not self.client_address:
+            raise ConfigError("clientPortAddress must not be empty")
+        for name, value in (
+            ("minSessionTimeout", self.min_session_timeout),
+            ("maxSessionTimeout", self.max_session_timeout),
+        ):
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ConfigError(f"{name} must be a positive number of milliseconds, got {value!r}")
+        if self.min_timeout > self.max_timeout:
+            raise ConfigError(
+                f"minSessionTimeout ({self.min_timeout} ms) must not be larger than "
+                f"maxSessionTimeout ({self.max_timeout} ms)"
+            )
+        if not isinstance(self.snap_count, int) or self.snap_count <= 0:
+            raise ConfigError(f"snapCount must be a positive integer, got {self.snap_count!r}")
+        self.four_letter_words = set(self.four_letter_words)
+        unknown_words = self.four_letter_words - ZOOKEEPER_FOUR_LETTER_WORDS
+        if unknown_words:
+            raise ConfigError(
+                f"unknown four-letter words {sorted(unknown_words)}; "
+                f"known: {sorted(ZOOKEEPER_FOUR_LETTER_WORDS)}"
+            )
+        for sid, (host, peer_port, election_port) in self.servers.items():
+            if not isinstance(sid, int) or sid < 0:
+                raise ConfigError(f"server id must be a non-negative integer, got {sid!r}")
+            if not host:
+                raise ConfigError(f"server.{sid}: empty host")
+            for port in (peer_port, election_port):
+                if not isinstance(port, int) or not 1 <= port <= 65535:
+                    raise ConfigError(f"server.{sid}: port must be between 1 and 65535, got {port!r}")
+        if self.my_id is not None and (not isinstance(self.my_id, int) or self.my_id < 0):
+            raise ConfigError(f"myid must be a non-negative integer, got {self.my_id!r}")
+        if self.servers:
+            if self.my_id is None:
+                if len(self.servers) == 1:
+                    # A single server line needs no myid to be unambiguous (ZooKeeper runs such a
+                    # file standalone too).
+                    self.my_id = next(iter(self.servers))
+                else:
+                    raise ConfigError(
+                        "myid is not set: with several server.N lines, write this server's id into "
+                        "DATA_DIR/myid or pass --my-id"
+                    )
+            if self.my_id not in self.servers:
+                raise ConfigError(
+                    f"myid {self.my_id} has no server.{self.my_id} line (servers: {sorted(self.servers)})"
+                )
+
+
+# zoo.cfg key -> ServerConfig field, for keys whose value is a plain int or string.
+_INT_KEYS = {
+    "tickTime": "tick_time",
+    "clientPort": "client_port",
+    "minSessionTimeout": "min_session_timeout",
+    "maxSessionTimeout": "max_session_timeout",
+    "snapCount": "snap_count",
+}
+_STR_KEYS = {
+    "dataDir": "data_dir",
+    "dataLogDir": "data_log_dir",
+    "clientPortAddress": "client_address",
+    # zkfs-specific: file holding the shared secret peers use to authenticate each other.
+    "peerSecretFile": "peer_secret_file",
+}
+
+_SERVER_KEY = re.compile(r"^server\.(\d+)$")
+
+
+def _parse_int(key: str, value: str) -> int:
+    try:
+        return int(value, 10)
+    except ValueError:
+        raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+
+
+def _parse_port(key: str, value: str) -> int:
+    port = _parse_int(key, value)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{key}: port must be between 1 and 65535, got {port}")
+    return port
+
+
+def parse_server_line(key: str, value: str) -> tuple[tuple[str, int, int], int | None]:
+    """Parse `host:peerport:electionport[:participant|:observer][;[clientaddr:]clientport]`.
+
+    Returns ((host, peer_port, election_port), client_port or None). IPv6 hosts are written in
+    brackets, as ZooKeeper requires: `[::1]:2888:3888`.
+    """
+    addr_part, _, client_part = value.partition(";")
+    addr_part = addr_part.strip()
+    if "|" in addr_part:
+        raise ConfigError(f"{key}: multiple addresses per server ('|') are not supported by zkfsd")
+    if addr_part.startswith("["):
+        close = addr_part.find("]")
+        if close < 0:
+            raise ConfigError(f"{key}: unterminated '[' in {value!r}")
+        host = addr_part[1:close]
+        rest = addr_part[close + 1 :].lstrip(":").split(":")
+    else:
+        host, *rest = addr_part.split(":")
+    if rest and rest[-1].lower() in ("participant", "observer"):
+        role = rest.pop().lower()
+        if role == "observer":
+            # zkfsd has no observers; a voting member is the closest thing that keeps the data.
+            log.warning("%s: observer role is not supported; treating it as a participant", key)
+    if len(rest) != 2 or not host:
+        raise ConfigError(
+            f"{key}: expected host:peerport:electionport[:participant|:observer][;clientport], got {value!r}"
+        )
+    peer_port = _parse_port(key, rest[0])
+    election_port = _parse_port(key, rest[1])
+    client_port: int | None = None
+    client_part = client_part.strip()
+    if client_part:
+        # Either `port` or `address:port`; the address is ignored (clientPortAddress decides).
+        client_port = _parse_port(key, client_part.rsplit(":", 1)[-1])
+    return (host, peer_port, election_port), client_port
+
+
+def _read_properties(path: str) -> list[tuple[int, str, str]]:
+    """Read a java.util.Properties-style file: `key=value`, `key: value` or `key value`,
+    `#`/`!` comments, and lines continued with a trailing backslash."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw_lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+
+    entries: list[tuple[int, str, str]] = []
+    pending = ""
+    pending_lineno = 0
+    for lineno, line in enumerate(raw_lines, start=1):
+        stripped = line.strip()
+        if not pending and (not stripped or stripped[0] in "#!"):
+            continue
+        if not pending:
+            pending_lineno = lineno
+        # An odd number of trailing backslashes continues the line.
+        trailing = len(stripped) - len(stripped.rstrip("\\"))
+        if trailing % 2 == 1:
+            pending += stripped[:-1]
+            continue
+        logical = pending + stripped
+        pending = ""
+        m = re.match(r"^([^=:\s]+)\s*[=:]?\s*(.*)$", logical)
+        if m is None:  # pragma: no cover - the regex matches any non-empty line
+            raise ConfigError(f"{path}:{lineno}: cannot parse {logical!r}")
+        entries.append((pending_lineno, m.group(1), m.group(2).strip()))
+    if pending:
+        raise ConfigError(f"{path}:{pending_lineno}: file ends inside a continued line")
+    return entries
+
+
+def read_myid(data_dir: str) -> int | None:
+    """The server id in DATA_DIR/myid, or None if there is no such file."""
+    path = os.path.join(data_dir, "myid")
+    try:
+        with open(path, encoding="ascii") as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from None
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise ConfigError(f"{path} must contain a server id (an integer), got {text!r}") from None
+
+
+def load_zoo_cfg(path: str) -> dict[str, Any]:
+    """Parse a zoo.cfg into a dict of ServerConfig field values.
+
+    Only keys present in the file appear in the result (so callers can tell "unset" from
+    "default"). `my_id` is read from DATA_DIR/myid when the file names a dataDir. Keys zkfsd
+    does not use go into `extra`, each with a log line.
+    """
+    result: dict[str, Any] = {}
+    servers: dict[int, tuple[str, int, int]] = {}
+    server_client_ports: dict[int, int] = {}
+    extra: dict[str, str] = {}
+    for lineno, key, value in _read_properties(path):
+        where = f"{path}:{lineno}: {key}"
+        if key in _INT_KEYS:
+            result[_INT_KEYS[key]] = _parse_int(where, value)
+        elif key in _STR_KEYS:
+            if not value:
+                raise ConfigError(f"{where}: empty value")
+            result[_STR_KEYS[key]] = value
+        elif key == "4lw.commands.whitelist":
+            words = {w.strip() for w in value.split(",") if w.strip()}
+            if "*" in words:
+                result["four_letter_words"] = set(ZOOKEEPER_FOUR_LETTER_WORDS)
+            else:
+                unknown_words = words - ZOOKEEPER_FOUR_LETTER_WORDS
+                if unknown_words:
+                    # Like ZooKeeper, which skips words it does not know rather than refusing to
+                    # start (a whitelist may be shared with a newer ZooKeeper).
+                    log.warning("%s: ignoring unknown four-letter words: %s",
+                                where, ", ".join(sorted(unknown_words)))
+                result["four_letter_words"] = words & ZOOKEEPER_FOUR_LETTER_WORDS
+        elif m := _SERVER_KEY.match(key):
+            sid = int(m.group(1))
+            if sid in servers:
+                raise ConfigError(f"{where}: server.{sid} is defined twice")
+            servers[sid], client_port = parse_server_line(where, value)
+            if client_port is not None:
+                server_client_ports[sid] = client_port
+        else:
+            extra[key] = value
+            if key in _KNOWN_UNUSED_KEYS:
+                log.info("%s: ZooKeeper setting not used by zkfsd, ignored", where)
+            else:
+                log.warning("%s: unknown setting, ignored", where)
+    if servers:
+        result["servers"] = servers
+    if extra:
+        result["extra"] = extra
+    if "data_dir" in result:
+        my_id = read_myid(result["data_dir"])
+        if my_id is not None:
+            result["my_id"] = my_id
+    # ZooKeeper 3.5+ lets `server.N=...;clientport` replace clientPort; honour that only when
+    # clientPort itself is absent, as ZooKeeper does.
+    if "client_port" not in result and result.get("my_id") in server_client_ports:
+        result["client_port"] = server_client_ports[result["my_id"]]
+    return result
+
+
+_FIELD_NAMES = frozenset(f.name for f in fields(ServerConfig))
+
+
+def build_config(cfg_file: str | None = None, **overrides: Any) -> ServerConfig:
+    """Build a ServerConfig from an optional zoo.cfg and explicit overrides.
+
+    Overrides use ServerConfig field names; a value of None means "not given" (how click passes
+    an omitted option), so it never masks the file. Explicit values always win over the file.
+    """
+    unknown = set(overrides) - _FIELD_NAMES
+    if unknown:
+        raise TypeError(f"unknown ServerConfig fields: {sorted(unknown)}")
+    values: dict[str, Any] = load_zoo_cfg(cfg_file) if cfg_file else {}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "data_dir" in given and given["data_dir"] != values.get("data_dir"):
+        # The myid file belongs to the data directory actually used, not the one the file named.
+        values.pop("my_id", None)
+    values.update(given)
+    if "data_dir" not in values:
+        raise ConfigError("dataDir is required (set dataDir in zoo.cfg or pass --data-dir)")
+    if "my_id" not in values:
+        my_id = read_myid(values["data_dir"])
+        if my_id is not None:
+            values["my_id"] = my_id
+    elif "my_id" in given:
+        on_disk = read_myid(values["data_dir"])
+        if on_disk is not None and on_disk != given["my_id"]:
+            log.warning("--my-id %s overrides %s/myid (%s)", given["my_id"], values["data_dir"], on_disk)
+    return ServerConfig(**values)

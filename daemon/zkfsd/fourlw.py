@@ -1,0 +1,182 @@
+"""ZooKeeper's four-letter words (ruok, srvr, stat, mntr, ...): plain text about a running server.
+
+The formats follow ZooKeeper's, since monitoring scripts parse them line by line.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import sys
+import time
+from typing import TYPE_CHECKING, Callable
+
+import psutil
+
+import zkfs
+
+if TYPE_CHECKING:
+    from zkfsd.server import ZkServer
+
+VERSION = f"3.8.0-zkfsd-{zkfs.__version__}, built on zkfs"
+
+
+def _latency(server: ZkServer) -> tuple[float, float, float]:
+    s = server.stats
+    if not s.latency_count:
+        return 0.0, 0.0, 0.0
+    return s.latency_min, s.latency_total / s.latency_count, s.latency_max
+
+
+def _mode(server: ZkServer) -> str:
+    return "standalone"
+
+
+def _srvr(server: ZkServer) -> str:
+    lo, avg, hi = _latency(server)
+    s = server.stats
+    return (f"Zookeeper version: {VERSION}\n"
+            f"Latency min/avg/max: {lo:.0f}/{avg:.4f}/{hi:.0f}\n"
+            f"Received: {s.packets_received}\n"
+            f"Sent: {s.packets_sent}\n"
+            f"Connections: {len(server.connections)}\n"
+            f"Outstanding: {len(server._inflight)}\n"
+            f"Zxid: 0x{server.tree.last_zxid:x}\n"
+            f"Mode: {_mode(server)}\n"
+            f"Node count: {server.tree.node_count}\n")
+
+
+def _cons(server: ZkServer) -> str:
+    lines = []
+    for c in sorted(server.connections, key=lambda c: c.connected_at):
+        lines.append(f" /{c.peer[0]}:{c.peer[1]}[1](queued=0,recved={c.received},sent={c.sent},"
+                     f"sid=0x{c.session_id:x},lop=NA,est={int(c.connected_at * 1000)},"
+                     f"to={c.timeout_ms})")
+    return "\n".join(lines) + "\n\n"
+
+
+def _stat(server: ZkServer) -> str:
+    text = _srvr(server)
+    head, _, rest = text.partition("Latency")
+    return head + "Clients:\n" + _cons(server) + "Latency" + rest
+
+
+def _mntr(server: ZkServer) -> str:
+    lo, avg, hi = _latency(server)
+    s = server.stats
+    proc = psutil.Process()
+    try:
+        fds = proc.num_fds()
+    except (AttributeError, psutil.Error):
+        fds = 0
+    limit = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 0
+    rows = [
+        ("zk_version", VERSION),
+        ("zk_server_state", _mode(server)),
+        ("zk_avg_latency", f"{avg:.4f}"),
+        ("zk_max_latency", f"{hi:.0f}"),
+        ("zk_min_latency", f"{lo:.0f}"),
+        ("zk_packets_received", s.packets_received),
+        ("zk_packets_sent", s.packets_sent),
+        ("zk_num_alive_connections", len(server.connections)),
+        ("zk_outstanding_requests", len(server._inflight)),
+        ("zk_znode_count", server.tree.node_count),
+        ("zk_watch_count", server.watches.count()),
+        ("zk_ephemerals_count", sum(len(server.tree.ephemerals(sid))
+                                    for sid in server.tree.sessions)),
+        ("zk_approximate_data_size", server.tree.approximate_data_size),
+        ("zk_open_file_descriptor_count", fds),
+        ("zk_max_file_descriptor_count", limit),
+        ("zk_global_sessions", len(server.tree.sessions)),
+        ("zk_last_zxid", f"0x{server.tree.last_zxid:x}"),
+        ("zk_fsync_count", s.fsyncs),
+        ("zk_txn_count", s.txns),
+        ("zk_uptime", int((time.time() - s.started) * 1000)),
+    ]
+    return "".join(f"{k}\t{v}\n" for k, v in rows)
+
+
+def _conf(server: ZkServer) -> str:
+    c = server.config
+    rows = [
+        ("clientPort", server.listen_port or c.client_port),
+        ("clientPortAddress", c.client_address),
+        ("dataDir", c.data_dir),
+        ("dataLogDir", c.data_log_dir or c.data_dir),
+        ("tickTime", c.tick_time),
+        ("minSessionTimeout", c.min_timeout),
+        ("maxSessionTimeout", c.max_timeout),
+        ("serverId", server.member_id),
+        ("snapCount", c.snap_count),
+    ]
+    return "".join(f"{k}={v}\n" for k, v in rows)
+
+
+def _wchs(server: ZkServer) -> str:
+    w = server.watches
+    conns = len(w.by_watcher())
+    return f"{conns} connections watching {w.paths()} paths\nTotal watches:{w.count()}\n"
+
+
+def _wchc(server: ZkServer) -> str:
+    out = []
+    for conn, paths in server.watches.by_watcher().items():
+        out.append(f"0x{getattr(conn, 'session_id', 0):x}\n" + "".join(f"\t{p}\n" for p in paths))
+    return "".join(out)
+
+
+def _dump(server: ZkServer) -> str:
+    lines = ["SessionTracker dump:", f"Session count: {len(server.tree.sessions)}",
+             "ephemeral nodes dump:", f"Sessions with Ephemerals ({len(server.tree.sessions)}):"]
+    for sid in sorted(server.tree.sessions):
+        lines.append(f"0x{sid:x}:")
+        lines.extend(f"\t{p}" for p in server.tree.ephemerals(sid))
+    return "\n".join(lines) + "\n"
+
+
+def _envi(server: ZkServer) -> str:
+    rows = [
+        ("zookeeper.version", VERSION),
+        ("host.name", socket.gethostname()),
+        ("python.version", sys.version.split()[0]),
+        ("python.implementation", platform.python_implementation()),
+        ("os.name", platform.system()),
+        ("os.arch", platform.machine()),
+        ("os.version", platform.release()),
+        ("user.name", os.environ.get("USER", "")),
+        ("user.dir", os.getcwd()),
+        ("process.id", os.getpid()),
+    ]
+    return "Environment:\n" + "".join(f"{k}={v}\n" for k, v in rows)
+
+
+def _srst(server: ZkServer) -> str:
+    server.stats.reset()
+    return "Server stats reset.\n"
+
+
+COMMANDS: dict[str, Callable[["ZkServer"], str]] = {
+    "ruok": lambda server: "imok",
+    "srvr": _srvr,
+    "stat": _stat,
+    "mntr": _mntr,
+    "conf": _conf,
+    "cons": _cons,
+    "wchs": _wchs,
+    "wchc": _wchc,
+    "dump": _dump,
+    "envi": _envi,
+    "isro": lambda server: "rw",
+    "srst": _srst,
+    "crst": lambda server: "Connection stats reset.\n",
+    "dirs": lambda server: f"datadir_size: 0\nlogdir_size: 0\n",
+    "wchp": lambda server: "".join(f"{p}\n" for p in sorted(set(server.watches.data)
+                                                            | set(server.watches.child))),
+}
+
+
+def answer(command: str, server: ZkServer) -> str:
+    allowed = getattr(server.config, "four_letter_words", None)
+    if allowed is not None and command not in allowed:
+        return f"{command} is not executed because it is not in the whitelist.\n"
+    return COMMANDS.get(command, lambda s: f"unknown command {command}\n")(server)

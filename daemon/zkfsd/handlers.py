@@ -1,0 +1,241 @@
+"""What each client request means: writes become transactions, reads are answered from the tree.
+
+Pure functions over the tree and watch tables; the server module owns sockets and the log.
+Reads follow ZooKeeper's FinalRequestProcessor: the same existence and ACL checks, and a watch is
+registered in the same step as the read, so no change can slip between them.
+"""
+from __future__ import annotations
+
+from typing import Any, Hashable
+
+from zkfs import jute
+from zkfs.constants import Err, EventType, OpCode, Perm
+
+from zkfsd.tree import ApplyResult, DataTree, check_acl
+from zkfsd.watches import WatchManager
+
+WRITE_OPS = frozenset({OpCode.CREATE, OpCode.CREATE2, OpCode.CREATE_CONTAINER, OpCode.CREATE_TTL,
+                       OpCode.DELETE, OpCode.DELETE_CONTAINER, OpCode.SET_DATA, OpCode.SET_ACL,
+                       OpCode.CHECK, OpCode.MULTI, OpCode.CLOSE_SESSION})
+CREATE_OPS = frozenset({OpCode.CREATE, OpCode.CREATE2, OpCode.CREATE_CONTAINER, OpCode.CREATE_TTL})
+
+
+class RequestError(Exception):
+    """A request answered with a ZooKeeper error code."""
+
+    def __init__(self, err: Err) -> None:
+        super().__init__(err.name)
+        self.err = err
+
+
+def to_stat(stat: Any) -> jute.Stat:
+    return jute.Stat(*stat)
+
+
+def _acl_to_txn(acl: list[jute.ACL] | None) -> list[list]:
+    return [[a.perms, a.id.scheme, a.id.id] for a in (acl or [])]
+
+
+def _acl_to_wire(acl: list) -> list[jute.ACL]:
+    return [jute.ACL(perms, jute.Id(scheme, ident)) for perms, scheme, ident in acl]
+
+
+def _op_fields(op: int, record: Any) -> dict[str, Any]:
+    """The op-specific part of a transaction, for top-level requests and multi sub-ops alike."""
+    if op in CREATE_OPS:
+        fields = {"path": record.path, "data": record.data, "acl": _acl_to_txn(record.acl),
+                  "flags": record.flags}
+        if op == OpCode.CREATE_TTL:
+            fields["ttl"] = record.ttl
+        return fields
+    if op in (OpCode.DELETE, OpCode.DELETE_CONTAINER):
+        return {"path": record.path, "version": getattr(record, "version", -1)}
+    if op == OpCode.SET_DATA:
+        return {"path": record.path, "data": record.data, "version": record.version}
+    if op == OpCode.SET_ACL:
+        return {"path": record.path, "acl": _acl_to_txn(record.acl), "version": record.version}
+    if op == OpCode.CHECK:
+        return {"path": record.path, "version": record.version}
+    raise RequestError(Err.UNIMPLEMENTED)
+
+
+def write_txn(op: int, record: Any, session_id: int, auth: list[tuple[str, str]]) -> dict[str, Any]:
+    """The transaction for a write request (zxid and time are stamped when it is proposed)."""
+    txn: dict[str, Any] = {"type": int(op), "session": session_id,
+                           "auth": [list(a) for a in auth]}
+    if op == OpCode.MULTI:
+        txn["ops"] = [{"type": int(sub_op), **_op_fields(sub_op, sub)} for sub_op, sub in record.ops]
+    elif op == OpCode.CLOSE_SESSION:
+        pass
+    else:
+        txn.update(_op_fields(op, record))
+    return txn
+
+
+def _op_response(op: int, value: Any) -> tuple[int, Any]:
+    """(result type, body record) of one successful write, as ZooKeeper reports it."""
+    if op == OpCode.CREATE:
+        return OpCode.CREATE, jute.CreateResponse(value[0])
+    if op in CREATE_OPS:
+        return OpCode.CREATE2, jute.Create2Response(value[0], to_stat(value[1]))
+    if op == OpCode.SET_DATA:
+        return OpCode.SET_DATA, jute.SetDataResponse(to_stat(value))
+    if op == OpCode.SET_ACL:
+        return OpCode.SET_ACL, jute.SetACLResponse(to_stat(value))
+    return op, None
+
+
+def write_response(op: int, result: ApplyResult) -> tuple[int, Any]:
+    """(err, body) of a write's reply from the result of applying its transaction."""
+    if op == OpCode.MULTI:
+        results = []
+        for sub_type, sub_err, sub_value in result.value:
+            if sub_type == OpCode.ERROR:
+                results.append((int(OpCode.ERROR), int(sub_err), jute.ErrorResponse(int(sub_err))))
+            else:
+                rtype, body = _op_response(sub_type, sub_value)
+                results.append((int(rtype), 0, body))
+        return Err.OK, jute.MultiResponse(results)
+    if result.err != Err.OK:
+        return result.err, None
+    return Err.OK, _op_response(op, result.value)[1]
+
+
+class ReadContext:
+    """What a read needs to know about the connection that sent it."""
+
+    def __init__(self, watcher: Hashable, session_id: int, auth: list[tuple[str, str]]) -> None:
+        self.watcher = watcher
+        self.session_id = session_id
+        self.auth = auth
+
+
+def _node_or_raise(tree: DataTree, path: str) -> Any:
+    if not isinstance(path, str) or "\0" in path:
+        raise RequestError(Err.BAD_ARGUMENTS)
+    node = tree.get(path)
+    if node is None:
+        raise RequestError(Err.NO_NODE)
+    return node
+
+
+def _require(node: Any, perm: int, ctx: ReadContext) -> None:
+    if not check_acl(node.acl, perm, ctx.auth):
+        raise RequestError(Err.NO_AUTH)
+
+
+def execute_read(tree: DataTree, watches: WatchManager, ctx: ReadContext, op: int,
+                 record: Any) -> tuple[int, Any]:
+    """(err, body) of a read request, registering its watch if it asked for one."""
+    try:
+        return Err.OK, _read(tree, watches, ctx, op, record)
+    except RequestError as exc:
+        return exc.err, None
+
+
+def _read(tree: DataTree, watches: WatchManager, ctx: ReadContext, op: int, record: Any) -> Any:
+    if op == OpCode.EXISTS:
+        if "\0" in (record.path or "\0"):
+            raise RequestError(Err.BAD_ARGUMENTS)
+        node = tree.get(record.path)
+        if record.watch:
+            watches.add_data(record.path, ctx.watcher)
+        if node is None:
+            raise RequestError(Err.NO_NODE)
+        return jute.ExistsResponse(to_stat(node.stat()))
+    if op == OpCode.GET_DATA:
+        node = _node_or_raise(tree, record.path)
+        _require(node, Perm.READ, ctx)
+        if record.watch:
+            watches.add_data(record.path, ctx.watcher)
+        return jute.GetDataResponse(node.data, to_stat(node.stat()))
+    if op in (OpCode.GET_CHILDREN, OpCode.GET_CHILDREN2):
+        node = _node_or_raise(tree, record.path)
+        _require(node, Perm.READ, ctx)
+        if record.watch:
+            watches.add_child(record.path, ctx.watcher)
+        children = sorted(node.children)
+        if op == OpCode.GET_CHILDREN:
+            return jute.GetChildrenResponse(children)
+        return jute.GetChildren2Response(children, to_stat(node.stat()))
+    if op == OpCode.GET_ACL:
+        node = _node_or_raise(tree, record.path)
+        _require(node, Perm.READ | Perm.ADMIN, ctx)
+        return jute.GetACLResponse(_acl_to_wire(node.acl), to_stat(node.stat()))
+    if op == OpCode.GET_ALL_CHILDREN_NUMBER:
+        node = _node_or_raise(tree, record.path)
+        _require(node, Perm.READ, ctx)
+        return jute.GetAllChildrenNumberResponse(tree.count_descendants(record.path))
+    if op == OpCode.GET_EPHEMERALS:
+        prefix = record.prefix_path or "/"
+        return jute.GetEphemeralsResponse(tree.ephemerals(ctx.session_id, prefix))
+    if op == OpCode.SYNC:
+        return jute.SyncResponse(record.path)
+    if op == OpCode.MULTI_READ:
+        return _multi_read(tree, watches, ctx, record)
+    if op == OpCode.ADD_WATCH:
+        if "\0" in (record.path or "\0"):
+            raise RequestError(Err.BAD_ARGUMENTS)
+        watches.add_persistent(record.path, ctx.watcher, record.mode)
+        return None
+    if op in (OpCode.CHECK_WATCHES, OpCode.REMOVE_WATCHES):
+        found = watches.remove(record.path, ctx.watcher, record.type,
+                               dry_run=(op == OpCode.CHECK_WATCHES))
+        if not found:
+            raise RequestError(Err.NO_WATCHER)
+        return None
+    if op in (OpCode.SET_WATCHES, OpCode.SET_WATCHES2):
+        raise AssertionError("setWatches is answered by the server (it sends events)")
+    if op == OpCode.WHO_AM_I:
+        return jute.WhoAmIResponse([jute.ClientInfo(scheme, _user_of(scheme, ident))
+                                    for scheme, ident in ctx.auth])
+    raise RequestError(Err.UNIMPLEMENTED)
+
+
+def _user_of(scheme: str, ident: str) -> str:
+    # ZooKeeper's digest provider reports the user name, not the hash.
+    return ident.split(":", 1)[0] if scheme == "digest" else ident
+
+
+def _multi_read(tree: DataTree, watches: WatchManager, ctx: ReadContext, record: Any) -> Any:
+    results = []
+    for sub_op, sub in record.ops:
+        err, body = execute_read(tree, watches, ctx, sub_op, sub)
+        if err != Err.OK:
+            results.append((int(OpCode.ERROR), int(err), jute.ErrorResponse(int(err))))
+        else:
+            results.append((int(sub_op), 0, body))
+    return jute.MultiResponse(results)
+
+
+def set_watches(tree: DataTree, watches: WatchManager, watcher: Hashable,
+                record: Any) -> list[tuple[EventType, str]]:
+    """Re-register a reconnecting client's watches; returns the events it missed meanwhile."""
+    rel = record.relative_zxid
+    missed: list[tuple[EventType, str]] = []
+    for path in record.data_watches or []:
+        node = tree.get(path)
+        if node is None:
+            missed.append((EventType.NODE_DELETED, path))
+        elif node.stat().mzxid > rel:
+            missed.append((EventType.NODE_DATA_CHANGED, path))
+        else:
+            watches.add_data(path, watcher)
+    for path in record.exist_watches or []:
+        if tree.get(path) is not None:
+            missed.append((EventType.NODE_CREATED, path))
+        else:
+            watches.add_data(path, watcher)
+    for path in record.child_watches or []:
+        node = tree.get(path)
+        if node is None:
+            missed.append((EventType.NODE_DELETED, path))
+        elif node.stat().pzxid > rel:
+            missed.append((EventType.NODE_CHILDREN_CHANGED, path))
+        else:
+            watches.add_child(path, watcher)
+    for path in getattr(record, "persistent_watches", None) or []:
+        watches.add_persistent(path, watcher, 0)
+    for path in getattr(record, "persistent_recursive_watches", None) or []:
+        watches.add_persistent(path, watcher, 1)
+    return missed

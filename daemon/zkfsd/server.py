@@ -1,0 +1,517 @@
+"""zkfsd's networking and request pipeline on trio.
+
+Owner tree of tasks (one nursery each):
+  ZkServer.run
+    ├─ the client listener → one ClientConnection per socket (reader, replier, writer tasks)
+    ├─ log loop: proposals → consensus core → storage (append + one fsync per batch) → apply
+    ├─ expiry loop: overdue sessions → closeSession transactions
+    ├─ reaper loop: empty containers and expired TTL nodes → deleteContainer transactions
+    └─ signal watcher: SIGTERM/SIGINT cancel everything; the log is fsync'd and closed on the way out
+
+Every state change, sessions included, is proposed to the log and applied to the tree only once
+committed; the reply to a write is sent only after that, so an acknowledged write is durable.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import msgpack
+import trio
+
+from zkfs import jute
+from zkfs.constants import Err, EventType, KeeperState, OpCode, Xid
+
+from zkfsd import fourlw, handlers, wire
+from zkfsd.config import ServerConfig
+from zkfsd.consensus import LogCore, make_zxid
+from zkfsd.sessions import SessionIdGenerator, SessionTracker, new_password
+from zkfsd.storage import Snapshot, Storage
+from zkfsd.tree import ApplyResult, DataTree, digest_auth_id
+from zkfsd.watches import WatchManager
+
+log = logging.getLogger("zkfsd.server")
+
+MAX_PENDING_REQUESTS = 1000   # per connection; past this we stop reading its socket
+MAX_OUTBOUND_MESSAGES = 20000  # per connection; a client that stops reading is disconnected
+PROTOCOL_VERSION = 0
+
+
+class Proposal:
+    """A transaction on its way through the log; `done` is set once it is applied."""
+    __slots__ = ("txn", "done", "result")
+
+    def __init__(self, txn: dict[str, Any]) -> None:
+        self.txn = txn
+        self.done = trio.Event()
+        self.result: ApplyResult | None = None
+
+
+def _pack(txn: dict[str, Any]) -> bytes:
+    return msgpack.packb(txn, use_bin_type=True)
+
+
+def _unpack(data: bytes) -> dict[str, Any]:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.packets_received = 0
+        self.packets_sent = 0
+        self.latency_min = math.inf
+        self.latency_max = 0.0
+        self.latency_total = 0.0
+        self.latency_count = 0
+        self.fsyncs = 0
+        self.txns = 0
+
+    def record_latency(self, seconds: float) -> None:
+        ms = seconds * 1000
+        self.latency_min = min(self.latency_min, ms)
+        self.latency_max = max(self.latency_max, ms)
+        self.latency_total += ms
+        self.latency_count += 1
+
+    def reset(self) -> None:
+        self.__init__()
+
+
+class ZkServer:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.member_id = config.my_id or 1
+        self.storage = Storage(config.data_dir, config.data_log_dir)
+        self.tree = DataTree()
+        self.watches = WatchManager()
+        self.sessions = SessionTracker()
+        self.stats = Stats()
+        self.connections: set[ClientConnection] = set()
+        self.by_session: dict[int, ClientConnection] = {}
+        self.session_ids = SessionIdGenerator(self.member_id, int(time.time() * 1000))
+        self.core: LogCore | None = None
+        self._inflight: dict[int, Proposal] = {}
+        self._wakeup = trio.Event()
+        self._since_snapshot = 0
+        self.listen_port: int | None = None
+
+    # -- startup and shutdown -------------------------------------------------------------------
+    def recover(self) -> None:
+        started = time.monotonic()
+        loaded = self.storage.load()
+        last_index = last_term = 0
+        if loaded.snapshot is not None:
+            self.tree = DataTree.from_snapshot(loaded.snapshot.data)
+            last_index, last_term = loaded.snapshot.index, loaded.snapshot.term
+        for entry in loaded.entries:
+            if entry.index <= last_index:
+                continue
+            self.tree.apply(_unpack(entry.data))
+            last_index, last_term = entry.index, entry.term
+        self._since_snapshot = len(loaded.entries)
+        self.core = LogCore(self.member_id, [self.member_id], loaded.hard_state, last_index,
+                            last_term)
+        now = trio.current_time()
+        # Sessions that were live before the restart get a fresh timeout: their clients may be
+        # reconnecting right now, and the time we were down is not theirs to pay for.
+        for sid, info in self.tree.sessions.items():
+            self.sessions.add(sid, info.timeout / 1000.0, now)
+        log.info("recovered %d nodes, %d sessions, last zxid 0x%x, log index %d in %.3fs",
+                 self.tree.node_count, len(self.tree.sessions), self.tree.last_zxid, last_index,
+                 time.monotonic() - started)
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self.recover()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._signal_watcher, nursery.cancel_scope)
+                nursery.start_soon(self._log_loop)
+                nursery.start_soon(self._expiry_loop)
+                nursery.start_soon(self._reaper_loop)
+                listeners = await nursery.start(
+                    trio.serve_tcp, self._handle_client, self.config.client_port,
+                    self.config.client_address)
+                self.listen_port = listeners[0].socket.getsockname()[1]
+                log.info("serving clients on %s:%d (standalone, tickTime %d ms, session timeout "
+                         "%d..%d ms)", self.config.client_address, self.listen_port,
+                         self.config.tick_time, self.config.min_timeout, self.config.max_timeout)
+                task_status.started(self)
+        finally:
+            with trio.CancelScope(shield=True):
+                self.storage.close()
+            log.info("stopped; log synced at zxid 0x%x", self.tree.last_zxid)
+
+    async def _signal_watcher(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                scope.cancel()
+                return
+
+    # -- the log ---------------------------------------------------------------------------------
+    def propose(self, txn: dict[str, Any]) -> Proposal:
+        """Queue a transaction; the log loop stamps, persists, commits and applies it."""
+        assert self.core is not None
+        term, index = self.core.next_position()
+        txn["zxid"] = make_zxid(term, index)
+        txn["time"] = int(time.time() * 1000)
+        proposal = Proposal(txn)
+        entry = self.core.propose(_pack(txn))
+        self._inflight[entry.index] = proposal
+        self._wakeup.set()
+        return proposal
+
+    async def _log_loop(self) -> None:
+        assert self.core is not None
+        core = self.core
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            while core.has_ready():
+                ready = core.ready()
+                if ready.entries or ready.hard_state:
+                    if ready.entries:
+                        self.storage.append(ready.entries)
+                    if ready.hard_state is not None:
+                        self.storage.set_hard_state(ready.hard_state)
+                    # One fsync covers every proposal that arrived since the last one (group
+                    # commit); new proposals keep queueing in the core meanwhile.
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(self.storage.sync)
+                    self.stats.fsyncs += 1
+                for entry in ready.committed:
+                    self._apply(entry.index, entry.data)
+                core.advance(ready)
+                if ready.committed and self._since_snapshot >= self.config.snap_count:
+                    await self._snapshot(ready.committed[-1].index, ready.committed[-1].term)
+
+    def _apply(self, index: int, data: bytes) -> None:
+        proposal = self._inflight.pop(index, None)
+        txn = proposal.txn if proposal is not None else _unpack(data)
+        result = self.tree.apply(txn)
+        self.stats.txns += 1
+        self._since_snapshot += 1
+        txn_type = txn["type"]
+        if txn_type == OpCode.CREATE_SESSION and result.err == Err.OK:
+            self.sessions.add(txn["session"], txn["timeout"] / 1000.0, trio.current_time())
+        for event_type, path in result.events:
+            for conn in self.watches.trigger(event_type, path):
+                conn.notify(event_type, path)
+        if txn_type == OpCode.CLOSE_SESSION:
+            self._session_closed(txn["session"], expired=bool(txn.get("expired")))
+        if proposal is not None:
+            proposal.result = result
+            proposal.done.set()
+
+    async def _snapshot(self, index: int, term: int) -> None:
+        started = time.monotonic()
+        data = self.tree.snapshot()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self.storage.save_snapshot, Snapshot(index, term, data))
+        self._since_snapshot = 0
+        log.info("snapshot at index %d (zxid 0x%x, %d nodes, %d bytes) in %.3fs", index,
+                 self.tree.last_zxid, self.tree.node_count, len(data), time.monotonic() - started)
+
+    # -- sessions --------------------------------------------------------------------------------
+    def negotiate_timeout(self, requested: int) -> int:
+        return max(self.config.min_timeout, min(self.config.max_timeout, requested))
+
+    async def create_session(self, timeout_ms: int) -> tuple[int, bytes]:
+        session_id = self.session_ids.next(self.tree.sessions)
+        password = new_password()
+        proposal = self.propose({"type": int(OpCode.CREATE_SESSION), "session": session_id,
+                                 "auth": [], "timeout": timeout_ms, "password": password})
+        await proposal.done.wait()
+        log.info("session 0x%x established, timeout %d ms", session_id, timeout_ms)
+        return session_id, password
+
+    def close_session(self, session_id: int, *, expired: bool = False) -> Proposal:
+        return self.propose({"type": int(OpCode.CLOSE_SESSION), "session": session_id,
+                             "auth": [], "expired": expired})
+
+    def _session_closed(self, session_id: int, *, expired: bool) -> None:
+        self.sessions.remove(session_id)
+        conn = self.by_session.pop(session_id, None)
+        log.info("session 0x%x %s", session_id, "expired" if expired else "closed")
+        if conn is not None and expired:
+            conn.abort("session expired")
+
+    async def _expiry_loop(self) -> None:
+        interval = self.config.tick_time / 1000.0 / 2
+        while True:
+            await trio.sleep(interval)
+            for session_id in self.sessions.overdue(trio.current_time()):
+                log.info("session 0x%x timed out", session_id)
+                self.close_session(session_id, expired=True)
+
+    async def _reaper_loop(self) -> None:
+        # ZooKeeper checks containers every 60 s; a few ticks keeps tests and users from waiting.
+        interval = max(1.0, 5 * self.config.tick_time / 1000.0)
+        while True:
+            await trio.sleep(interval)
+            for path in self.tree.reapable(int(time.time() * 1000)):
+                self.propose({"type": int(OpCode.DELETE_CONTAINER), "session": 0, "auth": [],
+                              "path": path, "version": -1})
+
+    # -- clients ---------------------------------------------------------------------------------
+    async def _handle_client(self, stream: trio.SocketStream) -> None:
+        conn = ClientConnection(self, stream)
+        self.connections.add(conn)
+        try:
+            await conn.serve()
+        finally:
+            self.connections.discard(conn)
+            self.watches.remove_watcher(conn)
+            if conn.session_id and self.by_session.get(conn.session_id) is conn:
+                del self.by_session[conn.session_id]
+            with trio.CancelScope(shield=True):
+                await conn.close_stream()
+
+
+class ClientConnection:
+    """One client socket: reader → (ordered replies) → writer."""
+
+    def __init__(self, server: ZkServer, stream: trio.SocketStream) -> None:
+        self.server = server
+        self.stream = stream
+        try:
+            self.peer = stream.socket.getpeername()
+        except OSError:
+            self.peer = ("?", 0)
+        self.session_id = 0
+        self.timeout_ms = 0
+        self.auth: list[tuple[str, str]] = [("ip", str(self.peer[0]))]
+        self.codec = wire.ServerConnection()
+        self._out_send, self._out_recv = trio.open_memory_channel[Any](MAX_OUTBOUND_MESSAGES)
+        self._pending_send, self._pending_recv = trio.open_memory_channel[Any](MAX_PENDING_REQUESTS)
+        self._scope: trio.CancelScope | None = None
+        self.received = 0
+        self.sent = 0
+        self.connected_at = time.time()
+        self.last_zxid = 0
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    # -- outbound --------------------------------------------------------------------------------
+    def _send(self, data: bytes | None) -> None:
+        try:
+            self._out_send.send_nowait(data)
+        except trio.WouldBlock:
+            self.abort("client is not reading its replies")
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def notify(self, event_type: EventType, path: str) -> None:
+        event = jute.WatcherEvent(int(event_type), int(KeeperState.SYNC_CONNECTED), path)
+        self._send(jute.encode_reply(Xid.NOTIFICATION, -1, 0, event))
+
+    def abort(self, reason: str) -> None:
+        log.info("closing connection from %s:%s (session 0x%x): %s", self.peer[0], self.peer[1],
+                 self.session_id, reason)
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def close_stream(self) -> None:
+        try:
+            await self.stream.aclose()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+
+    async def _writer(self) -> None:
+        async for first in self._out_recv:
+            batch = [first]
+            # Coalesce whatever else is queued into one send (fewer syscalls under load).
+            while len(batch) < 256:
+                try:
+                    batch.append(self._out_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            closing = None in batch
+            data = b"".join(b for b in batch if b is not None)
+            if data:
+                await self.stream.send_all(data)
+                self.sent += len(batch)
+                self.server.stats.packets_sent += len(batch)
+            if closing:
+                assert self._scope is not None
+                self._scope.cancel()
+                return
+
+    # -- main ------------------------------------------------------------------------------------
+    async def serve(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._replier)
+                await self._reader()
+                # The peer closed its side: nothing left to say to it.
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            pass
+
+    async def _reader(self) -> None:
+        while True:
+            event = self.codec.next_event()
+            if event is wire.NEED_DATA:
+                try:
+                    data = await self.stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    return
+                if not data:
+                    return
+                self.codec.receive_data(data)
+                continue
+            if isinstance(event, wire.FourLetterWord):
+                text = fourlw.answer(event.command, self.server)
+                self._send(text.encode())
+                self._send(None)
+                await trio.sleep_forever()
+            if isinstance(event, wire.ProtocolError):
+                log.info("closing connection from %s:%s: %s", self.peer[0], self.peer[1],
+                         event.reason)
+                return
+            if isinstance(event, wire.Connect):
+                if not await self._connect(event.request):
+                    await trio.sleep_forever()  # the writer closes after the refusal is sent
+                continue
+            self.received += 1
+            self.server.stats.packets_received += 1
+            if self.session_id and not self.server.sessions.touch(self.session_id,
+                                                                  trio.current_time()):
+                self.abort("session is no longer live")
+                await trio.sleep_forever()
+            if isinstance(event, wire.BadRequest):
+                log.info("bad request from %s:%s (xid %d, op %d): %s", self.peer[0],
+                         self.peer[1], event.xid, event.op, event.err.name)
+                await self._pending_send.send(("error", event.xid, event.op, event.err,
+                                               event.fatal))
+                if event.fatal:
+                    await trio.sleep_forever()
+                continue
+            await self._dispatch(event)
+
+    async def _connect(self, request: Any) -> bool:
+        server = self.server
+        if request.last_zxid_seen > server.tree.last_zxid:
+            log.info("refusing session for %s:%s: it has seen zxid 0x%x, ours is 0x%x",
+                     self.peer[0], self.peer[1], request.last_zxid_seen, server.tree.last_zxid)
+            self._send(None)
+            return False
+        timeout = server.negotiate_timeout(request.timeout)
+        if request.session_id == 0:
+            session_id, password = await server.create_session(timeout)
+        else:
+            session_id, password = request.session_id, request.passwd
+            info = server.tree.sessions.get(session_id)
+            if (info is None or info.password != password
+                    or not server.sessions.touch(session_id, trio.current_time())):
+                log.info("session 0x%x from %s:%s is unknown or expired", session_id,
+                         self.peer[0], self.peer[1])
+                self._send(jute.encode_connect_response(
+                    jute.ConnectResponse(PROTOCOL_VERSION, 0, 0, bytes(16), False)))
+                self._send(None)
+                return False
+            timeout = info.timeout
+            log.info("session 0x%x resumed from %s:%s", session_id, self.peer[0], self.peer[1])
+        previous = server.by_session.get(session_id)
+        if previous is not None and previous is not self:
+            previous.abort("session moved to another connection")
+        server.by_session[session_id] = self
+        self.session_id = session_id
+        self.timeout_ms = timeout
+        self._send(jute.encode_connect_response(
+            jute.ConnectResponse(PROTOCOL_VERSION, timeout, session_id, password, False)))
+        return True
+
+    async def _dispatch(self, event: wire.Request) -> None:
+        op, xid, record = event.op, event.xid, event.record
+        started = time.monotonic()
+        if self.session_id == 0:
+            return
+        if op in handlers.WRITE_OPS:
+            try:
+                txn = handlers.write_txn(op, record, self.session_id, self.auth)
+            except handlers.RequestError as exc:
+                await self._pending_send.send(("error", xid, op, exc.err, False))
+                return
+            proposal = self.server.propose(txn)
+            await self._pending_send.send(("write", xid, op, proposal, started))
+        else:
+            await self._pending_send.send(("read", xid, op, record, started))
+
+    async def _replier(self) -> None:
+        """Answers requests strictly in arrival order; a read waits for this session's writes."""
+        server = self.server
+        async for item in self._pending_recv:
+            kind = item[0]
+            if kind == "write":
+                _, xid, op, proposal, started = item
+                await proposal.done.wait()
+                err, body = handlers.write_response(op, proposal.result)
+                zxid = proposal.txn["zxid"]
+                self._send(jute.encode_reply(xid, zxid, err, body))
+                server.stats.record_latency(time.monotonic() - started)
+                if op == OpCode.CLOSE_SESSION:
+                    self._send(None)
+                    return
+            elif kind == "read":
+                _, xid, op, record, started = item
+                self._answer_read(xid, op, record)
+                server.stats.record_latency(time.monotonic() - started)
+            else:
+                _, xid, op, err, fatal = item
+                self._send(jute.encode_reply(xid, server.tree.last_zxid, err, None))
+                if fatal:
+                    self._send(None)
+                    return
+
+    def _answer_read(self, xid: int, op: int, record: Any) -> None:
+        server = self.server
+        zxid = server.tree.last_zxid
+        if op == OpCode.PING:
+            self._send(jute.encode_reply(Xid.PING, zxid, 0, None))
+            return
+        if op == OpCode.AUTH:
+            self._authenticate(record)
+            return
+        if op in (OpCode.SET_WATCHES, OpCode.SET_WATCHES2):
+            for event_type, path in handlers.set_watches(server.tree, server.watches, self, record):
+                self.notify(event_type, path)
+            self._send(jute.encode_reply(xid, zxid, 0, None))
+            return
+        ctx = handlers.ReadContext(self, self.session_id, self.auth)
+        err, body = handlers.execute_read(server.tree, server.watches, ctx, op, record)
+        self._send(jute.encode_reply(xid, zxid, err, body))
+
+    def _authenticate(self, record: Any) -> None:
+        zxid = self.server.tree.last_zxid
+        credential = record.auth or b""
+        if record.scheme == "digest":
+            try:
+                user, password = credential.decode("utf-8").split(":", 1)
+            except (UnicodeDecodeError, ValueError):
+                user = None
+            if user is not None:
+                ident = ("digest", digest_auth_id(user, password))
+                if ident not in self.auth:
+                    self.auth.append(ident)
+                self._send(jute.encode_reply(Xid.AUTH, zxid, 0, None))
+                return
+        log.info("authentication with scheme %r failed for session 0x%x", record.scheme,
+                 self.session_id)
+        self._send(jute.encode_reply(Xid.AUTH, zxid, Err.AUTH_FAILED, None))
+        self._send(None)
+
+
+async def serve(config: ServerConfig, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """Run one zkfsd member until SIGTERM/SIGINT or cancellation."""
+    os.makedirs(config.data_dir, exist_ok=True)
+    server = ZkServer(config)
+    await server.run(task_status=task_status)

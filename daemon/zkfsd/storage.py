@@ -1,0 +1,573 @@
+"""Durable write-ahead log + snapshots for zkfsd's Raft-style replicated log.
+
+Contract: every entry / hard state handed to `append` / `set_hard_state` before a `sync()` that
+returned survives kill -9 and power loss; `load()` returns it.  A torn or corrupt tail (what a
+crash in the middle of a write leaves behind) is cut off with ONE warning instead of an
+exception, because an exception here would crash-loop the server on every restart.
+
+Layout
+------
+data_dir/VERSION                      format marker ("zkfs-storage 1")
+data_dir/snapshot.<index:020d>        [header][u32 crc32 of header][data]
+log_dir/log.<first_index:020d>        sequence of records [u32 len][u32 crc32(payload)][payload]
+
+Payloads are msgpack arrays tagged by their first element:
+    [1, index, term, data]     log entry
+    [2, index]                 "the next entry has this index": discards any entry >= index
+                               (Raft conflict truncation) or, after a snapshot installed past
+                               the end of the log, marks the gap as intentional
+    [3, term, vote, commit]    hard state; the last one in the stream wins
+
+Each segment starts with a hard-state record so that dropping old segments (compaction) never
+loses the current vote.  Segment names only have to sort in write order: after a conflict
+truncation into an older segment, a new segment is named max(next index, previous name + 1).
+
+Log compaction keeps enough log to fall back to the OLDER of the two retained snapshots, so a
+corrupt newest snapshot is recoverable: with snapshots at S1 < S2, segments wholly <= S1 are
+dropped.  The in-memory view (first_index / entries) always starts right after the newest one.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgpack
+
+__all__ = [
+    "Entry",
+    "HardState",
+    "LoadedState",
+    "Snapshot",
+    "Storage",
+    "StorageError",
+    "FORMAT_VERSION",
+]
+
+logger = logging.getLogger("zkfsd.storage")
+
+FORMAT_VERSION = 1
+_VERSION_FILE = "VERSION"
+_VERSION_TEXT = f"zkfs-storage {FORMAT_VERSION}\n"
+
+_REC_HDR = struct.Struct("<II")  # payload length, crc32(payload)
+_REC_ENTRY, _REC_TRUNC, _REC_HARD = 1, 2, 3
+
+_SNAP_MAGIC = b"ZKFSSNP1"
+_SNAP_HDR = struct.Struct("<8sQQQI")  # magic, index, term, data length, crc32(data)
+_SNAP_HCRC = struct.Struct("<I")  # crc32 of the packed _SNAP_HDR
+_KEEP_SNAPSHOTS = 2
+
+_SEG_RE = re.compile(r"^log\.(\d{20})$")
+_SNAP_RE = re.compile(r"^snapshot\.(\d{20})$")
+
+
+@dataclass(frozen=True)
+class Entry:
+    index: int
+    term: int
+    data: bytes
+
+
+@dataclass
+class HardState:
+    term: int = 0
+    vote: int = 0
+    commit: int = 0
+
+
+@dataclass
+class Snapshot:
+    index: int
+    term: int
+    data: bytes
+
+
+@dataclass
+class LoadedState:
+    snapshot: Snapshot | None
+    hard_state: HardState
+    entries: list[Entry]  # entries after the snapshot, contiguous indexes
+
+
+class StorageError(Exception):
+    """Unrecoverable storage problem (unknown format, data genuinely missing)."""
+
+
+class _Corrupt(Exception):
+    pass
+
+
+@dataclass
+class _Segment:
+    name: int
+    path: Path
+    size: int = 0
+    max_index: int = 0  # highest entry index ever written here (0: none) - decides compaction
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _encode_record(obj: list[Any]) -> bytes:
+    payload = msgpack.packb(obj, use_bin_type=True)
+    return _REC_HDR.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _decode_record(buf: bytes, off: int) -> tuple[list[Any], int]:
+    """Decode the record at `off`; return (payload, next offset) or raise _Corrupt(reason)."""
+    remaining = len(buf) - off
+    if remaining < _REC_HDR.size:
+        raise _Corrupt(f"partial record header ({remaining} bytes)")
+    length, crc = _REC_HDR.unpack_from(buf, off)
+    # A zero length would make an all-zero tail (preallocated / zero-filled blocks after a crash)
+    # look like a valid record, since crc32(b"") == 0.
+    if length == 0 or length > remaining - _REC_HDR.size:
+        raise _Corrupt(f"bad record length {length} ({remaining - _REC_HDR.size} bytes left)")
+    start = off + _REC_HDR.size
+    payload = buf[start : start + length]
+    if zlib.crc32(payload) != crc:
+        raise _Corrupt("checksum mismatch")
+    try:
+        obj = msgpack.unpackb(payload, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise _Corrupt(f"undecodable payload ({type(exc).__name__})") from None
+    if not isinstance(obj, list) or not obj or not isinstance(obj[0], int):
+        raise _Corrupt("malformed payload")
+    return obj, start + length
+
+
+def _is_uint(*values: Any) -> bool:
+    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+
+
+def _pack_snapshot_header(snap: Snapshot) -> bytes:
+    hdr = _SNAP_HDR.pack(_SNAP_MAGIC, snap.index, snap.term, len(snap.data), zlib.crc32(snap.data))
+    return hdr + _SNAP_HCRC.pack(zlib.crc32(hdr))
+
+
+def _read_snapshot(path: Path, expected_index: int) -> Snapshot:
+    buf = path.read_bytes()
+    head = _SNAP_HDR.size + _SNAP_HCRC.size
+    if len(buf) < head:
+        raise _Corrupt(f"short file ({len(buf)} bytes)")
+    (hcrc,) = _SNAP_HCRC.unpack_from(buf, _SNAP_HDR.size)
+    if zlib.crc32(buf[: _SNAP_HDR.size]) != hcrc:
+        raise _Corrupt("header checksum mismatch")
+    magic, index, term, length, dcrc = _SNAP_HDR.unpack_from(buf)
+    if magic != _SNAP_MAGIC:
+        raise _Corrupt("bad magic")
+    if index != expected_index:
+        raise _Corrupt(f"index {index} does not match file name")
+    data = buf[head:]
+    if len(data) != length:
+        raise _Corrupt(f"data length {len(data)} != {length}")
+    if zlib.crc32(data) != dcrc:
+        raise _Corrupt("data checksum mismatch")
+    return Snapshot(index=index, term=term, data=data)
+
+
+class Storage:
+    """Write-ahead log + snapshots.  Not thread-safe: callers serialize all methods (sync() may
+    run on a worker thread, but never concurrently with another method)."""
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        log_dir: str | os.PathLike[str] | None = None,
+        *,
+        segment_bytes: int = 64 << 20,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.log_dir = Path(log_dir) if log_dir is not None else self.data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        if segment_bytes <= 0:
+            raise ValueError("segment_bytes must be positive")
+        self.segment_bytes = segment_bytes
+        self.fsync_count = 0
+        self._loaded = False
+        self._closed = False
+        self._snap_index = 0
+        self._snap_term = 0
+        self._entries: list[Entry] = []  # entries after the newest snapshot
+        self._hs = HardState()
+        self._segments: list[_Segment] = []
+        self._file: BinaryIO | None = None
+        # Rolled-over segments whose tail is not fsynced yet; sync() handles them first so
+        # that a durable newer segment never follows a torn older one.
+        self._unsynced: list[BinaryIO] = []
+        self._dir_dirty = False
+        # What the replayed stream expects as the next entry index (None: stream has no entry
+        # yet, anything goes).  A mismatch on append is encoded as a truncation record.
+        self._stream_next: int | None = None
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self) -> LoadedState:
+        if self._loaded:
+            raise RuntimeError("load() may only be called once")
+        self._check_version()
+        segments = self._list_segments()
+        replay = self._replay(segments)
+        entries, start, hs, stream_next = replay
+        snap = self._choose_snapshot(start)
+
+        base = snap.index if snap is not None else 0
+        self._snap_index = base
+        self._snap_term = snap.term if snap is not None else 0
+        self._entries = [e for e in entries if e.index > base]
+        self._hs = hs
+        self._stream_next = stream_next
+        self._segments = segments
+        self._loaded = True
+        if segments:
+            self._file = open(segments[-1].path, "ab")
+            if segments[-1].size == 0:
+                # Torn before its leading hard-state record: restore it, or compaction of the
+                # older segments could later lose the vote.
+                self._write([_REC_HARD, hs.term, hs.vote, hs.commit])
+        else:
+            self._roll(base + 1)
+        return LoadedState(
+            snapshot=snap,
+            hard_state=HardState(hs.term, hs.vote, hs.commit),
+            entries=list(self._entries),
+        )
+
+    def _check_version(self) -> None:
+        path = self.data_dir / _VERSION_FILE
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            tmp = path.with_name(_VERSION_FILE + ".tmp")
+            with open(tmp, "w") as f:
+                f.write(_VERSION_TEXT)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(self.data_dir)
+            return
+        if text != _VERSION_TEXT:
+            # Refusing beats misparsing data written by a different format.
+            raise StorageError(f"{path}: unsupported storage format {text.strip()!r}")
+
+    def _list_segments(self) -> list[_Segment]:
+        segs = []
+        for name in os.listdir(self.log_dir):
+            m = _SEG_RE.match(name)
+            if m:
+                segs.append(_Segment(int(m.group(1)), self.log_dir / name))
+        segs.sort(key=lambda s: s.name)
+        return segs
+
+    def _replay(
+        self, segments: list[_Segment]
+    ) -> tuple[list[Entry], int | None, HardState, int | None]:
+        """Replay the record stream; cut it at the first bad record (repairing the files).
+
+        Returns (entries, start, hard_state, stream_next) where `entries` are contiguous and
+        `start` is the lowest index the stream can vouch for (entries below it were compacted
+        away or deliberately skipped), None if the stream says nothing about indexes.
+        """
+        entries: list[Entry] = []
+        start: int | None = None
+        stream_next: int | None = None
+        hs = HardState()
+        for i, seg in enumerate(segments):
+            buf = seg.path.read_bytes()
+            off = 0
+            problem: str | None = None
+            while off < len(buf):
+                try:
+                    obj, nxt = _decode_record(buf, off)
+                    kind = obj[0]
+                    if kind == _REC_ENTRY and len(obj) == 4:
+                        _, index, term, data = obj
+                        if not _is_uint(index, term) or index == 0 or not isinstance(data, bytes):
+                            raise _Corrupt("malformed entry record")
+                        if stream_next is not None and index != stream_next:
+                            raise _Corrupt(f"entry {index} does not follow {stream_next - 1}")
+                        if not entries:
+                            start = index
+                        entries.append(Entry(index, term, data))
+                        stream_next = index + 1
+                        seg.max_index = max(seg.max_index, index)
+                    elif kind == _REC_TRUNC and len(obj) == 2:
+                        index = obj[1]
+                        if not _is_uint(index) or index == 0:
+                            raise _Corrupt("malformed truncation record")
+                        if entries and start is not None and start < index <= entries[-1].index + 1:
+                            del entries[index - start :]
+                        else:
+                            # Truncating below what we hold, or skipping past the end (snapshot
+                            # installed beyond the log): nothing below `index` is usable.
+                            entries.clear()
+                        if not entries:
+                            start = index
+                        stream_next = index
+                    elif kind == _REC_HARD and len(obj) == 4:
+                        if not _is_uint(*obj[1:]):
+                            raise _Corrupt("malformed hard-state record")
+                        hs = HardState(obj[1], obj[2], obj[3])
+                    else:
+                        raise _Corrupt(f"unknown record type {kind}")
+                except _Corrupt as exc:
+                    problem = str(exc)
+                    break
+                off = nxt
+            seg.size = off
+            if problem is not None:
+                self._repair_tail(segments, i, off, len(buf), problem)
+                break
+        return entries, start, hs, stream_next
+
+    def _repair_tail(
+        self, segments: list[_Segment], i: int, off: int, file_len: int, problem: str
+    ) -> None:
+        seg = segments[i]
+        later = segments[i + 1 :]
+        # Newest first, so a crash during repair still leaves a clean prefix of the stream.
+        for s in reversed(later):
+            os.unlink(s.path)
+        with open(seg.path, "r+b") as f:
+            f.truncate(off)
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(self.log_dir)
+        del segments[i + 1 :]
+        extra = f"; removed {len(later)} later segment(s)" if later else ""
+        logger.warning(
+            "log %s: %s at offset %d; truncated torn/corrupt tail of %d bytes%s",
+            seg.path,
+            problem,
+            off,
+            file_len - off,
+            extra,
+        )
+
+    def _snapshot_files(self) -> list[tuple[int, Path]]:
+        """Snapshot files newest first; leftover temp files from a crashed save are removed."""
+        snaps = []
+        for name in os.listdir(self.data_dir):
+            m = _SNAP_RE.match(name)
+            if m:
+                snaps.append((int(m.group(1)), self.data_dir / name))
+            elif name.startswith("snapshot.") and name.endswith(".tmp"):
+                os.unlink(self.data_dir / name)
+        snaps.sort(reverse=True)
+        return snaps
+
+    def _choose_snapshot(self, start: int | None) -> Snapshot | None:
+        for index, path in self._snapshot_files():
+            try:
+                snap = _read_snapshot(path, index)
+            except (_Corrupt, OSError) as exc:
+                # Keep the file for post-mortem but take it out of rotation, so retention never
+                # deletes a good older snapshot in favour of this one.
+                bad = path.with_name(path.name + ".corrupt")
+                os.replace(path, bad)
+                _fsync_dir(self.data_dir)
+                logger.warning(
+                    "snapshot %s is corrupt (%s); moved to %s, falling back to an older one",
+                    path,
+                    exc,
+                    bad.name,
+                )
+                continue
+            if start is not None and start > snap.index + 1:
+                raise StorageError(
+                    f"snapshot {snap.index} is the newest usable one but the log starts at "
+                    f"{start}: entries {snap.index + 1}..{start - 1} are lost"
+                )
+            return snap
+        if start is not None and start > 1:
+            raise StorageError(f"no usable snapshot and the log starts at {start}")
+        return None
+
+    # ------------------------------------------------------------------ writing
+
+    def _check_open(self) -> None:
+        if not self._loaded:
+            raise RuntimeError("call load() first")
+        if self._closed:
+            raise RuntimeError("storage is closed")
+
+    def _write(self, obj: list[Any]) -> None:
+        assert self._file is not None
+        rec = _encode_record(obj)
+        self._file.write(rec)
+        self._segments[-1].size += len(rec)
+
+    def _roll(self, next_index: int) -> None:
+        prev = self._segments[-1] if self._segments else None
+        name = next_index if prev is None else max(next_index, prev.name + 1)
+        if self._file is not None:
+            self._file.flush()
+            self._unsynced.append(self._file)
+        path = self.log_dir / f"log.{name:020d}"
+        self._file = open(path, "xb")
+        self._segments.append(_Segment(name, path))
+        self._dir_dirty = True
+        hs = self._hs
+        self._write([_REC_HARD, hs.term, hs.vote, hs.commit])
+
+    def _maybe_roll(self, next_index: int) -> None:
+        if self._segments[-1].size >= self.segment_bytes:
+            self._roll(next_index)
+
+    def append(self, entries: list[Entry]) -> None:
+        self._check_open()
+        if not entries:
+            return
+        first = entries[0].index
+        if first > self.last_index() + 1:
+            raise ValueError(f"gap: appending {first} after last index {self.last_index()}")
+        if first <= self._snap_index:
+            raise ValueError(f"entry {first} is covered by snapshot {self._snap_index}")
+        for i, e in enumerate(entries):
+            if e.index != first + i:
+                raise ValueError("entries must have contiguous indexes")
+            if not isinstance(e.data, bytes) or not _is_uint(e.term):
+                raise TypeError("Entry.data must be bytes and Entry.term a non-negative int")
+        del self._entries[first - self._snap_index - 1 :]
+        self._maybe_roll(first)
+        if self._stream_next is not None and self._stream_next != first:
+            self._write([_REC_TRUNC, first])
+        for e in entries:
+            self._maybe_roll(e.index)
+            self._write([_REC_ENTRY, e.index, e.term, e.data])
+            seg = self._segments[-1]
+            seg.max_index = max(seg.max_index, e.index)
+        self._entries.extend(entries)
+        self._stream_next = entries[-1].index + 1
+
+    def set_hard_state(self, hs: HardState) -> None:
+        self._check_open()
+        if not _is_uint(hs.term, hs.vote, hs.commit):
+            raise TypeError("HardState fields must be non-negative ints")
+        new = HardState(hs.term, hs.vote, hs.commit)  # copy: the caller may mutate theirs
+        if new == self._hs:
+            return
+        self._hs = new
+        self._write([_REC_HARD, new.term, new.vote, new.commit])
+
+    def sync(self) -> None:
+        self._check_open()
+        assert self._file is not None
+        while self._unsynced:
+            f = self._unsynced[0]
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+            self._unsynced.pop(0)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        if self._dir_dirty:
+            _fsync_dir(self.log_dir)
+            self._dir_dirty = False
+        self.fsync_count += 1
+
+    def save_snapshot(self, snap: Snapshot) -> None:
+        self._check_open()
+        if not _is_uint(snap.index, snap.term) or snap.index == 0:
+            raise ValueError("snapshot index must be >= 1")
+        if snap.index < self._snap_index:
+            raise ValueError(f"snapshot {snap.index} is older than snapshot {self._snap_index}")
+        if snap.index == self._snap_index and snap.term == self._snap_term:
+            return
+        local = self.term_at(snap.index)
+        if local is not None and local != snap.term:
+            # Our suffix conflicts with the snapshot (Raft: discard the log).  Make the discard
+            # durable first: a crash then leaves a shorter log, never snapshot + foreign suffix.
+            del self._entries[:]
+            self._write([_REC_TRUNC, snap.index + 1])
+            self._stream_next = snap.index + 1
+        elif local is not None:
+            del self._entries[: snap.index - self._snap_index]
+        else:
+            # Snapshot past our log end: nothing kept; the next append writes a truncation
+            # record that marks the gap.
+            del self._entries[:]
+        self.sync()
+
+        path = self.data_dir / f"snapshot.{snap.index:020d}"
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(_pack_snapshot_header(snap))
+            f.write(snap.data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.data_dir)
+        self._snap_index, self._snap_term = snap.index, snap.term
+        self._compact()
+
+    def _compact(self) -> None:
+        snaps = self._snapshot_files()
+        for _, old in snaps[_KEEP_SNAPSHOTS:]:
+            os.unlink(old)
+        kept = [i for i, _ in snaps[:_KEEP_SNAPSHOTS]]
+        if len(snaps) > _KEEP_SNAPSHOTS:
+            _fsync_dir(self.data_dir)
+        # Start a fresh segment once the active one holds nothing past the newest snapshot, so
+        # it becomes droppable by a later compaction.
+        active = self._segments[-1]
+        if 0 < active.max_index <= self._snap_index:
+            self._roll(self.last_index() + 1)
+            self.sync()
+        if len(kept) < _KEEP_SNAPSHOTS:
+            return  # keep the whole log: it is the fallback if the only snapshot rots
+        compact_to = min(kept)
+        dropped = 0
+        for seg in self._segments[:-1]:
+            if seg.max_index > compact_to:
+                break
+            os.unlink(seg.path)  # oldest first: a crash leaves a valid suffix of the stream
+            dropped += 1
+        if dropped:
+            del self._segments[:dropped]
+            _fsync_dir(self.log_dir)
+
+    def close(self) -> None:
+        if self._closed or not self._loaded:
+            self._closed = True
+            return
+        self.sync()
+        assert self._file is not None
+        self._file.close()
+        self._file = None
+        self._closed = True
+
+    # ------------------------------------------------------------------ in-memory view
+
+    def first_index(self) -> int:
+        return self._snap_index + 1
+
+    def last_index(self) -> int:
+        return self._snap_index + len(self._entries)
+
+    def term_at(self, index: int) -> int | None:
+        if index == self._snap_index:
+            return self._snap_term
+        if self._snap_index < index <= self.last_index():
+            return self._entries[index - self._snap_index - 1].term
+        return None
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        if lo < self.first_index() or hi > self.last_index() + 1 or lo > hi:
+            raise IndexError(
+                f"entries[{lo}, {hi}) outside [{self.first_index()}, {self.last_index() + 1})"
+            )
+        base = self._snap_index + 1
+        return self._entries[lo - base : hi - base]

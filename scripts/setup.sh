@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Install everything zkfs needs on Debian 12 and create .venv in the repository root.
+# Idempotent: packages already installed are not fetched again, and an existing .venv is reused.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+# System packages: Python build tools, FUSE (for the mount), Apache ZooKeeper and a JRE (the
+# reference server the tests compare against, and zkCli.sh), inotify-tools/attr (filesystem
+# tests), man-db (to read man/zkfsd.8).
+APT_PACKAGES=(
+    python3-venv python3-dev gcc
+    fuse3 libfuse3-dev pkg-config
+    zookeeper default-jre-headless
+    inotify-tools attr man-db
+)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$pkg")
+    fi
+done
+if ((${#missing[@]})); then
+    SUDO=()
+    if [[ $(id -u) != 0 ]]; then SUDO=(sudo); fi
+    echo "setup: installing ${missing[*]}" >&2
+    # Only refresh the package lists when something actually has to be installed.
+    "${SUDO[@]}" apt-get update
+    DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+else
+    echo "setup: system packages already installed" >&2
+fi
+
+# python3 is whatever is first on PATH (Debian's /usr/bin/python3 or a pyenv shim); both are 3.11.
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "setup: $PYTHON is $("$PYTHON" --version 2>&1); zkfs needs Python 3.11 or newer" >&2
+    exit 1
+fi
+if [[ ! -x .venv/bin/python ]]; then
+    echo "setup: creating .venv with $("$PYTHON" --version 2>&1)" >&2
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet -e '.[test]'
+echo "setup: done; .venv/bin/zkfsd is $(.venv/bin/zkfsd --version)" >&2
