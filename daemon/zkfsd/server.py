@@ -13,6 +13,7 @@ committed; the reply to a write is sent only after that, so an acknowledged writ
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -133,9 +134,9 @@ class ZkServer:
                 nursery.start_soon(self._log_loop)
                 nursery.start_soon(self._expiry_loop)
                 nursery.start_soon(self._reaper_loop)
-                listeners = await nursery.start(
+                listeners = await nursery.start(functools.partial(
                     trio.serve_tcp, self._handle_client, self.config.client_port,
-                    self.config.client_address)
+                    host=self.config.client_address))
                 self.listen_port = listeners[0].socket.getsockname()[1]
                 log.info("serving clients on %s:%d (standalone, tickTime %d ms, session timeout "
                          "%d..%d ms)", self.config.client_address, self.listen_port,

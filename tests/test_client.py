@@ -1,0 +1,344 @@
+"""zkfs.client against real servers (Apache ZooKeeper 3.8 as the reference).
+
+Every scenario is a plain test function running `trio.run`; the `hosts` fixture is parametrized
+over the server fixtures in SERVERS. Each test works below its own unique znode, so tests share
+one server without interfering.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import trio
+
+from zkfs import errors
+from zkfs.client import (
+    CREATOR_ALL_ACL,
+    OPEN_ACL_UNSAFE,
+    READ_ACL_UNSAFE,
+    ClientState,
+    Op,
+    WatchedEvent,
+    ZkClient,
+    digest_id,
+    make_acl,
+    open_client,
+    parse_connect_string,
+)
+from zkfs.constants import (
+    CONTAINER_EPHEMERAL_OWNER,
+    TTL_EPHEMERAL_OWNER_MASK,
+    EventType,
+    Perm,
+    WatcherType,
+    WatchMode,
+)
+
+# Server fixtures (from conftest.py) every server-facing test runs against.
+SERVERS = ["apache_zk"]
+
+_unique = itertools.count()
+
+
+@pytest.fixture(params=SERVERS)
+def hosts(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue(request.param).hosts
+
+
+@pytest.fixture
+def base() -> str:
+    """A znode path no other test uses (the server outlives single tests)."""
+    return f"/client-test-{os.getpid()}-{next(_unique)}"
+
+
+def run(fn: Callable[[], Awaitable[Any]]) -> Any:
+    return trio.run(fn)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+async def wait_state(client: ZkClient, state: ClientState, timeout: float = 20.0) -> None:
+    await wait_for(lambda: client.state is state, timeout)
+
+
+def types(events: list[WatchedEvent]) -> list[tuple[EventType, str]]:
+    return [(e.type, e.path) for e in events]
+
+
+class Proxy:
+    """A TCP relay to the server that a test can cut: `cut()` kills every relayed connection
+    and refuses new ones until `restore()`. Lets a test keep a client away from the server."""
+
+    def __init__(self, target: str) -> None:
+        (self.target,), _ = parse_connect_string(target)
+        self.blocked = False
+        self.port = 0
+        self._scopes: set[trio.CancelScope] = set()
+
+    @property
+    def hosts(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            await trio.serve_listeners(self._relay, listeners, handler_nursery=nursery)
+
+    async def _relay(self, client: trio.SocketStream) -> None:
+        async with client:
+            if self.blocked:
+                return
+            with trio.CancelScope() as scope:
+                self._scopes.add(scope)
+                try:
+                    server = await trio.open_tcp_stream(*self.target)
+                    async with server, trio.open_nursery() as nursery:
+                        nursery.start_soon(self._pump, client, server, scope)
+                        nursery.start_soon(self._pump, server, client, scope)
+                finally:
+                    self._scopes.discard(scope)
+
+    @staticmethod
+    async def _pump(src: trio.SocketStream, dst: trio.SocketStream,
+                    scope: trio.CancelScope) -> None:
+        try:
+            async for chunk in src:
+                await dst.send_all(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+    def cut(self) -> None:
+        self.blocked = True
+        for scope in list(self._scopes):
+            scope.cancel()
+
+    def restore(self) -> None:
+        self.blocked = False
+
+
+# --------------------------------------------------------------------------- no server needed
+
+
+def test_parse_connect_string() -> None:
+    assert parse_connect_string("a:1,b:2/app/x") == ([("a", 1), ("b", 2)], "/app/x")
+    assert parse_connect_string("a,b:3") == ([("a", 2181), ("b", 3)], None)
+    assert parse_connect_string("a:1/") == ([("a", 1)], None)
+    assert parse_connect_string("[::1]:5,[::2]/r/") == ([("::1", 5), ("::2", 2181)], "/r")
+    for bad in ("", "/x", "a:notaport", "a:1/x//y", "a:1/.."):
+        with pytest.raises(ValueError):
+            parse_connect_string(bad)
+
+
+def test_error_for_maps_codes() -> None:
+    e = errors.error_for(-101, "/x")
+    assert isinstance(e, errors.NoNodeError) and e.path == "/x" and e.code == -101
+    assert isinstance(errors.error_for(-112), errors.SessionExpiredError)
+    odd = errors.error_for(-9999)
+    assert type(odd) is errors.ZkError and odd.code == -9999
+    assert issubclass(errors.ClientClosedError, errors.ConnectionLossError)
+
+
+@pytest.mark.timeout(60)
+def test_connect_timeout_raises_connection_loss() -> None:
+    async def main() -> None:
+        # A listener that never answers: TCP connects, the handshake never completes.
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        start = trio.current_time()
+        with pytest.raises(errors.ConnectionLossError):
+            async with open_client(f"127.0.0.1:{port}", session_timeout=4, connect_timeout=1):
+                pytest.fail("must not connect")
+        assert trio.current_time() - start < 3
+        for listener in listeners:
+            await listener.aclose()
+    run(main)
+
+
+# --------------------------------------------------------------------------- operations
+
+
+@pytest.mark.timeout(60)
+def test_every_operation(hosts: str, base: str) -> None:
+    async def main() -> None:
+        async with open_client(hosts) as zk:
+            assert zk.state is ClientState.CONNECTED and zk.session_id != 0
+            assert len(zk.session_passwd) == 16 and zk.negotiated_timeout > 0
+            assert await zk.create(base, None) == base
+            assert await zk.get(base) == (None, (await zk.exists(base)))  # null data
+            path, stat = await zk.create(f"{base}/f", b"v1", include_stat=True)
+            assert path == f"{base}/f" and stat.version == 0 and stat.data_length == 2
+            assert zk.last_zxid >= stat.czxid
+            data, stat = await zk.get(f"{base}/f")
+            assert data == b"v1" and stat.ephemeral_owner == 0
+            await zk.create(f"{base}/empty")
+            assert (await zk.get(f"{base}/empty"))[0] == b""
+            stat = await zk.set(f"{base}/f", b"v2", version=0)
+            assert stat.version == 1 and (await zk.get(f"{base}/f"))[0] == b"v2"
+            assert (await zk.exists(f"{base}/f")) == stat
+            assert await zk.exists(f"{base}/missing") is None
+
+            seq = await zk.create(f"{base}/s-", b"", sequential=True)
+            assert seq.startswith(f"{base}/s-") and len(seq) == len(f"{base}/s-") + 10
+            eph = await zk.create(f"{base}/e", b"", ephemeral=True)
+            assert (await zk.exists(eph)).ephemeral_owner == zk.session_id
+            eph_seq = await zk.create(f"{base}/es-", b"", ephemeral=True, sequential=True)
+            assert sorted(await zk.get_ephemerals(base)) == sorted([eph, eph_seq])
+
+            children = await zk.get_children(base)
+            assert sorted(children) == sorted(["f", "empty", seq.rsplit("/", 1)[1], "e",
+                                               eph_seq.rsplit("/", 1)[1]])
+            children2, pstat = await zk.get_children(base, include_stat=True)
+            assert sorted(children2) == sorted(children) and pstat.num_children == 5
+            assert await zk.get_all_children_number(base) == 5
+
+            acl, astat = await zk.get_acl(f"{base}/f")
+            assert acl == OPEN_ACL_UNSAFE and astat.aversion == 0
+            astat = await zk.set_acl(f"{base}/f", READ_ACL_UNSAFE, version=0)
+            assert astat.aversion == 1
+            assert (await zk.get_acl(f"{base}/f"))[0] == READ_ACL_UNSAFE
+            with pytest.raises(errors.NoAuthError):
+                await zk.set(f"{base}/f", b"v3")
+
+            assert await zk.sync(base) == base
+            who = await zk.whoami()
+            assert [(c.auth_scheme, c.user) for c in who] == [("ip", "127.0.0.1")]
+            await zk.add_auth("digest", b"alice:secret")
+            assert ("digest", "alice") in [(c.auth_scheme, c.user) for c in await zk.whoami()]
+
+            await zk.delete(f"{base}/empty", version=0)
+            assert await zk.exists(f"{base}/empty") is None
+    run(main)
+
+
+@pytest.mark.timeout(60)
+def test_container_and_ttl_nodes(hosts: str, base: str) -> None:
+    async def main() -> None:
+        async with open_client(hosts) as zk:
+            await zk.create(base)
+            path, stat = await zk.create(f"{base}/c", None, container=True, include_stat=True)
+            # Apache ZooKeeper shows a container's ephemeralOwner as 0, not the marker.
+            assert path == f"{base}/c" and stat.version == 0 and stat.ephemeral_owner in (
+                0, CONTAINER_EPHEMERAL_OWNER)
+            assert await zk.create(f"{base}/c2", container=True) == f"{base}/c2"
+            with pytest.raises(errors.BadArgumentsError):
+                await zk.create(f"{base}/x", ephemeral=True, container=True)
+            with pytest.raises(errors.BadArgumentsError):
+                await zk.create(f"{base}/x", ephemeral=True, ttl=1000)
+            try:
+                path = await zk.create(f"{base}/t-", b"x", ttl=60_000, sequential=True)
+            except errors.UnimplementedError:
+                pytest.skip("server has TTL nodes disabled")
+            assert path.startswith(f"{base}/t-") and len(path) == len(f"{base}/t-") + 10
+            # Apache ZooKeeper hides the TTL marker from Stat too; zkfsd may show it.
+            owner = (await zk.exists(path)).ephemeral_owner
+            assert owner == 0 or owner & TTL_EPHEMERAL_OWNER_MASK == TTL_EPHEMERAL_OWNER_MASK
+    run(main)
+
+
+@pytest.mark.timeout(60)
+def test_errors_map_to_exceptions(hosts: str, base: str) -> None:
+    async def main() -> None:
+        async with open_client(hosts) as zk, open_client(hosts) as other:
+            missing = f"{base}/missing"
+            for call in (zk.get(missing), zk.set(missing, b""), zk.delete(missing),
+                         zk.get_children(missing), zk.get_acl(missing)):
+                with pytest.raises(errors.NoNodeError) as info:
+                    await call
+                assert info.value.path == missing and info.value.code == -101
+            await zk.create(base)
+            await zk.create(f"{base}/a", b"x")
+            with pytest.raises(errors.NodeExistsError):
+                await zk.create(f"{base}/a")
+            with pytest.raises(errors.NotEmptyError):
+                await zk.delete(base)
+            with pytest.raises(errors.BadVersionError):
+                await zk.set(f"{base}/a", b"y", version=7)
+            with pytest.raises(errors.BadVersionError):
+                await zk.delete(f"{base}/a", version=7)
+            eph = await zk.create(f"{base}/eph", ephemeral=True)
+            with pytest.raises(errors.NoChildrenForEphemeralsError):
+                await zk.create(f"{eph}/child")
+            with pytest.raises(errors.NoNodeError):
+                await zk.create(f"{base}/no/parent")
+            with pytest.raises(errors.BadArgumentsError):
+                await zk.create(f"{base}/a/")  # parent exists, so the path itself is refused
+            with pytest.raises(errors.BadArgumentsError):
+                await zk.get("relative")
+            with pytest.raises(errors.InvalidACLError):
+                await zk.create(f"{base}/noacl", acl=[])
+            # Only alice may read this one.
+            await zk.add_auth("digest", b"alice:pw")
+            await zk.create(f"{base}/secret", b"s", acl=CREATOR_ALL_ACL)
+            assert (await zk.get_acl(f"{base}/secret"))[0] == [
+                make_acl("digest", digest_id("alice", "pw"), Perm.ALL)]
+            with pytest.raises(errors.NoAuthError):
+                await other.get(f"{base}/secret")
+            await other.add_auth("digest", b"alice:pw")
+            assert (await other.get(f"{base}/secret"))[0] == b"s"
+            with pytest.raises(errors.NoWatcherError):
+                await zk.remove_watches(f"{base}/a", WatcherType.DATA)
+            # The session survives all of that.
+            assert (await zk.get(f"{base}/a"))[0] == b"x"
+    run(main)
+
+
+@pytest.mark.timeout(60)
+def test_auth_failure_is_terminal(hosts: str) -> None:
+    async def main() -> None:
+        async with open_client(hosts) as zk:
+            with pytest.raises(errors.AuthFailedError):
+                await zk.add_auth("no-such-scheme", b"x")
+            assert zk.state is ClientState.AUTH_FAILED
+            with pytest.raises(errors.AuthFailedError):
+                await zk.exists("/")
+    run(main)
+
+
+@pytest.mark.timeout(60)
+def test_chroot(hosts: str, base: str) -> None:
+    async def main() -> None:
+        async with open_client(hosts) as root:
+            await root.create(base)
+            async with open_client(hosts + base) as zk:
+                assert zk.chroot == base
+                assert await zk.create("/a", b"1") == "/a"
+                path, _ = await zk.create("/s-", sequential=True, include_stat=True)
+                assert path.startswith("/s-")
+                assert (await root.get(f"{base}/a"))[0] == b"1"
+                assert sorted(await zk.get_children("/")) == sorted(["a", path[1:]])
+                await zk.create("/d", None)
+                events: list[WatchedEvent] = []
+                await zk.exists("/a", watch=events.append)
+                await zk.get_children("/d", watch=events.append)
+                # Not on /d itself: Apache ZooKeeper 3.8 forgets a session's one-shot child
+                # watch on a path when a recursive watch is added on the same path.
+                await zk.add_watch("/", WatchMode.PERSISTENT_RECURSIVE, events.append)
+                await root.set(f"{base}/a", b"2")
+                await root.create(f"{base}/d/b")
+                await wait_for(lambda: len(events) >= 3)
+                await zk.sync("/")  # anything still in flight would now have arrived
+                # /a matches the exists watch and the recursive one, but it is one watcher, so
+                # one call; ZooKeeper reports a creation before the parent's child change.
+                assert types(events) == [
+                    (EventType.NODE_DATA_CHANGED, "/a"),
+                    (EventType.NODE_CREATED, "/d/b"),
+                    (EventType.NODE_CHILDREN_CHANGED, "/d"),
+                ]
+                eph = await zk.create("/e", ephemeral=True)
+                assert await zk.get_ephemerals() == [eph] == ["/e"]
+                assert await zk.sync("/") == "/"
+                results = await zk.multi([Op.create("/m"), Op.create("/m2", include_stat=True)])
+                assert results[0] == "/m" and results[1][0] == "/m2"
+                assert await zk.exists("/") is not None
+                assert (await root.exists(f"{base}/m2")) is not None
+    run(main)
