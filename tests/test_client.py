@@ -38,7 +38,7 @@ from zkfs.constants import (
 )
 
 # Server fixtures (from conftest.py) every server-facing test runs against.
-SERVERS = ["apache_zk"]
+SERVERS = ["apache_zk", "zkfsd"]
 
 _unique = itertools.count()
 
@@ -341,4 +341,322 @@ def test_chroot(hosts: str, base: str) -> None:
                 assert results[0] == "/m" and results[1][0] == "/m2"
                 assert await zk.exists("/") is not None
                 assert (await root.exists(f"{base}/m2")) is not None
+    run(main)
+
+
+# --------------------------------------------------------------------------- watches
+
+
+@pytest.mark.timeout(60)
+def test_one_shot_watches_fire_once_and_in_order(hosts: str, base: str) -> None:
+    async def main() -> None:
+        async with open_client(hosts) as zk, open_client(hosts) as writer:
+            await writer.create(base)
+            await writer.create(f"{base}/d", b"0")
+            events: list[WatchedEvent] = []
+            await zk.get(f"{base}/d", watch=events.append)            # data watch
+            assert await zk.exists(f"{base}/n", watch=events.append) is None  # exists watch
+            await zk.get_children(base, watch=events.append)          # child watch
+            await writer.set(f"{base}/d", b"1")
+            await writer.set(f"{base}/d", b"2")  # the data watch is spent: no second event
+            await writer.create(f"{base}/n")     # NodeCreated, then the child change of base
+            await writer.create(f"{base}/m")     # the child watch is spent
+            await writer.delete(f"{base}/n")     # no watch left on n
+            await wait_for(lambda: len(events) >= 3)
+            await zk.sync(base)
+            assert types(events) == [
+                (EventType.NODE_DATA_CHANGED, f"{base}/d"),
+                (EventType.NODE_CREATED, f"{base}/n"),
+                (EventType.NODE_CHILDREN_CHANGED, base),
+            ]
+            # Deletion reaches data and child watches of the node itself.
+            events.clear()
+            await zk.get(f"{base}/m", watch=events.append)
+            await zk.get_children(f"{base}/m", watch=events.append)
+            await writer.delete(f"{base}/m")
+            await wait_for(lambda: len(events) >= 1)
+            await zk.sync(base)
+            assert types(events) == [(EventType.NODE_DELETED, f"{base}/m")]
+            assert not zk._data_watches and not zk._exist_watches and not zk._child_watches
+    run(main)
+
+
+@pytest.mark.timeout(60)
+def test_notification_precedes_later_reply(hosts: str, base: str) -> None:
+    """A read that sees the new data returns only after the event announcing the change."""
+    async def main() -> None:
+        async with open_client(hosts) as zk, open_client(hosts) as writer:
+            await writer.create(base, b"0")
+            for i in range(1, 30):
+                events: list[WatchedEvent] = []
+                await zk.get(base, watch=events.append)
+                await writer.set(base, str(i).encode())
+                while (await zk.get(base))[0] != str(i).encode():
+                    pass
+                assert types(events) == [(EventType.NODE_DATA_CHANGED, base)]
+    run(main)
+
+
+@pytest.mark.timeout(60)
+def test_persistent_and_recursive_watches(hosts: str, base: str) -> None:
+    async def main() -> None:
+        async with open_client(hosts) as zk, open_client(hosts) as writer:
+            await writer.create(base)
+            await writer.create(f"{base}/p", b"")
+            await writer.create(f"{base}/r", b"")
+            persistent: list[WatchedEvent] = []
+            recursive: list[WatchedEvent] = []
+            await zk.add_watch(f"{base}/p", WatchMode.PERSISTENT, persistent.append)
+            await zk.add_watch(f"{base}/r", WatchMode.PERSISTENT_RECURSIVE, recursive.append)
+            for i in range(3):
+                await writer.set(f"{base}/p", str(i).encode())
+            await writer.create(f"{base}/p/c")
+            await writer.create(f"{base}/r/a")
+            await writer.create(f"{base}/r/a/b")
+            await writer.set(f"{base}/r/a/b", b"x")
+            await writer.delete(f"{base}/r/a/b")
+            await writer.set(f"{base}/r", b"y")
+            await wait_for(lambda: len(persistent) >= 4 and len(recursive) >= 5)
+            await zk.sync(base)
+            assert types(persistent) == [(EventType.NODE_DATA_CHANGED, f"{base}/p")] * 3 + [
+                (EventType.NODE_CHILDREN_CHANGED, f"{base}/p")]
+            # No NODE_CHILDREN_CHANGED for recursive watches.
+            assert types(recursive) == [
+                (EventType.NODE_CREATED, f"{base}/r/a"),
+                (EventType.NODE_CREATED, f"{base}/r/a/b"),
+                (EventType.NODE_DATA_CHANGED, f"{base}/r/a/b"),
+                (EventType.NODE_DELETED, f"{base}/r/a/b"),
+                (EventType.NODE_DATA_CHANGED, f"{base}/r"),
+            ]
+            # Removing them: one PERSISTENT_WATCH_REMOVED each, then silence.
+            await zk.remove_watches(f"{base}/p", WatcherType.ANY)
+            await zk.remove_watches(f"{base}/r", WatcherType.ANY, recursive.append)
+            assert types(persistent[-1:]) == [(EventType.PERSISTENT_WATCH_REMOVED, f"{base}/p")]
+            assert types(recursive[-1:]) == [(EventType.PERSISTENT_WATCH_REMOVED, f"{base}/r")]
+            counts = len(persistent), len(recursive)
+            await writer.set(f"{base}/p", b"z")
+            await writer.create(f"{base}/r/z")
+            await zk.sync(base)
+            await trio.sleep(0.2)
+            assert (len(persistent), len(recursive)) == counts
+    run(main)
+
+
+@pytest.mark.timeout(60)
+def test_remove_watches(hosts: str, base: str) -> None:
+    async def main() -> None:
+        async with open_client(hosts) as zk, open_client(hosts) as writer:
+            await writer.create(base, b"")
+            first: list[WatchedEvent] = []
+            second: list[WatchedEvent] = []
+            await zk.get(base, watch=first.append)
+            await zk.exists(base, watch=second.append)
+            # Removing one of two local watchers keeps the server's watch for the other.
+            await zk.remove_watches(base, WatcherType.DATA, first.append)
+            assert types(first) == [(EventType.DATA_WATCH_REMOVED, base)]
+            with pytest.raises(errors.NoWatcherError):
+                await zk.remove_watches(base, WatcherType.DATA, first.append)
+            children: list[WatchedEvent] = []
+            await zk.get_children(base, watch=children.append)
+            await zk.remove_watches(base, WatcherType.CHILDREN)
+            assert types(children) == [(EventType.CHILD_WATCH_REMOVED, base)]
+            await writer.set(base, b"1")
+            await writer.create(f"{base}/c")
+            await wait_for(lambda: len(second) == 1)
+            await zk.sync(base)
+            assert types(second) == [(EventType.NODE_DATA_CHANGED, base)]
+            assert len(first) == 1 and len(children) == 1
+            with pytest.raises(errors.NoWatcherError):
+                await zk.remove_watches(base, WatcherType.ANY)
+    run(main)
+
+
+# --------------------------------------------------------------------------- multi
+
+
+@pytest.mark.timeout(60)
+def test_multi(hosts: str, base: str) -> None:
+    async def main() -> None:
+        async with open_client(hosts) as zk:
+            await zk.create(base)
+            results = await zk.multi([
+                Op.create(f"{base}/a", b"1"),
+                Op.create(f"{base}/s-", sequential=True),
+                Op.set(f"{base}/a", b"2", version=0),
+                Op.check(f"{base}/a", 1),
+                Op.create(f"{base}/b"),
+                Op.delete(f"{base}/b"),
+            ])
+            assert results[0] == f"{base}/a" and results[1].startswith(f"{base}/s-")
+            assert results[2].version == 1 and results[3:] == [None, f"{base}/b", None]
+            assert (await zk.get(f"{base}/a"))[0] == b"2"
+
+            with pytest.raises(errors.BadVersionError) as info:
+                await zk.multi([
+                    Op.create(f"{base}/c"),
+                    Op.check(f"{base}/a", 0),
+                    Op.delete(f"{base}/a"),
+                ])
+            results = info.value.results
+            assert results is not None and len(results) == 3
+            assert results[0] is None
+            assert isinstance(results[1], errors.BadVersionError)
+            assert isinstance(results[2], errors.RuntimeInconsistencyError)
+            # All or nothing.
+            assert await zk.exists(f"{base}/c") is None
+            assert await zk.exists(f"{base}/a") is not None
+            with pytest.raises(errors.NodeExistsError):
+                await zk.multi([Op.create(f"{base}/a")])
+            assert await zk.multi([]) == []
+
+            reads = await zk.multi_read([Op.get(f"{base}/a"), Op.get_children(base),
+                                         Op.get(f"{base}/missing")])
+            assert reads[0][0] == b"2" and reads[0][1].version == 1
+            assert "a" in reads[1]
+            assert isinstance(reads[2], errors.NoNodeError)
+    run(main)
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+@pytest.mark.timeout(60)
+def test_ephemeral_disappears_after_close(hosts: str, base: str) -> None:
+    async def main() -> None:
+        async with open_client(hosts) as observer:
+            await observer.create(base)
+            gone: list[WatchedEvent] = []
+            async with open_client(hosts) as zk:
+                await zk.create(f"{base}/e", b"", ephemeral=True)
+                await observer.exists(f"{base}/e", watch=gone.append)
+                states = zk.subscribe_state()
+            assert zk.state is ClientState.CLOSED
+            assert [s async for s in states] == [ClientState.CLOSED]
+            with pytest.raises(errors.ClientClosedError):
+                await zk.exists("/")
+            await wait_for(lambda: len(gone) == 1)
+            assert types(gone) == [(EventType.NODE_DELETED, f"{base}/e")]
+            assert await observer.exists(f"{base}/e") is None
+    run(main)
+
+
+@pytest.mark.timeout(60)
+def test_session_resumes_after_dropped_connection(hosts: str, base: str) -> None:
+    async def main() -> None:
+        async with open_client(hosts) as zk, open_client(hosts) as writer:
+            await zk.create(base, b"0")
+            await zk.create(f"{base}/e", ephemeral=True)
+            await zk.add_auth("digest", b"bob:pw")
+            events: list[WatchedEvent] = []
+            recursive: list[WatchedEvent] = []
+            await zk.get(base, watch=events.append)
+            await zk.add_watch(base, WatchMode.PERSISTENT_RECURSIVE, recursive.append)
+            states = zk.subscribe_state()
+            session = zk.session_id
+            zk._drop_connection()
+            # Requests made while reconnecting wait for the new connection.
+            assert (await zk.get(base))[0] == b"0"
+            assert [states.receive_nowait(), states.receive_nowait()] == [
+                ClientState.SUSPENDED, ClientState.CONNECTED]
+            assert zk.session_id == session
+            assert await writer.exists(f"{base}/e") is not None
+            assert ("digest", "bob") in [(c.auth_scheme, c.user) for c in await zk.whoami()]
+            await writer.set(base, b"1")
+            await writer.create(f"{base}/x")
+            await wait_for(lambda: len(events) == 1 and len(recursive) == 2)
+            assert types(events) == [(EventType.NODE_DATA_CHANGED, base)]
+            assert types(recursive) == [(EventType.NODE_DATA_CHANGED, base),
+                                        (EventType.NODE_CREATED, f"{base}/x")]
+    run(main)
+
+
+@pytest.mark.timeout(60)
+def test_changes_while_disconnected_are_reported(hosts: str, base: str) -> None:
+    async def main() -> None:
+        proxy = Proxy(hosts)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proxy.run)
+            async with open_client(proxy.hosts) as zk, open_client(hosts) as writer:
+                await writer.create(base, b"0")
+                await writer.create(f"{base}/gone")
+                data: list[WatchedEvent] = []
+                created: list[WatchedEvent] = []
+                deleted: list[WatchedEvent] = []
+                await zk.get(base, watch=data.append)
+                await zk.exists(f"{base}/new", watch=created.append)
+                await zk.exists(f"{base}/gone", watch=deleted.append)
+                proxy.cut()
+                await wait_state(zk, ClientState.SUSPENDED)
+                await writer.set(base, b"1")
+                await writer.create(f"{base}/new")
+                await writer.delete(f"{base}/gone")
+                proxy.restore()
+                await wait_state(zk, ClientState.CONNECTED)
+                await wait_for(lambda: len(data) + len(created) + len(deleted) == 3)
+                assert types(data) == [(EventType.NODE_DATA_CHANGED, base)]
+                assert types(created) == [(EventType.NODE_CREATED, f"{base}/new")]
+                assert types(deleted) == [(EventType.NODE_DELETED, f"{base}/gone")]
+            nursery.cancel_scope.cancel()
+    run(main)
+
+
+@pytest.mark.timeout(90)
+def test_requests_time_out_while_disconnected_then_session_expires(hosts: str,
+                                                                   base: str) -> None:
+    async def main() -> None:
+        proxy = Proxy(hosts)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proxy.run)
+            async with open_client(hosts) as observer:
+                await observer.create(base)
+                async with open_client(proxy.hosts, session_timeout=4) as zk:
+                    timeout = zk.negotiated_timeout
+                    await zk.create(f"{base}/e", ephemeral=True)
+                    seen: list[ClientState] = []
+                    zk.add_state_listener(seen.append)
+                    proxy.cut()
+                    await wait_state(zk, ClientState.SUSPENDED)
+                    start = trio.current_time()
+                    with pytest.raises(errors.ConnectionLossError):
+                        await zk.get(base)
+                    waited = trio.current_time() - start
+                    assert timeout * 0.5 <= waited <= timeout * 1.5 + 1
+                    assert zk.state is ClientState.SUSPENDED
+                    # Let the server expire the session, then let the client talk to it again.
+                    with trio.fail_after(timeout * 3 + 10):
+                        while await observer.exists(f"{base}/e") is not None:
+                            await trio.sleep(0.1)
+                    proxy.restore()
+                    await wait_state(zk, ClientState.EXPIRED)
+                    assert seen == [ClientState.SUSPENDED, ClientState.EXPIRED]
+                    with pytest.raises(errors.SessionExpiredError):
+                        await zk.get(base)
+                    with pytest.raises(errors.SessionExpiredError):
+                        async with open_client(hosts, session_id=zk.session_id,
+                                               session_passwd=zk.session_passwd):
+                            pass
+            nursery.cancel_scope.cancel()
+    run(main)
+
+
+@pytest.mark.timeout(60)
+def test_cancelled_and_concurrent_requests(hosts: str, base: str) -> None:
+    async def main() -> None:
+        async with open_client(hosts) as zk:
+            await zk.create(base)
+            # A request abandoned by its caller must not disturb the session.
+            with trio.move_on_after(0):
+                await zk.get(base, watch=lambda e: pytest.fail("abandoned watch fired"))
+            created: list[str] = []
+
+            async def make(i: int) -> None:
+                created.append(await zk.create(f"{base}/n{i:03d}", str(i).encode()))
+            async with trio.open_nursery() as nursery:
+                for i in range(200):
+                    nursery.start_soon(make, i)
+            assert len(created) == 200
+            assert await zk.get_all_children_number(base) == 200
+            data = await zk.multi_read([Op.get(p) for p in sorted(created)])
+            assert [d for d, _ in data] == [str(i).encode() for i in range(200)]
+            await zk.set(base, b"changed")
     run(main)

@@ -1005,7 +1005,10 @@ class ZkClient:
             created = self._strip(record.path or "")
             return (created, record.stat) if op.code == OpCode.CREATE2 else created
         if isinstance(record, jute.CreateResponse):
-            return self._strip(record.path or "")
+            created = self._strip(record.path or "")
+            # Apache ZooKeeper 3.8 answers create2 inside a multi without a Stat (as Java's
+            # CreateResult.getStat() returning null); keep the result's shape anyway.
+            return (created, None) if op.code == OpCode.CREATE2 else created
         if isinstance(record, jute.SetDataResponse):
             return record.stat
         if isinstance(record, jute.GetDataResponse):
@@ -1025,8 +1028,8 @@ class ZkClient:
                 for op, (kind, err, record) in zip(ops, response.results)]
 
     async def multi(self, ops: Sequence[Op]) -> list[Any]:
-        """Apply `ops` atomically; one result per op: create → path (or (path, Stat) for
-        `include_stat`), set → Stat, delete/check → None.
+        """Apply `ops` atomically; one result per op: create → path (or (path, Stat | None) for
+        `include_stat`: Apache ZooKeeper sends no Stat there), set → Stat, delete/check → None.
 
         On failure nothing is applied and the first failing op's error is raised with
         `.results`: per op, None (would have succeeded) or a ZkError (the cause, and
@@ -1067,6 +1070,9 @@ class ZkClient:
         conn = self._conn
         if conn is None:
             return
+        # Later requests wait for the reconnect instead of dying with this connection.
+        self._conn = None
+        conn.cancel_scope.cancel()
         sock = conn.stream.socket
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

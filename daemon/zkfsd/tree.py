@@ -600,7 +600,7 @@ class DataTree:
             # zkfs: ZooKeeper would let createTTL with a negative ttl and non-TTL flags through
             # and then fail while applying it; refuse the mismatch outright.
             raise _Fail(Err.BAD_ARGUMENTS)
-        session = txn["session"]
+        session = txn.get("session", 0)
         if mode.is_ephemeral and session not in self.sessions:
             # checkGlobalSession: an ephemeral of a closed session would never be cleaned up.
             raise _Fail(Err.SESSION_EXPIRED)
