@@ -1,6 +1,7 @@
 """Fixtures for the whole suite: a fresh zkfsd per test, one Apache ZooKeeper per session."""
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -93,3 +94,50 @@ def apache_zk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheZooKee
         yield zk
     finally:
         zk.stop()
+
+
+# ===================== zkfs mount fixtures (tests/test_mount*.py) — begin =====================
+# Kept in this one block; helpers live in tests/mount_helpers.py.
+
+@pytest.fixture
+def mount(tmp_path: Path) -> Iterator[Callable[..., object]]:
+    """`mount(hosts, options="", name=None)` → a started MountProcess (foreground `zkfs mount`);
+    every mount is unmounted and its process stopped by PID after the test."""
+    from mount_helpers import mounts
+
+    with mounts(tmp_path) as factory:
+        yield factory
+
+
+@pytest.fixture(params=["zkfsd", "apache"])
+def target(request: pytest.FixtureRequest) -> Iterator[object]:
+    """The server a contract test mounts: a fresh zkfsd, or the session's Apache ZooKeeper;
+    either way through a fresh chroot (`target.hosts`), created here and removed after."""
+    from helpers import kazoo_client
+    from mount_helpers import Target
+
+    if request.param == "zkfsd":
+        server = request.getfixturevalue("zkfsd")
+        t = Target("zkfsd", server.hosts, 2.0)
+    else:
+        server = request.getfixturevalue("apache_zk")
+        # Apache's minimum session timeout is 2 ticks of 2 s.
+        t = Target("apache", server.hosts, 4.0)
+    with kazoo_client(server.hosts) as k:
+        k.create(t.chroot, b"")
+    try:
+        yield t
+    finally:
+        if request.param == "apache":
+            with contextlib.suppress(Exception), kazoo_client(server.hosts) as k:
+                k.delete(t.chroot, recursive=True)
+
+
+@pytest.fixture
+def kz(target: object) -> Iterator[object]:
+    """A kazoo client chrooted like the mount: the same paths on both sides."""
+    from helpers import kazoo_client
+
+    with kazoo_client(target.hosts) as k:  # type: ignore[attr-defined]
+        yield k
+# ===================== zkfs mount fixtures — end =============================================

@@ -873,3 +873,44 @@ def test_random_logs_restore_and_replay(raw: list[dict[str, Any]], cut: int) -> 
             assert owner in tree.sessions and path in tree.ephemerals(owner)
             assert not node.children
     assert tree.node_count == total + 1
+
+
+# -- found by tests/test_differential.py ----------------------------------------------------------
+
+def test_auth_acl_with_null_id_expands(log: Log) -> None:
+    # kazoo sends ACL(31, Id("auth", "")) with a null id (it writes "" as null); ZooKeeper's
+    # fixupACL never looks at an 'auth' entry's id.
+    result = log.create("/a", acl=[[31, "auth", None]], auth=[["ip", "127.0.0.1"], ["digest", ALICE]])
+    assert result.err == Err.OK
+    assert log.tree.get("/a").acl == [(31, "digest", ALICE)]
+    # Still invalid without an authenticated id, and a null id stays invalid for other schemes.
+    assert unchanged_by(log, lambda: log.create("/b", acl=[[31, "auth", None]])).err \
+        == Err.INVALID_ACL
+    for acl in ([[31, "world", None]], [[31, "digest", None]], [[31, "ip", None]]):
+        assert unchanged_by(log, lambda: log.create("/c", acl=acl, auth=[["digest", ALICE]])).err \
+            == Err.INVALID_ACL
+
+
+def test_client_stat_translation() -> None:
+    # The tree keeps StatPersisted; zkfsd.handlers.to_stat gives clients DataNode.copyStat's view:
+    # cversion = 2 * creations - children, ephemeralOwner 0 for container and TTL nodes.
+    from zkfsd.handlers import to_stat
+
+    log = Log()
+    log.session(7)
+    log.create("/p")
+    for name in ("a", "b", "c"):
+        log.create(f"/p/{name}")
+    log.delete("/p/a")
+    log.delete("/p/b")
+    assert log.stat("/p").cversion == 3  # sequence numbers still count creations only
+    assert to_stat(log.stat("/p")).cversion == 5
+    assert to_stat(log.stat("/")).cversion == 2 * 1 - 2
+    assert to_stat(log.stat("/zookeeper")).cversion == -2  # as a fresh ZooKeeper 3.8 reports
+    log.create("/cont", flags=CreateMode.CONTAINER, op=OpCode.CREATE_CONTAINER)
+    log.create("/ttl", flags=CreateMode.PERSISTENT_WITH_TTL, op=OpCode.CREATE_TTL, ttl=500)
+    log.create("/eph", flags=CreateMode.EPHEMERAL, session=7)
+    assert log.stat("/cont").ephemeral_owner == CONTAINER_EPHEMERAL_OWNER
+    assert to_stat(log.stat("/cont")).ephemeral_owner == 0
+    assert to_stat(log.stat("/ttl")).ephemeral_owner == 0
+    assert to_stat(log.stat("/eph")).ephemeral_owner == 7

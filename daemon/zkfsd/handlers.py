@@ -11,7 +11,7 @@ from typing import Any, Hashable
 from zkfs import jute
 from zkfs.constants import Err, EventType, OpCode, Perm
 
-from zkfsd.tree import ApplyResult, DataTree, check_acl
+from zkfsd.tree import ApplyResult, DataTree, Stat, _int32, _is_container_or_ttl, check_acl
 from zkfsd.watches import WatchManager
 
 WRITE_OPS = frozenset({OpCode.CREATE, OpCode.CREATE2, OpCode.CREATE_CONTAINER, OpCode.CREATE_TTL,
@@ -29,7 +29,17 @@ class RequestError(Exception):
 
 
 def to_stat(stat: Any) -> jute.Stat:
-    return jute.Stat(*stat)
+    """The Stat a client sees, from the tree's Stat (ZooKeeper's DataNode.copyStat).
+
+    The tree keeps ZooKeeper's StatPersisted: cversion counts child creations only (it numbers
+    sequential children) and container/TTL kinds live in ephemeralOwner. Clients are told
+    cversion*2 - numChildren (creations plus deletions: "the number of changes to the
+    children") and ephemeralOwner 0 for container and TTL nodes.
+    """
+    stat = Stat(*stat)
+    cversion = _int32(stat.cversion * 2 - stat.num_children)
+    owner = 0 if _is_container_or_ttl(stat.ephemeral_owner) else stat.ephemeral_owner
+    return jute.Stat(*stat._replace(cversion=cversion, ephemeral_owner=owner))
 
 
 def _acl_to_txn(acl: list[jute.ACL] | None) -> list[list]:
@@ -92,6 +102,10 @@ def write_response(op: int, result: ApplyResult) -> tuple[int, Any]:
         for sub_type, sub_err, sub_value in result.value:
             if sub_type == OpCode.ERROR:
                 results.append((int(OpCode.ERROR), int(sub_err), jute.ErrorResponse(int(sub_err))))
+            elif sub_type == OpCode.CREATE2:
+                # ZooKeeper 3.8 logs a multi's create2 as a plain create: its result is a
+                # CreateResponse (path only), typed CREATE.
+                results.append((int(OpCode.CREATE), 0, jute.CreateResponse(sub_value[0])))
             else:
                 rtype, body = _op_response(sub_type, sub_value)
                 results.append((int(rtype), 0, body))
@@ -110,10 +124,16 @@ class ReadContext:
         self.auth = auth
 
 
+def _lookup(tree: DataTree, path: Any) -> Any:
+    """DataTree.getNode: ZooKeeper's tree also holds the root under "", and reads look paths up
+    as they are, without validating them (a NUL or '//' simply finds nothing)."""
+    if not isinstance(path, str):
+        return None
+    return tree.get("/" if path == "" else path)
+
+
 def _node_or_raise(tree: DataTree, path: str) -> Any:
-    if not isinstance(path, str) or "\0" in path:
-        raise RequestError(Err.BAD_ARGUMENTS)
-    node = tree.get(path)
+    node = _lookup(tree, path)
     if node is None:
         raise RequestError(Err.NO_NODE)
     return node
@@ -135,9 +155,10 @@ def execute_read(tree: DataTree, watches: WatchManager, ctx: ReadContext, op: in
 
 def _read(tree: DataTree, watches: WatchManager, ctx: ReadContext, op: int, record: Any) -> Any:
     if op == OpCode.EXISTS:
-        if "\0" in (record.path or "\0"):
+        # exists is the one read that refuses a NUL (FinalRequestProcessor).
+        if record.path is None or "\0" in record.path:
             raise RequestError(Err.BAD_ARGUMENTS)
-        node = tree.get(record.path)
+        node = _lookup(tree, record.path)
         if record.watch:
             watches.add_data(record.path, ctx.watcher)
         if node is None:

@@ -39,6 +39,12 @@ log = logging.getLogger("zkfsd.server")
 
 MAX_PENDING_REQUESTS = 1000   # per connection; past this we stop reading its socket
 MAX_OUTBOUND_MESSAGES = 20000  # per connection; a client that stops reading is disconnected
+# Also bound the *bytes* queued for one connection: 20000 replies of up to 1 MiB each would let
+# one client that never reads its socket make the server buffer gigabytes (test_faults).
+MAX_OUTBOUND_BYTES = 64 * 1024 * 1024
+# Errors a client connection can end with; none of them may reach the listener's nursery (an
+# exception escaping a connection handler would take the whole server down with it).
+_CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 PROTOCOL_VERSION = 0
 
 
@@ -265,6 +271,9 @@ class ZkServer:
         self.connections.add(conn)
         try:
             await conn.serve()
+        except Exception:  # noqa: BLE001 - a bug in one connection must not stop the server
+            log.exception("connection from %s:%s (session 0x%x) failed", conn.peer[0],
+                          conn.peer[1], conn.session_id)
         finally:
             self.connections.discard(conn)
             self.watches.remove_watcher(conn)
@@ -293,6 +302,7 @@ class ClientConnection:
         self._scope: trio.CancelScope | None = None
         self.received = 0
         self.sent = 0
+        self.queued_bytes = 0  # replies handed to the writer but not yet written to the socket
         self.connected_at = time.time()
         self.last_zxid = 0
 
@@ -301,6 +311,11 @@ class ClientConnection:
 
     # -- outbound --------------------------------------------------------------------------------
     def _send(self, data: bytes | None) -> None:
+        if data is not None:
+            if self.queued_bytes + len(data) > MAX_OUTBOUND_BYTES:
+                self.abort("client is not reading its replies")
+                return
+            self.queued_bytes += len(data)
         try:
             self._out_send.send_nowait(data)
         except trio.WouldBlock:
@@ -336,7 +351,14 @@ class ClientConnection:
             closing = None in batch
             data = b"".join(b for b in batch if b is not None)
             if data:
-                await self.stream.send_all(data)
+                try:
+                    await self.stream.send_all(data)
+                except _CONNECTION_ERRORS:
+                    # The peer is gone (e.g. reset while we wrote): end the whole connection.
+                    assert self._scope is not None
+                    self._scope.cancel()
+                    return
+                self.queued_bytes -= len(data)
                 self.sent += len(batch)
                 self.server.stats.packets_sent += len(batch)
             if closing:
@@ -354,7 +376,9 @@ class ClientConnection:
                 await self._reader()
                 # The peer closed its side: nothing left to say to it.
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+        except* _CONNECTION_ERRORS:
+            # trio wraps a child task's error in an ExceptionGroup, so a plain `except` never
+            # matched here and a reset connection crashed the server: match inside the group.
             pass
 
     async def _reader(self) -> None:

@@ -292,7 +292,9 @@ def _fixup_acl(acl: Any, auth: list[tuple[str, str]]) -> list[Acl]:
             perms, scheme, ident = entry
         except (TypeError, ValueError):
             raise _Fail(Err.INVALID_ACL) from None
-        if not isinstance(perms, int) or not isinstance(scheme, str) or not isinstance(ident, str):
+        # The 'auth' pseudo-scheme ignores its id, which may be null: kazoo sends "" as null.
+        if not isinstance(perms, int) or not isinstance(scheme, str) \
+                or not (isinstance(ident, str) or (ident is None and scheme == "auth")):
             raise _Fail(Err.INVALID_ACL)
         item = (int(perms), scheme, ident)
         # Duplicates are dropped before 'auth' expansion, exactly like removeDuplicates.

@@ -1,0 +1,182 @@
+"""Member-to-member transport: msgpack frames over TCP between the `server.N` addresses.
+
+Each member listens on its own peer port and dials every other member; a dialled connection only
+carries messages *to* that member, an accepted one only messages *from* it, so there is no tie to
+break between two members dialling each other. Messages may be lost (a full queue, a reconnect):
+the consensus core retransmits, and nothing above it relies on delivery.
+
+Joining takes a challenge: the listener sends a random nonce, the dialler answers with its member
+id and HMAC-SHA256(secret, nonce || id). With a shared secret configured, an outsider cannot join
+or speak as a member; without one, any process that knows a member id can (loopback-only setups).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import logging
+import secrets
+import struct
+from typing import Any, Callable
+
+import msgpack
+import trio
+
+log = logging.getLogger("zkfsd.peers")
+
+MAX_PEER_FRAME = 512 << 20  # a snapshot of a large tree travels as one frame
+QUEUE_DEPTH = 4096
+_LEN = struct.Struct(">I")
+HANDSHAKE_TIMEOUT = 5.0
+
+
+def _mac(secret: bytes, nonce: bytes, member_id: int) -> bytes:
+    return hmac.new(secret, nonce + member_id.to_bytes(8, "big"), hashlib.sha256).digest()
+
+
+class _FrameReader:
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buf = bytearray()
+
+    async def read(self) -> Any:
+        """The next decoded frame, or None at end of stream."""
+        while True:
+            if len(self._buf) >= 4:
+                (length,) = _LEN.unpack_from(self._buf)
+                if length > MAX_PEER_FRAME:
+                    raise ValueError(f"peer frame of {length} bytes is over the limit")
+                if len(self._buf) >= 4 + length:
+                    payload = bytes(self._buf[4:4 + length])
+                    del self._buf[:4 + length]
+                    try:
+                        return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+                    except Exception as exc:  # msgpack raises several types on garbage
+                        raise ValueError(f"undecodable peer frame: {exc}") from None
+            data = await self._stream.receive_some(1 << 20)
+            if not data:
+                return None
+            self._buf += data
+
+
+def _frame(obj: Any) -> bytes:
+    payload = msgpack.packb(obj, use_bin_type=True)
+    return _LEN.pack(len(payload)) + payload
+
+
+class PeerTransport:
+    def __init__(self, member_id: int, addresses: dict[int, tuple[str, int]],
+                 on_message: Callable[[int, Any], None], secret: bytes | None = None) -> None:
+        self.member_id = member_id
+        self.addresses = addresses
+        self.on_message = on_message
+        self.secret = secret or b""
+        self._queues: dict[int, tuple[trio.MemorySendChannel[bytes],
+                                      trio.MemoryReceiveChannel[bytes]]] = {
+            peer: trio.open_memory_channel[bytes](QUEUE_DEPTH)
+            for peer in addresses if peer != member_id}
+        self.connected_out: set[int] = set()
+        self.connected_in: set[int] = set()
+
+    def send(self, to: int, obj: Any) -> bool:
+        """Queue a message for a member; False if it was dropped (queue full or unknown)."""
+        queue = self._queues.get(to)
+        if queue is None:
+            return False
+        try:
+            queue[0].send_nowait(_frame(obj))
+            return True
+        except trio.WouldBlock:
+            return False
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        host, port = self.addresses[self.member_id]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(trio.serve_tcp, self._accept, port, host=host))
+            for peer in self._queues:
+                nursery.start_soon(self._dial_loop, peer)
+            log.info("peer transport listening on %s:%d", host, port)
+            task_status.started()
+
+    # -- outgoing ------------------------------------------------------------------------------
+    async def _dial_loop(self, peer: int) -> None:
+        host, port = self.addresses[peer]
+        delay = 0.05
+        receive = self._queues[peer][1]
+        while True:
+            try:
+                stream = await trio.open_tcp_stream(host, port)
+            except OSError:
+                await trio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            try:
+                async with stream:
+                    with trio.fail_after(HANDSHAKE_TIMEOUT):
+                        reader = _FrameReader(stream)
+                        challenge = await reader.read()
+                        if not isinstance(challenge, dict) or not isinstance(
+                                challenge.get("nonce"), bytes):
+                            raise ValueError("bad challenge")
+                        await stream.send_all(_frame({
+                            "id": self.member_id,
+                            "mac": _mac(self.secret, challenge["nonce"], self.member_id)}))
+                    delay = 0.05
+                    self.connected_out.add(peer)
+                    log.info("connected to member %d at %s:%d", peer, host, port)
+                    async for first in receive:
+                        batch = [first]
+                        while len(batch) < 512:
+                            try:
+                                batch.append(receive.receive_nowait())
+                            except trio.WouldBlock:
+                                break
+                        await stream.send_all(b"".join(batch))
+            except (OSError, trio.BrokenResourceError, trio.TooSlowError, ValueError) as exc:
+                if peer in self.connected_out:
+                    log.info("lost connection to member %d: %s", peer, exc or type(exc).__name__)
+            finally:
+                self.connected_out.discard(peer)
+            await trio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    # -- incoming ------------------------------------------------------------------------------
+    async def _accept(self, stream: trio.SocketStream) -> None:
+        peer = None
+        try:
+            reader = _FrameReader(stream)
+            with trio.fail_after(HANDSHAKE_TIMEOUT):
+                nonce = secrets.token_bytes(16)
+                await stream.send_all(_frame({"nonce": nonce}))
+                hello = await reader.read()
+            if (not isinstance(hello, dict) or not isinstance(hello.get("id"), int)
+                    or not isinstance(hello.get("mac"), bytes)):
+                raise ValueError("malformed hello")
+            claimed = hello["id"]
+            if claimed == self.member_id or claimed not in self.addresses:
+                raise ValueError(f"unknown member id {claimed}")
+            if not hmac.compare_digest(hello["mac"], _mac(self.secret, nonce, claimed)):
+                raise ValueError(f"bad credentials for member id {claimed}")
+            peer = claimed
+            self.connected_in.add(peer)
+            while True:
+                obj = await reader.read()
+                if obj is None:
+                    return
+                self.on_message(peer, obj)
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError, ValueError) as exc:
+            log.info("peer connection from %s refused or dropped: %s",
+                     _peer_name(stream), exc or type(exc).__name__)
+        finally:
+            if peer is not None:
+                self.connected_in.discard(peer)
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+        return f"{host}:{port}"
+    except OSError:
+        return "?"

@@ -1,0 +1,832 @@
+"""`zkfs`: the command line for scripts and recipes, and `zkfs-mount`, the mount.fuse3 helper.
+
+Every command runs one ZooKeeper session (`trio.run` + `open_client`) and ends it on exit, so
+ephemeral nodes live exactly as long as the command that created them. Errors are one line on
+stderr, `zkfs: COMMAND PATH: reason`, with an exit status per kind of error (documented in
+man/zkfs.1 and below); click's usage errors are reformatted to one line too (status 2).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from zkfs.constants import EventType, WatchMode
+from zkfs.errors import (
+    AuthFailedError,
+    BadVersionError,
+    ConnectionLossError,
+    NoAuthError,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    SessionExpiredError,
+    UnimplementedError,
+    ZkError,
+)
+
+# Exit status, also documented in man/zkfs.1 (EXIT STATUS).
+EXIT_OK = 0
+EXIT_ERROR = 1          # anything not listed below
+EXIT_USAGE = 2          # bad command line (click's usage errors), invalid connect string or path
+EXIT_NO_NODE = 3        # NoNode
+EXIT_NODE_EXISTS = 4    # NodeExists
+EXIT_BAD_VERSION = 5    # BadVersion (--version compare-and-set lost)
+EXIT_NOT_EMPTY = 6      # NotEmpty (rm without -r of a node with children)
+EXIT_CONNECTION = 7     # cannot connect, connection lost, timeout, session expired
+EXIT_NO_AUTH = 8        # NoAuth, AuthFailed
+EXIT_PIPE = 141         # stdout closed early (128 + SIGPIPE), as a shell pipeline would say
+
+DEFAULT_SERVERS = "127.0.0.1:2181"
+DEFAULT_TIMEOUT = 10.0
+# ZooKeeper's default jute.maxbuffer bounds a znode's data to about 1 MiB; zkfsd enforces 1 MiB.
+MAX_DATA = 1024 * 1024
+
+# Options that only mean something to mount(8), fstab or systemd; dropped before the mount
+# module sees the rest. mount.fuse3 already strips user/nouser/users/auto/noauto/_netdev/nofail,
+# but passes rw, defaults, x-* and adds dev,suid when run as root.
+FSTAB_ONLY_OPTIONS = frozenset({
+    "defaults", "rw", "auto", "noauto", "user", "nouser", "users", "owner", "group",
+    "_netdev", "nofail", "dev", "suid", "exec", "sw", "loop",
+})
+FSTAB_ONLY_PREFIXES = ("x-", "comment=")
+
+_ERRORS: list[tuple[type[ZkError], int, str]] = [
+    (NoNodeError, EXIT_NO_NODE, "no such node"),
+    (NodeExistsError, EXIT_NODE_EXISTS, "node exists"),
+    (BadVersionError, EXIT_BAD_VERSION, "version mismatch"),
+    (NotEmptyError, EXIT_NOT_EMPTY, "node has children"),
+    (SessionExpiredError, EXIT_CONNECTION, "session expired"),
+    (ConnectionLossError, EXIT_CONNECTION, "connection lost"),
+    (NoAuthError, EXIT_NO_AUTH, "not authorized"),
+    (AuthFailedError, EXIT_NO_AUTH, "authentication failed"),
+    (UnimplementedError, EXIT_ERROR, "not supported by the server"),
+]
+_REASONS = {
+    "BAD_ARGUMENTS": "invalid path or arguments",
+    "NO_CHILDREN_FOR_EPHEMERALS": "ephemeral nodes cannot have children",
+    "INVALID_ACL": "invalid ACL",
+    "OPERATION_TIMEOUT": "operation timed out",
+    "REQUEST_TIMEOUT": "request timed out",
+    "QUOTA_EXCEEDED": "quota exceeded",
+    "THROTTLED": "request throttled by the server",
+    "NOT_READ_ONLY": "server is read-only",
+    "MARSHALLING_ERROR": "protocol error",
+}
+
+T = TypeVar("T")
+
+
+class CommandError(Exception):
+    """A failure already phrased for the user: one line, one exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _fail(message: str, status: int = EXIT_ERROR) -> NoReturn:
+    raise CommandError(message, status)
+
+
+def describe(exc: ZkError) -> tuple[int, str]:
+    """(exit status, short reason) for a ZooKeeper error."""
+    for cls, status, reason in _ERRORS:
+        if isinstance(exc, cls):
+            return status, reason
+    name = exc.code.name if hasattr(exc.code, "name") else str(exc.code)
+    return EXIT_ERROR, _REASONS.get(name, name.lower().replace("_", " "))
+
+
+# ---------------------------------------------------------------------------- session plumbing
+
+@dataclass
+class Conn:
+    """How to reach the ensemble: from --servers/--timeout of the command or of the group."""
+    servers: str
+    timeout: float
+
+
+def _conn(ctx: click.Context, servers: str | None, timeout: float | None) -> Conn:
+    root = ctx.find_root().params
+    return Conn(servers if servers is not None else root.get("servers") or DEFAULT_SERVERS,
+                timeout if timeout is not None else root.get("timeout") or DEFAULT_TIMEOUT)
+
+
+def run_session(ctx: click.Context, conn: Conn, label: str,
+                body: Callable[[Any], Awaitable[int | None]]) -> None:
+    """Run `body(zk)` in one session; turn every failure into one stderr line and a status."""
+    import trio
+
+    from zkfs.client import open_client, parse_connect_string
+
+    try:
+        parse_connect_string(conn.servers)
+    except ValueError as exc:
+        _fail(f"{label}: invalid --servers: {exc}", EXIT_USAGE)
+    if not conn.timeout > 0 or math.isinf(conn.timeout):
+        _fail(f"{label}: --timeout must be a positive number of seconds", EXIT_USAGE)
+
+    async def main() -> int | None:
+        connected = False
+        try:
+            async with open_client(conn.servers, session_timeout=conn.timeout,
+                                   connect_timeout=conn.timeout) as zk:
+                connected = True
+                return await body(zk)
+        except ConnectionLossError as exc:
+            if not connected:
+                _fail(f"{label}: cannot connect to {conn.servers} within {conn.timeout:g}s",
+                      EXIT_CONNECTION)
+            raise exc
+
+    try:
+        try:
+            status = trio.run(main)
+        except BaseExceptionGroup as group:
+            raise _leaf(group) from None
+    except ZkError as exc:
+        status_code, reason = describe(exc)
+        path = exc.path or ""
+        command = label.split(" ")[0]
+        where = f"{command} {path}" if path else label
+        _fail(f"{where}: {reason}", status_code)
+    ctx.exit(status or EXIT_OK)
+
+
+def _leaf(group: BaseExceptionGroup) -> BaseException:
+    """The exception that matters in a (nested) group from concurrent requests."""
+    leaves: list[BaseException] = []
+
+    def flatten(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for e in exc.exceptions:
+                flatten(e)
+        else:
+            leaves.append(exc)
+    flatten(group)
+    for kind in (KeyboardInterrupt, CommandError, ZkError):
+        for exc in leaves:
+            if isinstance(exc, kind):
+                return exc
+    return leaves[0] if len(leaves) == 1 else group
+
+
+def _check_path(label: str, path: str) -> None:
+    if not path.startswith("/"):
+        _fail(f"{label}: path must be absolute (start with /): {path!r}", EXIT_USAGE)
+
+
+def _read_data(label: str, data: str | None) -> bytes | None:
+    if data is None:
+        return None
+    raw = sys.stdin.buffer.read() if data == "-" else os.fsencode(data)
+    if len(raw) > MAX_DATA:
+        _fail(f"{label}: data too large ({len(raw)} bytes; the limit is {MAX_DATA})")
+    return raw
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------- formatting
+
+STAT_FIELDS = ["czxid", "mzxid", "pzxid", "ctime", "mtime", "version", "cversion", "aversion",
+               "ephemeralOwner", "dataLength", "numChildren"]
+
+
+def format_stat(stat: Any) -> str:
+    values = {
+        "czxid": f"0x{stat.czxid:x}", "mzxid": f"0x{stat.mzxid:x}", "pzxid": f"0x{stat.pzxid:x}",
+        "ctime": str(stat.ctime), "mtime": str(stat.mtime),
+        "version": str(stat.version), "cversion": str(stat.cversion),
+        "aversion": str(stat.aversion), "ephemeralOwner": f"0x{stat.ephemeral_owner:x}",
+        "dataLength": str(stat.data_length), "numChildren": str(stat.num_children),
+    }
+    return "".join(f"{name}={values[name]}\n" for name in STAT_FIELDS)
+
+
+def format_time(ms: int) -> str:
+    t = _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def _join(parent: str, name: str) -> str:
+    return (parent.rstrip("/") or "") + "/" + name
+
+
+async def _gather(funcs: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
+    """Run the calls concurrently (one pipelined burst on the session); results in order."""
+    import trio
+
+    funcs = list(funcs)
+    results: list[Any] = [None] * len(funcs)
+
+    async def one(i: int, f: Callable[[], Awaitable[T]]) -> None:
+        results[i] = await f()
+    async with trio.open_nursery() as nursery:
+        for i, f in enumerate(funcs):
+            nursery.start_soon(one, i, f)
+    return results
+
+
+async def _stat_or_none(zk: Any, path: str) -> Any:
+    return await zk.exists(path)
+
+
+async def _children_or_none(zk: Any, path: str) -> list[str] | None:
+    try:
+        return sorted(await zk.get_children(path))
+    except NoNodeError:
+        return None
+
+
+# ---------------------------------------------------------------------------- signals
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+async def _until_stopped(zk: Any, task_status: Any = None) -> None:
+    """Return on SIGINT/SIGTERM/SIGHUP; raise if the session dies (expired, auth failed)."""
+    import trio
+
+    from zkfs.client import ClientState
+
+    states = zk.subscribe_state()
+    with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
+        if task_status is not None:
+            task_status.started()
+        async with trio.open_nursery() as nursery:
+            async def on_signal() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+            async def on_state() -> None:
+                async for state in states:
+                    if state is ClientState.EXPIRED:
+                        raise SessionExpiredError()
+                    if state is ClientState.AUTH_FAILED:
+                        raise AuthFailedError()
+                    if state.is_terminal:
+                        raise ConnectionLossError("session closed")
+                if zk.state is ClientState.EXPIRED:
+                    raise SessionExpiredError()
+            nursery.start_soon(on_signal)
+            nursery.start_soon(on_state)
+
+
+# ---------------------------------------------------------------------------- click setup
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def connection_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--timeout", type=float, default=None, metavar="SECONDS",
+                     help=f"Session and connect timeout [default: {DEFAULT_TIMEOUT:g}; "
+                          "env ZKFS_TIMEOUT].")(f)
+    f = click.option("--servers", "-s", default=None, metavar="HOSTS",
+                     help=f"Connect string h1:p1,h2:p2[/chroot] [default: {DEFAULT_SERVERS}; "
+                          "env ZKFS_SERVERS].")(f)
+    return f
+
+
+def _version() -> str:
+    from importlib import metadata
+    try:
+        return metadata.version("zkfs")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _version_option(prog: str) -> Callable[[Any], Any]:
+    # Resolved only when --version is given: every other run starts faster.
+    def show(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value and not ctx.resilient_parsing:
+            click.echo(f"{prog} {_version()}")
+            ctx.exit(0)
+    return click.option("--version", "-V", is_flag=True, expose_value=False, is_eager=True,
+                        callback=show, help="Show the version and exit.")
+
+
+@click.group(context_settings=CONTEXT,
+             epilog="Exit status: 0 ok, 1 error, 2 usage, 3 no such node, 4 node exists, "
+                    "5 version mismatch, 6 node has children, 7 connection/session, "
+                    "8 not authorized. See zkfs(1).")
+@_version_option("zkfs")
+@click.option("--servers", "-s", envvar="ZKFS_SERVERS", default=DEFAULT_SERVERS,
+              show_default=True, metavar="HOSTS",
+              help="ZooKeeper connect string h1:p1,h2:p2[/chroot] (env ZKFS_SERVERS).")
+@click.option("--timeout", envvar="ZKFS_TIMEOUT", type=float, default=DEFAULT_TIMEOUT,
+              show_default=True, metavar="SECONDS",
+              help="Session timeout, also the time allowed to connect (env ZKFS_TIMEOUT).")
+def cli(servers: str, timeout: float) -> None:
+    """Use a ZooKeeper (or zkfsd) ensemble from the shell.
+
+    Every command connects, does its work in one session and ends that session. --servers and
+    --timeout may be given before the command or after it.
+    """
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("path")
+@click.option("--stat", "show_stat", is_flag=True,
+              help="Print the node's Stat (name=value lines) instead of its data.")
+@connection_options
+@click.pass_context
+def get(ctx: click.Context, path: str, show_stat: bool, servers: str | None,
+        timeout: float | None) -> None:
+    """Print the data of PATH as it is (no newline added; null data prints nothing)."""
+    label = f"get {path}"
+    _check_path(label, path)
+
+    async def body(zk: Any) -> None:
+        data, stat = await zk.get(path)
+        if show_stat:
+            _out(format_stat(stat))
+        elif data:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+    run_session(ctx, _conn(ctx, servers, timeout), label, body)
+
+
+@cli.command("set", context_settings=CONTEXT)
+@click.argument("path")
+@click.argument("data")
+@click.option("--version", "version", type=int, default=-1, metavar="N",
+              help="Only if the node's version is N (compare-and-set); else exit 5.")
+@click.option("--create", "-c", "create_missing", is_flag=True,
+              help="Create the node (with this data) if it does not exist.")
+@click.option("--stat", "show_stat", is_flag=True, help="Print the new Stat.")
+@connection_options
+@click.pass_context
+def set_(ctx: click.Context, path: str, data: str, version: int, create_missing: bool,
+         show_stat: bool, servers: str | None, timeout: float | None) -> None:
+    """Set the data of PATH to DATA (- reads it from standard input)."""
+    label = f"set {path}"
+    _check_path(label, path)
+    if create_missing and version != -1:
+        _fail(f"{label}: --create and --version cannot be combined", EXIT_USAGE)
+    raw = _read_data(label, data)
+
+    async def body(zk: Any) -> None:
+        try:
+            stat = await zk.set(path, raw, version)
+        except NoNodeError:
+            if not create_missing:
+                raise
+            try:
+                await zk.create(path, raw)
+                stat = await zk.exists(path) if show_stat else None
+            except NodeExistsError:
+                # Someone else created it meanwhile: ours is the later write.
+                stat = await zk.set(path, raw)
+        if show_stat and stat is not None:
+            _out(format_stat(stat))
+    run_session(ctx, _conn(ctx, servers, timeout), label, body)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("path")
+@click.option("-l", "long", is_flag=True,
+              help="Long listing: ephemeral flag (e or -), version, data length, "
+                   "mtime (UTC), name.")
+@click.option("-R", "--recursive", is_flag=True,
+              help="List all descendants, as paths relative to PATH.")
+@connection_options
+@click.pass_context
+def ls(ctx: click.Context, path: str, long: bool, recursive: bool, servers: str | None,
+       timeout: float | None) -> None:
+    """List the children of PATH, one per line, sorted."""
+    label = f"ls {path}"
+    _check_path(label, path)
+
+    async def body(zk: Any) -> None:
+        names = sorted(await zk.get_children(path))
+        entries: list[str] = []  # relative names, depth-first
+        if recursive:
+            async def walk(rel_prefix: str, full: str, children: list[str]) -> None:
+                subs = await _gather(
+                    [lambda c=c: _children_or_none(zk, _join(full, c)) for c in children])
+                for child, grand in zip(children, subs):
+                    rel = rel_prefix + child
+                    entries.append(rel)
+                    if grand:
+                        await walk(rel + "/", _join(full, child), grand)
+            await walk("", path, names)
+        else:
+            entries = names
+        if not long:
+            _out("".join(f"{e}\n" for e in entries))
+            return
+        stats = await _gather([lambda e=e: _stat_or_none(zk, _join(path, e)) for e in entries])
+        rows = [(("e" if s.ephemeral_owner else "-"), str(s.version), str(s.data_length),
+                 format_time(s.mtime), e) for e, s in zip(entries, stats) if s is not None]
+        wv = max((len(r[1]) for r in rows), default=0)
+        wl = max((len(r[2]) for r in rows), default=0)
+        _out("".join(f"{f} {v:>{wv}} {n:>{wl}} {t} {e}\n" for f, v, n, t, e in rows))
+    run_session(ctx, _conn(ctx, servers, timeout), label, body)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("path")
+@click.argument("data", required=False)
+@click.option("--ephemeral", "-e", is_flag=True,
+              help="Ephemeral node: print its path, then hold the session (and the node) until "
+                   "SIGINT, SIGTERM or SIGHUP.")
+@click.option("--sequential", "-S", "sequential", is_flag=True,
+              help="Append ZooKeeper's 10-digit sequence number to the name.")
+@click.option("--container", is_flag=True,
+              help="Container node (the server deletes it once its last child is gone).")
+@click.option("--ttl", type=click.IntRange(min=1), default=None, metavar="MS",
+              help="TTL node: deleted after MS milliseconds without changes or children.")
+@click.option("--parents", "-p", is_flag=True,
+              help="Create missing ancestors first (persistent, null data).")
+@click.option("--null", "null", is_flag=True,
+              help="Null data (a directory for zkfs mount); DATA must not be given.")
+@connection_options
+@click.pass_context
+def create(ctx: click.Context, path: str, data: str | None, ephemeral: bool, sequential: bool,
+           container: bool, ttl: int | None, parents: bool, null: bool, servers: str | None,
+           timeout: float | None) -> None:
+    """Create PATH with DATA (- reads standard input; default empty) and print its path."""
+    label = f"create {path}"
+    _check_path(label, path)
+    if null and data is not None:
+        _fail(f"{label}: --null and DATA cannot be combined", EXIT_USAGE)
+    if container and (ephemeral or sequential or ttl is not None):
+        _fail(f"{label}: --container cannot be combined with --ephemeral, --sequential or --ttl",
+              EXIT_USAGE)
+    if ephemeral and ttl is not None:
+        _fail(f"{label}: --ttl cannot be combined with --ephemeral", EXIT_USAGE)
+    raw = None if null else (_read_data(label, data) if data is not None else b"")
+
+    async def body(zk: Any) -> None:
+        import trio
+
+        if parents:
+            ancestors = []
+            p = path.rsplit("/", 1)[0]
+            while p:
+                ancestors.append(p)
+                p = p.rsplit("/", 1)[0]
+            for a in reversed(ancestors):
+                if await zk.exists(a) is None:
+                    try:
+                        await zk.create(a, None)
+                    except NodeExistsError:
+                        pass
+        if not ephemeral:
+            _out(await zk.create(path, raw, sequential=sequential, container=container,
+                                 ttl=ttl) + "\n")
+            return
+        async with trio.open_nursery() as nursery:
+            # Signals are caught before the path is printed: a script may kill us right after
+            # reading it, and the session must still be closed (taking the node with it).
+            await nursery.start(_until_stopped_then_cancel, zk, nursery.cancel_scope)
+            _out(await zk.create(path, raw, ephemeral=True, sequential=sequential) + "\n")
+    run_session(ctx, _conn(ctx, servers, timeout), label, body)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("path")
+@click.option("-r", "-R", "--recursive", is_flag=True, help="Delete PATH and all its descendants.")
+@click.option("-f", "--force", is_flag=True, help="No error if PATH does not exist.")
+@click.option("--version", "version", type=int, default=-1, metavar="N",
+              help="Only if PATH's version is N; else exit 5.")
+@connection_options
+@click.pass_context
+def rm(ctx: click.Context, path: str, recursive: bool, force: bool, version: int,
+       servers: str | None, timeout: float | None) -> None:
+    """Delete PATH (a node with children needs -r)."""
+    label = f"rm {path}"
+    _check_path(label, path)
+
+    async def delete_tree(zk: Any, node: str, node_version: int) -> None:
+        for _attempt in range(10):
+            children = await _children_or_none(zk, node)
+            if children is None:
+                raise NoNodeError(path=node)
+            await _gather([lambda c=c: delete_tree_quiet(zk, _join(node, c)) for c in children])
+            try:
+                await zk.delete(node, node_version)
+                return
+            except NotEmptyError:
+                continue  # a child appeared meanwhile: go again
+        raise NotEmptyError(path=node)
+
+    async def delete_tree_quiet(zk: Any, node: str) -> None:
+        try:
+            await delete_tree(zk, node, -1)
+        except NoNodeError:
+            pass
+
+    async def body(zk: Any) -> None:
+        try:
+            if recursive:
+                await delete_tree(zk, path, version)
+            else:
+                await zk.delete(path, version)
+        except NoNodeError as exc:
+            if not (force and exc.path in (None, path)):
+                raise
+    run_session(ctx, _conn(ctx, servers, timeout), label, body)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("path")
+@connection_options
+@click.pass_context
+def stat(ctx: click.Context, path: str, servers: str | None, timeout: float | None) -> None:
+    """Print every Stat field of PATH as name=value lines (zxids and ephemeralOwner in hex,
+    times in milliseconds since the epoch)."""
+    label = f"stat {path}"
+    _check_path(label, path)
+
+    async def body(zk: Any) -> None:
+        st = await zk.exists(path)
+        if st is None:
+            raise NoNodeError(path=path)
+        _out(format_stat(st))
+    run_session(ctx, _conn(ctx, servers, timeout), label, body)
+
+
+# ---------------------------------------------------------------------------- watch
+
+_EVENT_NAMES = {
+    EventType.NODE_CREATED: "CREATED",
+    EventType.NODE_DELETED: "DELETED",
+    EventType.NODE_DATA_CHANGED: "CHANGED",
+    EventType.NODE_CHILDREN_CHANGED: "CHILD",
+}
+
+
+class _OneShotWatcher:
+    """Persistent(-recursive) watch semantics from re-armed one-shot watches, for servers without
+    addWatch (ZooKeeper before 3.6). Changes between an event and its re-arming can be missed."""
+
+    def __init__(self, zk: Any, root: str, recursive: bool, callback: Callable[..., None]) -> None:
+        self.zk = zk
+        self.root = root
+        self.recursive = recursive
+        self.callback = callback
+        self.known: set[str] = set()
+
+    async def arm(self, node: str, emit: Callable[[str, str], None] | None = None) -> None:
+        """Watch `node` (and, recursively, what is below it); report newly seen nodes via emit."""
+        st = await self.zk.exists(node, watch=self.callback)
+        if st is None:
+            self.known.discard(node)
+            return
+        if node != self.root and node not in self.known and emit is not None:
+            emit("CREATED", node)
+        self.known.add(node)
+        if node != self.root and not self.recursive:
+            return
+        try:
+            children = await self.zk.get_children(node, watch=self.callback)
+        except NoNodeError:
+            return
+        if self.recursive:
+            for child in sorted(children):
+                full = _join(node, child)
+                if full not in self.known:
+                    await self.arm(full, emit)
+
+    async def handle(self, event: Any, emit: Callable[[str, str], None]) -> None:
+        kind, p = event.type, event.path
+        if kind == EventType.NODE_DELETED:
+            if p in self.known or p == self.root:
+                emit("DELETED", p)
+            self.known = {k for k in self.known if k != p and not k.startswith(p + "/")}
+            if p == self.root:
+                await self.arm(p, emit)
+        elif kind == EventType.NODE_CREATED:
+            emit("CREATED", p)
+            self.known.add(p)
+            await self.arm(p, emit)
+        elif kind == EventType.NODE_DATA_CHANGED:
+            emit("CHANGED", p)
+            await self.zk.exists(p, watch=self.callback)
+        elif kind == EventType.NODE_CHILDREN_CHANGED:
+            if not self.recursive:
+                emit("CHILD", p)
+            try:
+                await self.zk.get_children(p, watch=self.callback)
+            except NoNodeError:
+                return
+            if self.recursive:
+                await self.arm(p, emit)
+
+
+class _Done(Exception):
+    pass
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("path")
+@click.option("-r", "-R", "--recursive", is_flag=True,
+              help="Also report creations, deletions and changes of all descendants "
+                   "(no CHILD lines then).")
+@click.option("--count", "-n", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Exit after N events.")
+@click.option("--ready", is_flag=True,
+              help="Print 'READY PATH' once the watch is set (not counted by --count).")
+@click.option("--one-shot", is_flag=True,
+              help="Use re-armed one-shot watches even if the server has persistent ones.")
+@connection_options
+@click.pass_context
+def watch(ctx: click.Context, path: str, recursive: bool, count: int | None, ready: bool,
+          one_shot: bool, servers: str | None, timeout: float | None) -> None:
+    """Print one line per change of PATH until interrupted: CREATED, DELETED, CHANGED (data)
+    or CHILD (children of PATH changed), then the path. PATH need not exist yet."""
+    label = f"watch {path}"
+    _check_path(label, path)
+
+    async def body(zk: Any) -> None:
+        import trio
+
+        send, receive = trio.open_memory_channel[Any](math.inf)
+
+        def callback(event: Any) -> None:
+            if event.type in _EVENT_NAMES:
+                send.send_nowait(event)
+
+        printed = 0
+
+        def emit(kind: str, p: str) -> None:
+            nonlocal printed
+            _out(f"{kind} {p}\n")
+            printed += 1
+            if count is not None and printed >= count:
+                raise _Done()
+
+        async def arm() -> _OneShotWatcher | None:
+            if not one_shot:
+                mode = WatchMode.PERSISTENT_RECURSIVE if recursive else WatchMode.PERSISTENT
+                try:
+                    await zk.add_watch(path, mode, callback)
+                    return None
+                except UnimplementedError:
+                    pass  # ZooKeeper before 3.6: no addWatch
+            fallback = _OneShotWatcher(zk, path, recursive, callback)
+            await fallback.arm(path)
+            return fallback
+
+        async def consume(cancel: Any) -> None:
+            fallback = await arm()
+            if ready:
+                _out(f"READY {path}\n")
+            try:
+                async for event in receive:
+                    if fallback is not None:
+                        await fallback.handle(event, emit)
+                    else:
+                        emit(_EVENT_NAMES[event.type], event.path)
+            except _Done:
+                cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            # Signals first, so that READY means a SIGTERM from now on ends us cleanly.
+            await nursery.start(_until_stopped_then_cancel, zk, nursery.cancel_scope)
+            nursery.start_soon(consume, nursery.cancel_scope)
+    run_session(ctx, _conn(ctx, servers, timeout), label, body)
+
+
+async def _until_stopped_then_cancel(zk: Any, scope: Any,
+                                     task_status: Any = None) -> None:
+    await _until_stopped(zk, task_status=task_status)
+    scope.cancel()
+
+
+# ---------------------------------------------------------------------------- mount
+
+def filter_mount_options(option_strings: Iterable[str]) -> str:
+    """Join -o arguments into one comma list, without fstab/mount(8)/systemd-only options."""
+    kept: list[str] = []
+    for s in option_strings:
+        for opt in s.split(","):
+            opt = opt.strip()
+            if not opt or opt in FSTAB_ONLY_OPTIONS or opt.startswith(FSTAB_ONLY_PREFIXES):
+                continue
+            kept.append(opt)
+    return ",".join(kept)
+
+
+def _do_mount(label: str, servers: str, mountpoint: str, options: Iterable[str],
+              foreground: bool) -> int:
+    from zkfs.client import parse_connect_string
+    try:
+        parse_connect_string(servers)
+    except ValueError as exc:
+        _fail(f"{label}: invalid SERVERS: {exc}", EXIT_USAGE)
+    try:
+        from zkfs.mount import parse_options, run_mount
+    except ImportError as exc:
+        _fail(f"{label}: FUSE mounting is not available: {exc}")
+    try:
+        kept = filter_mount_options(options)
+        opts = parse_options(kept) if kept else {}
+    except ValueError as exc:
+        _fail(f"{label}: bad mount option: {exc}", EXIT_USAGE)
+    return int(run_mount(servers, mountpoint, opts, foreground) or 0)
+
+
+_MOUNT_HELP = ("Mount the znode tree of SERVERS (h1:p1,h2:p2[/chroot]) on MOUNTPOINT. "
+               "Without -f the filesystem process goes to the background once the mount is "
+               "ready. Unmount with fusermount3 -u MOUNTPOINT. Options: see zkfs(5); "
+               "fstab-only options (defaults, _netdev, noauto, nofail, x-systemd.*, ...) are "
+               "ignored.")
+
+
+@cli.command(context_settings=CONTEXT, help=_MOUNT_HELP)
+@click.argument("servers", metavar="SERVERS")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground (for systemd).")
+@click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
+              help="Mount options, comma-separated; may be repeated.")
+@click.pass_context
+def mount(ctx: click.Context, servers: str, mountpoint: str, foreground: bool,
+          options: tuple[str, ...]) -> None:
+    ctx.exit(_do_mount("mount", servers, mountpoint, options, foreground))
+
+
+@click.command("zkfs-mount", context_settings=CONTEXT,
+               help=_MOUNT_HELP + " This is the helper mount.fuse3 runs for fstab entries of "
+                                  "type fuse.zkfs-mount: zkfs-mount SOURCE MOUNTPOINT -o OPTS.")
+@_version_option("zkfs-mount")
+@click.argument("servers", metavar="SERVERS")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("-f", "--foreground", is_flag=True, help="Stay in the foreground.")
+@click.option("-o", "options", multiple=True, metavar="OPT[,OPT...]",
+              help="Mount options, comma-separated; may be repeated.")
+@click.pass_context
+def mount_command(ctx: click.Context, servers: str, mountpoint: str, foreground: bool,
+                  options: tuple[str, ...]) -> None:
+    ctx.exit(_do_mount("mount", servers, mountpoint, options, foreground))
+
+
+# ---------------------------------------------------------------------------- entry points
+
+def _run(command: click.Command, prog: str, argv: list[str] | None) -> NoReturn:
+    try:
+        status = command.main(args=argv, prog_name=prog, standalone_mode=False)
+    except CommandError as exc:
+        click.echo(f"{prog}: {exc}", err=True)
+        status = exc.status
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+        status = EXIT_USAGE
+    except click.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else prog
+        # One line, like every other error, with the pointer to --help.
+        message = " ".join(exc.format_message().split())
+        click.echo(f"{prog}: {message} (see '{where} --help')", err=True)
+        status = EXIT_USAGE
+    except click.ClickException as exc:
+        click.echo(f"{prog}: {' '.join(exc.format_message().split())}", err=True)
+        status = exc.exit_code
+    except click.Abort:
+        # Ctrl-C while click itself was busy (reading a prompt); nothing was done.
+        status = 130
+    except KeyboardInterrupt:
+        status = 130
+    except BrokenPipeError:
+        status = EXIT_PIPE
+    if status is None or not isinstance(status, int):
+        status = EXIT_OK
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        status = status or EXIT_PIPE
+    if status == EXIT_PIPE or status == 130:
+        # Nothing more may reach a closed pipe at interpreter exit.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+    sys.exit(status)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Console script `zkfs`."""
+    _run(cli, "zkfs", argv)
+
+
+def mount_main(argv: list[str] | None = None) -> NoReturn:
+    """Console script `zkfs-mount`: `zkfs-mount SERVERS MOUNTPOINT [-o OPTS]` (mount.fuse3)."""
+    _run(mount_command, "zkfs-mount", argv)
+
+
+if __name__ == "__main__":
+    main()

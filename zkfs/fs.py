@@ -1,0 +1,972 @@
+"""The FUSE operations of `zkfs mount`: ZooKeeper's tree as files and directories.
+
+One Operations class that translates between the kernel's requests and ZooKeeper calls; the
+protocol is the client's (`zkfs.client`). The contract is DESIGN.md §3 and man/zkfs.5; the
+choices made here where the design leaves room are listed in the man page:
+
+* a znode is a directory if its data is null or it has children, else a regular file;
+* a directory with non-empty data shows it as the pseudo-file `.data` (a real child wins) and in
+  the xattr `user.zkfs.data`;
+* writes are buffered per open file and committed as one setData on flush/fsync/release,
+  version-checked unless the file was opened with O_TRUNC; a lost race gives ESTALE;
+* chmod/chown/utimens are accepted and ignored (modes and owners come from mount options,
+  times from the znode);
+* kernel caches are short (mount options entry_timeout/attr_timeout, 1 s by default) and file
+  I/O is direct, so other hosts' changes show up quickly.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import math
+import os
+import stat as st
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+import trio
+
+from zkfs.client import Op, Stat, ZkClient
+from zkfs.constants import MAX_DATA
+from zkfs.errors import (
+    BadArgumentsError,
+    BadVersionError,
+    ConnectionLossError,
+    InvalidACLError,
+    NoAuthError,
+    NoChildrenForEphemeralsError,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    NotReadOnlyError,
+    QuotaExceededError,
+    SessionExpiredError,
+    ZkError,
+)
+from zkfs.inodes import Inode, InodeTable, Kind, base_name, join_path, parent_path
+from zkfs.meta import (
+    LIFETIMES,
+    META_NAME,
+    META_ROOT,
+    DirSettings,
+    decode_settings,
+    encode_settings,
+    meta_key_path,
+    meta_path,
+)
+
+__all__ = ["DATA_NAME", "STALE_ERRNO", "MountConfig", "ZkOperations", "errno_for"]
+
+log = logging.getLogger(__name__)
+
+#: The pseudo-file showing a directory znode's own data.
+DATA_NAME = ".data"
+#: What close()/fsync() return when the znode changed since it was read (BadVersion) or vanished.
+STALE_ERRNO = errno.ESTALE
+NAME_MAX = 255
+# Directory renames are one multi transaction; past these sizes mv gets EXDEV (it then copies).
+MAX_RENAME_NODES = 1000
+MAX_RENAME_BYTES = 512 * 1024
+# Concurrent stat requests while listing a directory (the client pipelines them).
+_LIST_CONCURRENCY = 128
+
+STAT_XATTRS: dict[str, Callable[[Stat], str]] = {
+    "user.zk.czxid": lambda s: str(s.czxid),
+    "user.zk.mzxid": lambda s: str(s.mzxid),
+    "user.zk.pzxid": lambda s: str(s.pzxid),
+    "user.zk.ctime": lambda s: str(s.ctime),
+    "user.zk.mtime": lambda s: str(s.mtime),
+    "user.zk.version": lambda s: str(s.version),
+    "user.zk.cversion": lambda s: str(s.cversion),
+    "user.zk.aversion": lambda s: str(s.aversion),
+    "user.zk.ephemeral_owner": lambda s: f"0x{s.ephemeral_owner & 0xFFFFFFFFFFFFFFFF:x}",
+    "user.zk.data_length": lambda s: str(s.data_length),
+    "user.zk.num_children": lambda s: str(s.num_children),
+}
+XATTR_DATA = "user.zkfs.data"
+XATTR_LIFETIME = "user.zkfs.lifetime"
+XATTR_SEQUENTIAL = "user.zkfs.sequential"
+
+
+def errno_for(exc: ZkError) -> int:
+    """The errno a ZooKeeper error becomes at the filesystem interface."""
+    table: list[tuple[type[ZkError], int]] = [
+        (NoNodeError, errno.ENOENT),
+        (NodeExistsError, errno.EEXIST),
+        (NotEmptyError, errno.ENOTEMPTY),
+        (BadVersionError, STALE_ERRNO),
+        (NoAuthError, errno.EACCES),
+        (InvalidACLError, errno.EINVAL),
+        (BadArgumentsError, errno.EINVAL),
+        # Ephemeral znodes cannot have children: creating inside one is not permitted.
+        (NoChildrenForEphemeralsError, errno.EPERM),
+        (NotReadOnlyError, errno.EROFS),
+        (QuotaExceededError, errno.EDQUOT),
+        (SessionExpiredError, errno.EIO),
+        (ConnectionLossError, errno.EIO),
+    ]
+    for cls, code in table:
+        if isinstance(exc, cls):
+            return code
+    return errno.EIO
+
+
+@dataclass
+class MountConfig:
+    uid: int = field(default_factory=os.getuid)
+    gid: int = field(default_factory=os.getgid)
+    read_only: bool = False
+    #: hard: block while the ensemble is unreachable (like NFS); soft: EIO after `timeout`.
+    hard: bool = False
+    timeout: float = 10.0
+    #: Defaults for directories without `user.zkfs.*` settings.
+    lifetime: str = "persistent"
+    sequential: bool = False
+    entry_timeout: float = 1.0
+    attr_timeout: float = 1.0
+
+
+@dataclass
+class OpenFile:
+    inode: Inode
+    #: The znode the content is committed to (for Kind.DATA, the directory).
+    path: str
+    data: bytearray
+    #: Version of the content in `data` (as read at open, or as last committed).
+    version: int
+    #: Commit with `version` (the content depends on what was read), else unconditionally.
+    conditional: bool
+    dirty: bool = False
+    append: bool = False
+    writable: bool = False
+    tgid: int = 0
+
+
+@dataclass
+class OpenLifetime:
+    """An `open`-lifetime file: deleted when `tgid` closes its last handle on it."""
+    tgid: int
+    handles: set[int] = field(default_factory=set)
+
+
+@dataclass
+class DirHandle:
+    inode: Inode
+    entries: list[tuple[str, str, Kind, Stat]] | None = None
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _translate(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Awaitable[_T]]:
+    """ZooKeeper errors become errnos; anything unexpected is logged and becomes EIO instead of
+    stopping pyfuse3's main loop."""
+    @functools.wraps(fn)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except ZkError as exc:
+            log.debug("%s: %r", fn.__name__, exc)
+            raise pyfuse3.FUSEError(errno_for(exc)) from None
+        except Exception:
+            log.exception("%s failed", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper
+
+
+def _fail(code: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(code)
+
+
+def _tgid(pid: int) -> int:
+    """The process of a request's thread (the FUSE context carries the thread id)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return pid
+
+
+def check_name(name: bytes) -> str:
+    """A name ZooKeeper can hold as one path component, or EINVAL / ENAMETOOLONG."""
+    if len(name) > NAME_MAX:
+        raise _fail(errno.ENAMETOOLONG)
+    try:
+        text = name.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _fail(errno.EINVAL) from None
+    if text in ("", ".", "..") or "/" in text:
+        raise _fail(errno.EINVAL)
+    for ch in text:
+        c = ord(ch)
+        # ZooKeeper's PathUtils.validatePath; it works on UTF-16 units, so anything outside
+        # the BMP (a surrogate pair there) is refused too.
+        if (c <= 0x1F or 0x7F <= c <= 0x9F or 0xD800 <= c <= 0xF8FF or 0xFFF0 <= c):
+            raise _fail(errno.EINVAL)
+    return text
+
+
+@dataclass
+class Probe:
+    stat: Stat
+    kind: Kind
+    #: The data if it had to be fetched (only for empty, childless znodes), else None.
+    data: bytes | None = None
+
+
+class ZkOperations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+
+    def __init__(self, zk: ZkClient, config: MountConfig) -> None:
+        super().__init__()
+        self.zk = zk
+        self.cfg = config
+        self.inodes = InodeTable()
+        self._files: dict[int, OpenFile] = {}
+        self._dirs: dict[int, DirHandle] = {}
+        self._next_fh = 1
+        self._open_lifetime: dict[str, OpenLifetime] = {}
+        # At the ensemble root (no chroot) /zookeeper is ZooKeeper's own reserved subtree.
+        self._ensemble_root = zk.chroot is None
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _zk(self, fn: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
+        """Call the client, retrying through connection loss: until `timeout` (then EIO) on a
+        soft mount, forever on a hard one."""
+        deadline = math.inf if self.cfg.hard else trio.current_time() + self.cfg.timeout
+        while True:
+            if self.zk.state.is_terminal:
+                raise _fail(errno.EIO)
+            with trio.move_on_at(deadline):
+                try:
+                    return await fn(*args, **kwargs)
+                except ConnectionLossError:
+                    if self.zk.state.is_terminal:
+                        raise
+                    await trio.sleep(0.1)
+                    continue
+            raise _fail(errno.EIO)
+
+    def _fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def _inode(self, ino: int) -> Inode:
+        inode = self.inodes.get(ino)
+        if inode is None:
+            raise _fail(errno.ENOENT)
+        return inode
+
+    def _writable(self) -> None:
+        if self.cfg.read_only:
+            raise _fail(errno.EROFS)
+
+    def _reserved(self, path: str) -> bool:
+        """Paths the mount never shows or creates."""
+        if path == META_ROOT or path.startswith(META_ROOT + "/"):
+            return True
+        return False
+
+    def _check_create(self, parent: Inode, name: bytes) -> tuple[str, str]:
+        text = check_name(name)
+        path = join_path(parent.path, text)
+        if self._reserved(path):
+            raise _fail(errno.EINVAL)
+        if self._ensemble_root and (path == "/zookeeper" or path.startswith("/zookeeper/")):
+            raise _fail(errno.EINVAL)
+        return text, path
+
+    async def _probe(self, path: str) -> Probe | None:
+        """Stat and kind of the znode at `path`, or None if there is none."""
+        stat = await self._zk(self.zk.exists, path)
+        if stat is None:
+            return None
+        if path == "/":
+            return Probe(stat, Kind.DIR)
+        if stat.num_children > 0:
+            return Probe(stat, Kind.DIR)
+        if stat.data_length > 0:
+            return Probe(stat, Kind.FILE)
+        # Empty and childless: null data (directory) or empty data (file) — only get tells.
+        try:
+            data, stat = await self._zk(self.zk.get, path)
+        except NoNodeError:
+            return None
+        if stat.num_children > 0 or data is None:
+            return Probe(stat, Kind.DIR, data)
+        return Probe(stat, Kind.FILE, data)
+
+    def _attr(self, inode: Inode, stat: Stat) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = inode.ino
+        a.generation = 0
+        a.entry_timeout = self.cfg.entry_timeout
+        a.attr_timeout = self.cfg.attr_timeout
+        is_dir = inode.kind is Kind.DIR
+        perm = 0o755 if is_dir else 0o644
+        if self.cfg.read_only:
+            perm &= ~0o222
+        a.st_mode = (st.S_IFDIR if is_dir else st.S_IFREG) | perm
+        a.st_nlink = 2 if is_dir else 1
+        a.st_uid = self.cfg.uid
+        a.st_gid = self.cfg.gid
+        size = stat.data_length
+        # A writer's own uncommitted buffer is what it must see (e.g. fstat after write).
+        for f in self._files.values():
+            if f.inode is inode and f.dirty:
+                size = len(f.data)
+        a.st_size = size
+        a.st_blksize = 4096
+        a.st_blocks = (size + 511) // 512
+        mtime_ns = stat.mtime * 1_000_000
+        a.st_mtime_ns = mtime_ns
+        a.st_ctime_ns = mtime_ns
+        a.st_atime_ns = mtime_ns
+        inode.last_attr = a
+        return a
+
+    def _invalidate(self, inodes: list[Inode]) -> None:
+        """Make the kernel drop its dentries for inodes we no longer map to their path."""
+        for old in inodes:
+            if old.path == "/":
+                continue
+            parent = self.inodes.find(parent_path(old.path), Kind.DIR)
+            name = DATA_NAME if old.kind is Kind.DATA else base_name(old.path)
+            if parent is not None:
+                # Async: we may be inside a request holding the directory's lock.
+                pyfuse3.invalidate_entry_async(parent.ino, name.encode(), ignore_enoent=True)
+
+    def _entry(self, path: str, kind: Kind, stat: Stat) -> pyfuse3.EntryAttributes:
+        """Bind `path` to an inode, count the kernel's new reference, return its attributes."""
+        inode, displaced = self.inodes.bind(path, kind)
+        self._invalidate(displaced)
+        self.inodes.incref(inode)
+        return self._attr(inode, stat)
+
+    # ------------------------------------------------------------------ directory settings
+
+    async def _settings(self, dir_path: str) -> DirSettings:
+        try:
+            data, _ = await self._zk(self.zk.get, meta_path(dir_path))
+        except NoNodeError:
+            return DirSettings()
+        return decode_settings(data)
+
+    async def _effective(self, dir_path: str) -> tuple[str, bool]:
+        s = await self._settings(dir_path)
+        return (s.lifetime or self.cfg.lifetime,
+                self.cfg.sequential if s.sequential is None else s.sequential)
+
+    async def _store_settings(self, dir_path: str, change: dict[str, Any]) -> None:
+        mp = meta_path(dir_path)
+        for _ in range(10):
+            try:
+                data, stat = await self._zk(self.zk.get, mp)
+            except NoNodeError:
+                data, stat = None, None
+            current = decode_settings(data)
+            new = DirSettings(**{"lifetime": current.lifetime,
+                                 "sequential": current.sequential, **change})
+            try:
+                if stat is None:
+                    if new.empty:
+                        return
+                    try:
+                        await self._zk(self.zk.create, META_ROOT, None)
+                    except NodeExistsError:
+                        pass
+                    await self._zk(self.zk.create, mp, encode_settings(new))
+                elif new.empty:
+                    await self._zk(self.zk.delete, mp, stat.version)
+                else:
+                    await self._zk(self.zk.set, mp, encode_settings(new), stat.version)
+                return
+            except (NodeExistsError, BadVersionError, NoNodeError):
+                continue  # raced with another host: read again
+        raise _fail(errno.EBUSY)
+
+    # ------------------------------------------------------------------ lookups and attributes
+
+    @_translate
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = self._inode(parent_inode)
+        if name == b".":
+            path = parent.path
+        elif name == b"..":
+            path = parent_path(parent.path)
+        else:
+            try:
+                text = check_name(name)
+            except pyfuse3.FUSEError:
+                raise _fail(errno.ENOENT) from None
+            path = join_path(parent.path, text)
+            if self._reserved(path):
+                raise _fail(errno.ENOENT)
+        probe = await self._probe(path)
+        if probe is None:
+            if name == DATA_NAME.encode():
+                dir_probe = await self._probe(parent.path)
+                if dir_probe is not None and dir_probe.stat.data_length > 0:
+                    return self._entry(parent.path, Kind.DATA, dir_probe.stat)
+            raise _fail(errno.ENOENT)
+        return self._entry(path, probe.kind, probe.stat)
+
+    @_translate
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            self.inodes.forget(ino, n)
+
+    def _is_open(self, inode: Inode) -> bool:
+        return any(f.inode is inode for f in self._files.values())
+
+    @_translate
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None
+                      ) -> pyfuse3.EntryAttributes:
+        node = self._inode(inode)
+        if not node.bound:
+            if node.last_attr is not None and self._is_open(node):
+                return node.last_attr
+            raise _fail(errno.ENOENT)
+        probe = await self._probe(node.path)
+        if probe is None:
+            if node.last_attr is not None and self._is_open(node):
+                return node.last_attr  # fstat on an open file deleted elsewhere
+            self.inodes.unbind(node.path, (node.kind,), subtree=False)
+            self._invalidate([node])
+            raise _fail(errno.ENOENT)
+        if node.kind is Kind.DATA:
+            if probe.kind is not Kind.DIR or probe.stat.data_length == 0:
+                raise _fail(errno.ENOENT)
+            return self._attr(node, probe.stat)
+        if node.ino != pyfuse3.ROOT_INODE and probe.kind is not node.kind:
+            # The znode changed kind (a file gained a child): it has a new inode now. ESTALE
+            # makes the VFS look the path up again, which finds that new inode.
+            self.inodes.unbind(node.path, (node.kind,), subtree=False)
+            self._invalidate([node])
+            raise _fail(errno.ESTALE)
+        return self._attr(node, probe.stat)
+
+    @_translate
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self._inode(inode)
+        if fields.update_size:
+            self._writable()
+            if node.kind is Kind.DIR:
+                raise _fail(errno.EISDIR)
+            size = attr.st_size
+            if size > MAX_DATA:
+                raise _fail(errno.EFBIG)
+            f = self._files.get(fh) if fh is not None else None
+            if f is not None:
+                # ftruncate: part of the open file's buffered content, committed with it.
+                del f.data[size:]
+                f.data.extend(b"\0" * (size - len(f.data)))
+                f.dirty = True
+            else:
+                await self._truncate(node.path, size)
+        # chmod, chown and utimens are accepted and ignored: modes and owners come from mount
+        # options and times from the znode (server-set), so tools like cp -p and sed -i work.
+        return await self.getattr(inode, ctx)
+
+    async def _truncate(self, path: str, size: int) -> None:
+        for _ in range(10):
+            data, stat = await self._zk(self.zk.get, path)
+            if data is None:
+                raise _fail(errno.EISDIR)
+            if size == 0:
+                await self._zk(self.zk.set, path, b"")
+                return
+            new = data[:size] + b"\0" * max(0, size - len(data))
+            try:
+                await self._zk(self.zk.set, path, new, stat.version)
+                return
+            except BadVersionError:
+                continue  # someone wrote meanwhile: truncate what is there now
+        raise _fail(errno.EBUSY)
+
+    @_translate
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = 4096
+        s.f_frsize = 4096
+        s.f_namemax = NAME_MAX
+        return s
+
+    # ------------------------------------------------------------------ directories
+
+    @_translate
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self._inode(inode)
+        if node.kind is not Kind.DIR:
+            raise _fail(errno.ENOTDIR)
+        fh = self._fh()
+        self._dirs[fh] = DirHandle(node)
+        return fh
+
+    async def _list(self, path: str) -> list[tuple[str, str, Kind, Stat]]:
+        names = sorted(await self._zk(self.zk.get_children, path))
+        if path == "/":
+            names = [n for n in names if n != META_NAME]
+        probes: dict[str, Probe] = {}
+        limiter = trio.CapacityLimiter(_LIST_CONCURRENCY)
+
+        async def probe_one(name: str) -> None:
+            async with limiter:
+                p = await self._probe(join_path(path, name))
+            if p is not None:  # vanished meanwhile: just not listed
+                probes[name] = p
+
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(probe_one, name)
+        entries = [(n, join_path(path, n), probes[n].kind, probes[n].stat)
+                   for n in names if n in probes]
+        if DATA_NAME not in probes:
+            own = await self._probe(path)
+            if own is not None and own.stat.data_length > 0:
+                entries.insert(0, (DATA_NAME, path, Kind.DATA, own.stat))
+        return entries
+
+    @_translate
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        handle = self._dirs[fh]
+        if start_id == 0 or handle.entries is None:
+            try:
+                handle.entries = await self._list(handle.inode.path)
+            except NoNodeError:
+                handle.entries = []
+        for i in range(start_id, len(handle.entries)):
+            name, path, kind, stat = handle.entries[i]
+            inode, displaced = self.inodes.bind(path, kind)
+            self._invalidate(displaced)
+            if not pyfuse3.readdir_reply(token, name.encode(), self._attr(inode, stat), i + 1):
+                self.inodes.forget(inode.ino, 0)  # drop it again if nobody references it
+                return
+            self.inodes.incref(inode)
+
+    @_translate
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @_translate
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._writable()
+        parent = self._inode(parent_inode)
+        _, path = self._check_create(parent, name)
+        # Directories are always persistent: an ephemeral znode cannot have children.
+        _, stat = await self._zk(self.zk.create, path, None, include_stat=True)
+        return self._entry(path, Kind.DIR, stat)
+
+    @_translate
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._writable()
+        parent = self._inode(parent_inode)
+        path = join_path(parent.path, check_name(name))
+        probe = await self._probe(path)
+        if probe is None:
+            raise _fail(errno.ENOENT)
+        if probe.kind is not Kind.DIR:
+            raise _fail(errno.ENOTDIR)
+        ops = [Op.delete(path)]
+        # The directory's settings go with it, in the same transaction, so that a directory
+        # made later under the same name does not inherit them.
+        if await self._zk(self.zk.exists, meta_path(path)) is not None:
+            ops.append(Op.delete(meta_path(path)))
+        await self._zk(self.zk.multi, ops)
+        self._invalidate(self.inodes.unbind(path))
+
+    # ------------------------------------------------------------------ files
+
+    def _new_handle(self, inode: Inode, path: str, data: bytes, version: int, flags: int,
+                    ctx: pyfuse3.RequestContext, *, truncated: bool) -> pyfuse3.FileInfo:
+        fh = self._fh()
+        self._files[fh] = OpenFile(
+            inode=inode, path=path, data=bytearray(data), version=version,
+            conditional=not truncated, dirty=truncated,
+            append=bool(flags & os.O_APPEND),
+            writable=(flags & os.O_ACCMODE) != os.O_RDONLY, tgid=_tgid(ctx.pid))
+        owned = self._open_lifetime.get(path)
+        if owned is not None and owned.tgid == self._files[fh].tgid:
+            owned.handles.add(fh)
+        # direct_io: every read comes here, so a reader sees the content fetched at open and
+        # never a kernel page cache (or file size) that another host has since made stale.
+        return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+
+    @_translate
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self._inode(inode)
+        if node.kind is Kind.DIR:
+            raise _fail(errno.EISDIR)
+        if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:
+            self._writable()
+        try:
+            data, stat = await self._zk(self.zk.get, node.path)
+        except NoNodeError:
+            raise _fail(errno.ENOENT) from None
+        if node.kind is Kind.FILE and (data is None or stat.num_children > 0):
+            # Became a directory: ESTALE makes the VFS look it up again (and find a directory).
+            self.inodes.unbind(node.path, (Kind.FILE,), subtree=False)
+            self._invalidate([node])
+            raise _fail(errno.ESTALE)
+        if node.kind is Kind.DATA and not data:
+            raise _fail(errno.ENOENT)
+        truncated = bool(flags & os.O_TRUNC)
+        return self._new_handle(node, node.path, b"" if truncated else (data or b""),
+                                stat.version, flags, ctx, truncated=truncated)
+
+    @_translate
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo,
+                                                           pyfuse3.EntryAttributes]:
+        self._writable()
+        parent = self._inode(parent_inode)
+        text, path = self._check_create(parent, name)
+        lifetime, sequential = await self._effective(parent.path)
+        if sequential and len(name) + 10 > NAME_MAX:
+            raise _fail(errno.ENAMETOOLONG)
+        try:
+            created, stat = await self._zk(self.zk.create, path, b"",
+                                           ephemeral=lifetime != "persistent",
+                                           sequential=sequential, include_stat=True)
+        except NodeExistsError:
+            if flags & os.O_EXCL:
+                raise
+            # Created elsewhere between the kernel's lookup and now: open that one instead.
+            probe = await self._probe(path)
+            if probe is None or probe.kind is not Kind.FILE:
+                raise _fail(errno.EEXIST) from None
+            attr = self._entry(path, Kind.FILE, probe.stat)
+            return await self.open(attr.st_ino, flags, ctx), attr
+        attr = self._entry(created, Kind.FILE, stat)
+        inode = self._inode(attr.st_ino)
+        if lifetime == "open":
+            self._open_lifetime[created] = OpenLifetime(_tgid(ctx.pid))
+        fi = self._new_handle(inode, created, b"", stat.version, flags, ctx, truncated=False)
+        if created != path:
+            # Sequential: the kernel must not remember the requested name; the file's real
+            # name (with ZooKeeper's suffix) is what lookups and listings show.
+            attr.entry_timeout = 0
+        return fi, attr
+
+    @_translate
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if not st.S_ISREG(mode):
+            raise _fail(errno.EPERM)  # znodes hold data; no devices, fifos or sockets
+        self._writable()
+        parent = self._inode(parent_inode)
+        _, path = self._check_create(parent, name)
+        lifetime, sequential = await self._effective(parent.path)
+        created, stat = await self._zk(self.zk.create, path, b"",
+                                       ephemeral=lifetime != "persistent",
+                                       sequential=sequential, include_stat=True)
+        attr = self._entry(created, Kind.FILE, stat)
+        if created != path:
+            attr.entry_timeout = 0
+        return attr
+
+    @_translate
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        f = self._files[fh]
+        return bytes(f.data[off:off + size])
+
+    @_translate
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        f = self._files[fh]
+        if f.append:
+            # The kernel computes append offsets from its cached size, which may be stale.
+            off = len(f.data)
+        end = off + len(buf)
+        if end > MAX_DATA:
+            raise _fail(errno.EFBIG)
+        if off > len(f.data):
+            f.data.extend(b"\0" * (off - len(f.data)))
+        f.data[off:end] = buf
+        f.dirty = True
+        return len(buf)
+
+    async def _commit(self, f: OpenFile) -> None:
+        if not f.dirty:
+            return
+        version = f.version if f.conditional else -1
+        try:
+            stat = await self._zk(self.zk.set, f.path, bytes(f.data), version)
+        except (BadVersionError, NoNodeError):
+            # Somebody else changed (or removed) the znode since we read it: refuse to
+            # overwrite their update. The buffered content is dropped.
+            f.dirty = False
+            raise _fail(STALE_ERRNO) from None
+        f.version = stat.version
+        # Later writes through this handle build on what we just committed.
+        f.conditional = True
+        f.dirty = False
+
+    @_translate
+    async def flush(self, fh: int) -> None:
+        await self._commit(self._files[fh])
+
+    @_translate
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self._commit(self._files[fh])
+
+    @_translate
+    async def release(self, fh: int) -> None:
+        f = self._files.pop(fh, None)
+        if f is None:
+            return
+        try:
+            await self._commit(f)
+        except pyfuse3.FUSEError as exc:
+            log.info("commit of %s at release failed: %s", f.path, exc)
+        owned = self._open_lifetime.get(f.path)
+        if owned is not None and fh in owned.handles:
+            owned.handles.discard(fh)
+            if not owned.handles:
+                # The creating process closed its last descriptor: the file goes (ORCLOSE).
+                del self._open_lifetime[f.path]
+                try:
+                    await self._zk(self.zk.delete, f.path)
+                except NoNodeError:
+                    pass
+                self._invalidate(self.inodes.unbind(f.path, (Kind.FILE,), subtree=False))
+
+    @_translate
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._writable()
+        parent = self._inode(parent_inode)
+        path = join_path(parent.path, check_name(name))
+        probe = await self._probe(path)
+        if probe is None:
+            if name == DATA_NAME.encode():
+                # Removing the pseudo-file makes the directory's data null again.
+                await self._zk(self.zk.set, parent.path, None)
+                self.inodes.unbind(parent.path, (Kind.DATA,), subtree=False)
+                return
+            raise _fail(errno.ENOENT)
+        if probe.kind is Kind.DIR:
+            raise _fail(errno.EISDIR)
+        await self._zk(self.zk.delete, path)
+        self._open_lifetime.pop(path, None)
+        self.inodes.unbind(path, (Kind.FILE,), subtree=False)
+
+    @_translate
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise _fail(errno.EPERM)  # a znode has exactly one path
+
+    @_translate
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise _fail(errno.EPERM)
+
+    # ------------------------------------------------------------------ rename
+
+    @_translate
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int,
+                     name_new: bytes, flags: int, ctx: pyfuse3.RequestContext) -> None:
+        self._writable()
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise _fail(errno.EINVAL)  # ZooKeeper has no atomic swap of two paths' contents
+        noreplace = bool(flags & pyfuse3.RENAME_NOREPLACE)
+        old_parent = self._inode(parent_inode_old)
+        new_parent = self._inode(parent_inode_new)
+        old = join_path(old_parent.path, check_name(name_old))
+        _, new = self._check_create(new_parent, name_new)
+        if old == new:
+            return
+        for _ in range(10):
+            src = await self._probe(old)
+            if src is None:
+                if name_old == DATA_NAME.encode():
+                    raise _fail(errno.EXDEV)  # mv copies the pseudo-file, then unlinks it
+                raise _fail(errno.ENOENT)
+            try:
+                if src.kind is Kind.DIR:
+                    await self._rename_dir(old, new, noreplace)
+                else:
+                    await self._rename_file(old, new, new_parent.path,
+                                            name_new == DATA_NAME.encode(), noreplace)
+            except (BadVersionError, NodeExistsError, NoNodeError, NotEmptyError) as exc:
+                # Lost a race with another host between our reads and the transaction.
+                log.debug("rename %s -> %s: %r, retrying", old, new, exc)
+                await trio.sleep(0.01)
+                continue
+            break
+        else:
+            raise _fail(errno.EBUSY)
+        owned = self._open_lifetime.pop(old, None)
+        if owned is not None:
+            self._open_lifetime[new] = owned
+        self.inodes.rename(old, new)
+
+    async def _rename_file(self, old: str, new: str, new_dir: str, to_data: bool,
+                           noreplace: bool) -> None:
+        data, sstat = await self._zk(self.zk.get, old)
+        if data is None or sstat.num_children > 0:
+            raise NotEmptyError(path=old)  # became a directory meanwhile: retry as one
+        target = await self._probe(new)
+        if target is None and to_data:
+            own = await self._probe(new_dir)
+            if own is not None and own.stat.data_length > 0:
+                # Onto the pseudo-file: becomes the directory's data (sed -i DIR/.data).
+                await self._zk(self.zk.multi, [Op.set(new_dir, data, own.stat.version),
+                                               Op.delete(old, sstat.version)])
+                return
+        ops: list[Op] = []
+        if target is not None:
+            if noreplace:
+                raise _fail(errno.EEXIST)
+            if target.kind is Kind.DIR:
+                raise _fail(errno.EISDIR)
+            ops.append(Op.delete(new, target.stat.version))
+        # The file is created anew in the target directory, so that directory's lifetime
+        # applies (a sequential directory keeps the name given: mv names it explicitly).
+        lifetime, _ = await self._effective(new_dir)
+        ops += [Op.create(new, data, ephemeral=lifetime != "persistent"),
+                Op.delete(old, sstat.version)]
+        await self._zk(self.zk.multi, ops)
+
+    async def _rename_dir(self, old: str, new: str, noreplace: bool) -> None:
+        # Collect the subtree (parents before children); too big or ephemeral → EXDEV, and
+        # mv falls back to copying and deleting.
+        nodes: list[tuple[str, bytes | None, Stat]] = []
+        queue = [old]
+        total = 0
+        while queue:
+            path = queue.pop(0)
+            data, stat = await self._zk(self.zk.get, path)
+            if stat.ephemeral_owner != 0:
+                raise _fail(errno.EXDEV)
+            total += len(data or b"")
+            nodes.append((path, data, stat))
+            if len(nodes) > MAX_RENAME_NODES or total > MAX_RENAME_BYTES:
+                raise _fail(errno.EXDEV)
+            if stat.num_children:
+                children = sorted(await self._zk(self.zk.get_children, path))
+                queue.extend(join_path(path, c) for c in children)
+        ops: list[Op] = []
+        target = await self._probe(new)
+        if target is not None:
+            if noreplace:
+                raise _fail(errno.EEXIST)
+            if target.kind is not Kind.DIR:
+                raise _fail(errno.ENOTDIR)
+            if target.stat.num_children:
+                raise _fail(errno.ENOTEMPTY)
+            ops.append(Op.delete(new, target.stat.version))
+            if await self._zk(self.zk.exists, meta_path(new)) is not None:
+                ops.append(Op.delete(meta_path(new)))
+        for path, data, _ in nodes:
+            ops.append(Op.create(new + path[len(old):], data))
+        for path, _, stat in reversed(nodes):
+            ops.append(Op.delete(path, stat.version))
+        # Directory settings move with their directories.
+        try:
+            keys = await self._zk(self.zk.get_children, META_ROOT)
+        except NoNodeError:
+            keys = []
+        for key in keys:
+            dpath = meta_key_path(key)
+            if dpath == old or dpath.startswith(old + "/"):
+                mdata, mstat = await self._zk(self.zk.get, f"{META_ROOT}/{key}")
+                ops.append(Op.create(meta_path(new + dpath[len(old):]), mdata))
+                ops.append(Op.delete(f"{META_ROOT}/{key}", mstat.version))
+        await self._zk(self.zk.multi, ops)
+
+    # ------------------------------------------------------------------ extended attributes
+
+    @_translate
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self._inode(inode)
+        key = name.decode("utf-8", "replace")
+        if key in STAT_XATTRS:
+            stat = await self._zk(self.zk.exists, node.path)
+            if stat is None:
+                raise _fail(errno.ENOENT)
+            return STAT_XATTRS[key](stat).encode()
+        if node.kind is Kind.DIR:
+            if key == XATTR_DATA:
+                data, _ = await self._zk(self.zk.get, node.path)
+                if data is None:
+                    raise _fail(pyfuse3.ENOATTR)
+                return data
+            if key in (XATTR_LIFETIME, XATTR_SEQUENTIAL):
+                # The effective value, mount default included, so scripts can just ask.
+                lifetime, sequential = await self._effective(node.path)
+                return (lifetime if key == XATTR_LIFETIME else str(int(sequential))).encode()
+        raise _fail(pyfuse3.ENOATTR)
+
+    @_translate
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        node = self._inode(inode)
+        names = [k.encode() for k in STAT_XATTRS]
+        if node.kind is Kind.DIR:
+            data, _ = await self._zk(self.zk.get, node.path)
+            if data is not None:
+                names.append(XATTR_DATA.encode())
+            # Only what is explicitly set, so `cp -a` copies settings, not mount defaults.
+            s = await self._settings(node.path)
+            if s.lifetime is not None:
+                names.append(XATTR_LIFETIME.encode())
+            if s.sequential is not None:
+                names.append(XATTR_SEQUENTIAL.encode())
+        return names
+
+    @_translate
+    async def setxattr(self, inode: int, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        node = self._inode(inode)
+        key = name.decode("utf-8", "replace")
+        if key in STAT_XATTRS:
+            raise _fail(errno.EPERM)  # the server keeps the Stat
+        if key not in (XATTR_DATA, XATTR_LIFETIME, XATTR_SEQUENTIAL):
+            raise _fail(errno.ENOTSUP)
+        self._writable()
+        if node.kind is not Kind.DIR:
+            raise _fail(errno.EINVAL)
+        if key == XATTR_DATA:
+            if len(value) > MAX_DATA:
+                raise _fail(errno.EFBIG)
+            await self._zk(self.zk.set, node.path, value)
+            return
+        text = value.decode("utf-8", "replace").strip()
+        if key == XATTR_LIFETIME:
+            if text not in LIFETIMES:
+                raise _fail(errno.EINVAL)
+            await self._store_settings(node.path, {"lifetime": text})
+        else:
+            if text not in ("0", "1"):
+                raise _fail(errno.EINVAL)
+            await self._store_settings(node.path, {"sequential": text == "1"})
+
+    @_translate
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        node = self._inode(inode)
+        key = name.decode("utf-8", "replace")
+        if key in STAT_XATTRS:
+            raise _fail(errno.EPERM)
+        self._writable()
+        if node.kind is Kind.DIR and key == XATTR_DATA:
+            await self._zk(self.zk.set, node.path, None)
+            return
+        if node.kind is Kind.DIR and key in (XATTR_LIFETIME, XATTR_SEQUENTIAL):
+            await self._store_settings(
+                node.path, {"lifetime" if key == XATTR_LIFETIME else "sequential": None})
+            return
+        raise _fail(pyfuse3.ENOATTR)

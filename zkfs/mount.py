@@ -1,0 +1,246 @@
+"""`zkfs mount`: run the FUSE filesystem of zkfs.fs against a ZooKeeper ensemble.
+
+`run_mount` parses the options, then (unless in the foreground) forks: the child connects,
+mounts and serves; the parent waits on a pipe until the child reports the mount ready (exit 0)
+or failed (its one-line error, exit 1), so `zkfs mount SERVERS /zk && ls /zk` works.
+
+Shutdown is always the same path: SIGTERM, SIGINT or SIGHUP ends the FUSE loop, as does
+`umount`/`fusermount3 -u` from outside; then the filesystem is unmounted and the ZooKeeper
+session closed (closeSession), so its ephemeral (`session`) files vanish for everyone at once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import sys
+import time
+
+import pyfuse3
+import trio
+
+from zkfs.client import open_client
+from zkfs.errors import ZkError
+from zkfs.fs import MountConfig, ZkOperations
+from zkfs.meta import LIFETIMES
+
+__all__ = ["parse_options", "run_mount", "build_config", "MountOptionError"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SESSION_TIMEOUT = 10.0
+# Options of mount(8)/fstab/systemd that mean nothing here (mount.fuse3 passes some through).
+_IGNORED = frozenset({"defaults", "rw", "auto", "noauto", "user", "nouser", "users", "owner",
+                      "group", "_netdev", "nofail", "dev", "nodev", "suid", "nosuid", "exec",
+                      "noexec", "atime", "noatime", "relatime", "strictatime", "sync", "async",
+                      "sw", "loop"})
+_KNOWN = frozenset({"session_timeout", "ro", "hard", "soft", "timeout", "allow_other",
+                    "allow_root", "uid", "gid", "lifetime", "sequential", "fsname",
+                    "entry_timeout", "attr_timeout", "debug", "logfile", "auto_unmount"})
+
+
+class MountOptionError(ValueError):
+    pass
+
+
+def parse_options(text: str) -> dict[str, str]:
+    """`"a=b,c"` → `{"a": "b", "c": ""}` (later duplicates win, as with mount(8))."""
+    options: dict[str, str] = {}
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if not key:
+            raise MountOptionError(f"empty option name in {item!r}")
+        options[key] = value.strip()
+    return options
+
+
+def _seconds(options: dict[str, str], key: str, default: float) -> float:
+    if key not in options:
+        return default
+    try:
+        value = float(options[key])
+    except ValueError:
+        raise MountOptionError(f"{key}= needs a number of seconds, not {options[key]!r}") from None
+    if value < 0 or (value == 0 and key in ("session_timeout", "timeout")):
+        raise MountOptionError(f"{key}= must be positive")
+    return value
+
+
+def _id(options: dict[str, str], key: str, default: int) -> int:
+    if key not in options:
+        return default
+    try:
+        return int(options[key])
+    except ValueError:
+        raise MountOptionError(f"{key}= needs a numeric id, not {options[key]!r}") from None
+
+
+def build_config(options: dict[str, str], servers: str = "zkfs"
+                 ) -> tuple[MountConfig, float, set[str]]:
+    """(filesystem config, session timeout in seconds, FUSE mount options) from `options`."""
+    unknown = sorted(k for k in options
+                     if k not in _KNOWN and k not in _IGNORED and not k.startswith("x-"))
+    if unknown:
+        raise MountOptionError(f"unknown option(s): {', '.join(unknown)}")
+    if "hard" in options and "soft" in options:
+        raise MountOptionError("hard and soft exclude each other")
+    session_timeout = _seconds(options, "session_timeout", DEFAULT_SESSION_TIMEOUT)
+    lifetime = options.get("lifetime", "persistent")
+    if lifetime not in LIFETIMES:
+        raise MountOptionError(f"lifetime= must be one of {', '.join(LIFETIMES)}")
+    sequential = options.get("sequential", "0")
+    if sequential not in ("0", "1"):
+        raise MountOptionError("sequential= must be 0 or 1")
+    cfg = MountConfig(
+        uid=_id(options, "uid", os.getuid()),
+        gid=_id(options, "gid", os.getgid()),
+        read_only="ro" in options,
+        hard="hard" in options,
+        timeout=_seconds(options, "timeout", session_timeout),
+        lifetime=lifetime,
+        sequential=sequential == "1",
+        entry_timeout=_seconds(options, "entry_timeout", 1.0),
+        attr_timeout=_seconds(options, "attr_timeout", 1.0),
+    )
+    # The source column of /proc/mounts and df: the connect string, like host:path for NFS.
+    fuse_options = {f"fsname={options.get('fsname') or servers}", "subtype=zkfs",
+                    # The kernel checks modes against our uid/gid/mode bits.
+                    "default_permissions"}
+    for flag in ("allow_other", "allow_root", "ro", "auto_unmount"):
+        if flag in options:
+            fuse_options.add(flag)
+    return cfg, session_timeout, fuse_options
+
+
+def _setup_logging(options: dict[str, str], foreground: bool) -> None:
+    level = logging.DEBUG if "debug" in options else logging.WARNING
+    handler: logging.Handler
+    if options.get("logfile"):
+        handler = logging.FileHandler(options["logfile"])
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s zkfs[%(process)d] %(levelname)s "
+                                           "%(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+async def _serve(servers: str, mountpoint: str, cfg: MountConfig, session_timeout: float,
+                 fuse_options: set[str], report: callable) -> int:  # type: ignore[valid-type]
+    try:
+        async with open_client(servers, session_timeout=session_timeout) as zk:
+            if await zk.exists("/") is None:
+                report(f"error: {servers}: the chroot does not exist")
+                return 1
+            ops = ZkOperations(zk, cfg)
+            try:
+                pyfuse3.init(ops, mountpoint, fuse_options)
+            except RuntimeError as exc:
+                report(f"error: cannot mount on {mountpoint}: {exc}")
+                return 1
+            try:
+                report("ok")
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_on_signals)
+                    await pyfuse3.main()
+                    nursery.cancel_scope.cancel()
+            finally:
+                # Unmounts if still mounted (signal); harmless after an outside umount.
+                pyfuse3.close(unmount=True)
+            # Leaving `open_client` closes the session: our ephemeral files go at once.
+        return 0
+    except (ZkError, OSError) as exc:
+        report(f"error: cannot connect to {servers}: {exc}")
+        return 1
+
+
+async def _on_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            return
+
+
+def run_mount(servers: str, mountpoint: str, options: dict[str, str], foreground: bool) -> int:
+    """Mount ZooKeeper `servers` on `mountpoint`; the exit status of `zkfs mount`."""
+    try:
+        cfg, session_timeout, fuse_options = build_config(options, servers)
+    except MountOptionError as exc:
+        print(f"zkfs mount: {exc}", file=sys.stderr)
+        return 2
+    if not os.path.isdir(mountpoint):
+        print(f"zkfs mount: {mountpoint}: not a directory", file=sys.stderr)
+        return 2
+    mountpoint = os.path.abspath(mountpoint)
+
+    if foreground:
+        _setup_logging(options, foreground=True)
+
+        def report_fg(message: str) -> None:
+            if message != "ok":
+                print(f"zkfs mount: {message}", file=sys.stderr)
+        return trio.run(_serve, servers, mountpoint, cfg, session_timeout, fuse_options,
+                        report_fg)
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: becomes the filesystem daemon
+        code = 1
+        try:
+            os.close(read_fd)
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.close(null)
+            _setup_logging(options, foreground=False)
+            reported = False
+
+            def report_bg(message: str) -> None:
+                nonlocal reported
+                if not reported:
+                    reported = True
+                    os.write(write_fd, message.encode() + b"\n")
+                    os.close(write_fd)
+            code = trio.run(_serve, servers, mountpoint, cfg, session_timeout, fuse_options,
+                            report_bg)
+        except BaseException:  # noqa: BLE001 - a daemon child must never return to the caller
+            logging.getLogger(__name__).exception("zkfs mount failed")
+        finally:
+            os._exit(code)
+
+    os.close(write_fd)
+    # Connecting may take up to the session timeout; mounting itself is quick.
+    deadline = time.monotonic() + session_timeout + 15
+    message = b""
+    while time.monotonic() < deadline and not message.endswith(b"\n"):
+        ready, _, _ = select.select([read_fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(read_fd, 4096)
+        if not chunk:
+            break
+        message += chunk
+    os.close(read_fd)
+    text = message.decode(errors="replace").strip()
+    if text == "ok":
+        return 0
+    if not text:
+        text = "error: the filesystem process did not report a mount in time"
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    print(f"zkfs mount: {text}", file=sys.stderr)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    return 1
