@@ -487,3 +487,12 @@ def test_filter_mount_options_unit() -> None:
     assert filter_mount_options(["defaults,_netdev", "x-systemd.requires=zkfsd.service,hard",
                                  "comment=x,ro,lifetime=session"]) == "hard,ro,lifetime=session"
     assert filter_mount_options([]) == ""
+
+
+def test_ephemeral_holder_exits_7_when_its_session_is_lost(zkfsd, background) -> None:  # type: ignore[no-untyped-def]
+    holder = start(background, zkfsd.hosts, "create", "--ephemeral", "--timeout", "1", "/h")
+    assert holder.line() == "/h"
+    zkfsd.kill9()  # the ensemble is gone: after a session timeout the node must count as lost
+    assert holder.wait(timeout=15) == 7
+    assert holder.stderr() == (
+        "zkfs: create /h: session lost: disconnected for longer than the session timeout\n")

@@ -42,14 +42,14 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import KazooException
-from kazoo.protocol.states import ZnodeStat
+from kazoo.protocol.states import Callback, ZnodeStat
 from kazoo.security import ACL, Id, make_digest_acl
 
 from helpers import ApacheZooKeeper, ZkfsdProcess, kazoo_client
@@ -275,14 +275,14 @@ class EventLog:
     def __init__(self, target: Target, client: KazooClient) -> None:
         self.target = target
         self.client = client
-        self.events: list[tuple[str, str]] = []
+        self.events: list[tuple[str, str, str]] = []
 
     def watch(self, tag: str = "") -> Callable[[Any], None]:
         def callback(event: Any) -> None:
             self.events.append((tag, event.type, self.target.rel(event.path)))
         return callback
 
-    def settle(self) -> list[tuple[str, str]]:
+    def settle(self) -> list[Any]:
         """Every event the server sent before now, in order; then forget them.
 
         A read round trip puts the server's earlier notifications ahead of its reply on the
@@ -290,7 +290,6 @@ class EventLog:
         """
         self.client.exists("/")
         done = threading.Event()
-        from kazoo.protocol.states import Callback
         self.client.handler.dispatch_callback(Callback("watch", done.set, ()))
         assert done.wait(10), "kazoo's callback thread is stuck"
         events, self.events = self.events, []
@@ -547,13 +546,13 @@ def scenario_bad_paths(t: Target) -> None:
         for label, op, make in ops:
             # Absolute paths go inside the base: nothing may be created outside it on the
             # shared reference (a sequential '/zookeeper/' would be, for instance).
-            for variant in [absolute(path)]:
-                if label == "check-watches" and not variant.startswith("/"):
-                    continue  # ZooKeeper fails on some relative paths here (see module doc)
-                if raw.closed:
-                    raw = t.raw("R")
-                code = raw.code(op, make(variant))
-                t.trace.append((label, t.rel(variant), code))
+            variant = absolute(path)
+            if label == "check-watches" and not variant.startswith("/"):
+                continue  # ZooKeeper fails on some relative paths here (see module doc)
+            if raw.closed:
+                raw = t.raw("R")
+            code = raw.code(op, make(variant))
+            t.trace.append((label, t.rel(variant), code))
     # Reads of the root's "" alias: ZooKeeper's tree holds the root under "" too.
     for label, op, make in ops[4:8]:
         if raw.closed:
@@ -652,7 +651,8 @@ def scenario_watches(t: Target) -> None:
     t.step("exists-watch", lambda: a.exists(t.p("/w/n"), watch=log.watch("exists2")))
     t.step("children-watch2", lambda: sorted(a.get_children(t.p("/w"),
                                                             watch=log.watch("children2"))))
-    t.step("child-watch-on-n", lambda: sorted(a.get_children(t.p("/w/n"), watch=log.watch("nkids"))))
+    t.step("child-watch-on-n", lambda: sorted(a.get_children(t.p("/w/n"),
+                                                             watch=log.watch("nkids"))))
     b.set(t.p("/w/n"), b"2")
     b.set(t.p("/w/n"), b"3")
     log.record("after-two-sets")
@@ -660,12 +660,14 @@ def scenario_watches(t: Target) -> None:
     b.delete(t.p("/w/n"))
     log.record("after-delete")
     # The sibling's creation/deletion fires the child watch on the parent only once.
-    t.step("children-watch3", lambda: sorted(a.get_children(t.p("/w"), watch=log.watch("children3"))))
+    t.step("children-watch3", lambda: sorted(a.get_children(t.p("/w"),
+                                                            watch=log.watch("children3"))))
     b.delete(t.p("/w/n2"))
     b.create(t.p("/w/n3"), b"")
     log.record("after-sibling-changes")
     # A setData on the parent does not fire child watches; setACL fires nothing.
-    t.step("children-watch4", lambda: sorted(a.get_children(t.p("/w"), watch=log.watch("children4"))))
+    t.step("children-watch4", lambda: sorted(a.get_children(t.p("/w"),
+                                                            watch=log.watch("children4"))))
     t.step("exists-watch-w", lambda: a.exists(t.p("/w"), watch=log.watch("w")))
     b.set_acls(t.p("/w"), [ACL(31, Id("world", "anyone"))])
     b.set(t.p("/w"), b"parent")
@@ -683,7 +685,8 @@ def scenario_watches(t: Target) -> None:
     # Multi: events for each op, in op order.
     t.step("exists-m1", lambda: a.exists(t.p("/w/m1"), watch=log.watch("m1")))
     t.step("exists-m2", lambda: a.exists(t.p("/w/m2"), watch=log.watch("m2")))
-    t.step("children-watch5", lambda: sorted(a.get_children(t.p("/w"), watch=log.watch("children5"))))
+    t.step("children-watch5", lambda: sorted(a.get_children(t.p("/w"),
+                                                            watch=log.watch("children5"))))
     tx = b.transaction()
     tx.create(t.p("/w/m2"), b"")
     tx.create(t.p("/w/m1"), b"")
@@ -781,7 +784,8 @@ def scenario_session_close(t: Target) -> None:
         t.sessions[owner.client_id[0]] = "owner"
         t.step("create-ephemeral", lambda: owner.create(t.p("/s/e"), b"", ephemeral=True))
         t.step("stat", lambda: watcher.exists(t.p("/s/e"), watch=log.watch("exists")))
-        t.step("children", lambda: sorted(watcher.get_children(t.p("/s"), watch=log.watch("children"))))
+        t.step("children", lambda: sorted(watcher.get_children(t.p("/s"),
+                                                               watch=log.watch("children"))))
     finally:
         owner.stop()
         owner.close()
@@ -802,7 +806,8 @@ def scenario_session_expiry(t: Target) -> None:
         t.raw_step("create-ephemeral", silent, OpCode.CREATE2,
                    jute.CreateRequest(t.p("/x/e"), b"", OPEN_ACL, int(CreateMode.EPHEMERAL)))
         t.step("stat", lambda: watcher.exists(t.p("/x/e"), watch=log.watch("exists")))
-        t.step("children", lambda: sorted(watcher.get_children(t.p("/x"), watch=log.watch("children"))))
+        t.step("children", lambda: sorted(watcher.get_children(t.p("/x"),
+                                                               watch=log.watch("children"))))
         # Now the raw session says nothing at all.
         deadline = time.monotonic() + 20
         while watcher.exists(t.p("/x/e")) is not None and time.monotonic() < deadline:

@@ -880,7 +880,8 @@ def test_random_logs_restore_and_replay(raw: list[dict[str, Any]], cut: int) -> 
 def test_auth_acl_with_null_id_expands(log: Log) -> None:
     # kazoo sends ACL(31, Id("auth", "")) with a null id (it writes "" as null); ZooKeeper's
     # fixupACL never looks at an 'auth' entry's id.
-    result = log.create("/a", acl=[[31, "auth", None]], auth=[["ip", "127.0.0.1"], ["digest", ALICE]])
+    result = log.create("/a", acl=[[31, "auth", None]],
+                        auth=[["ip", "127.0.0.1"], ["digest", ALICE]])
     assert result.err == Err.OK
     assert log.tree.get("/a").acl == [(31, "digest", ALICE)]
     # Still invalid without an authenticated id, and a null id stays invalid for other schemes.

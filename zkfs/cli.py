@@ -98,6 +98,8 @@ def _fail(message: str, status: int = EXIT_ERROR) -> NoReturn:
 
 def describe(exc: ZkError) -> tuple[int, str]:
     """(exit status, short reason) for a ZooKeeper error."""
+    if isinstance(exc, SessionLostError):
+        return EXIT_CONNECTION, "session lost: disconnected for longer than the session timeout"
     for cls, status, reason in _ERRORS:
         if isinstance(exc, cls):
             return status, reason
@@ -152,6 +154,10 @@ def run_session(ctx: click.Context, conn: Conn, label: str,
             status = trio.run(main)
         except BaseExceptionGroup as group:
             raise _leaf(group) from None
+    except BrokenPipeError:
+        # The reader went away (`zkfs watch | head -1`): quietly, as a shell pipeline would.
+        _silence_stdout()
+        ctx.exit(EXIT_PIPE)
     except ZkError as exc:
         status_code, reason = describe(exc)
         path = exc.path or ""
@@ -255,8 +261,14 @@ async def _children_or_none(zk: Any, path: str) -> list[str] | None:
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-async def _until_stopped(zk: Any, task_status: Any = None) -> None:
-    """Return on SIGINT/SIGTERM/SIGHUP; raise if the session dies (expired, auth failed)."""
+class SessionLostError(ConnectionLossError):
+    """Disconnected for longer than the session timeout: the server has (or will have) expired
+    the session, and its ephemeral nodes with it."""
+
+
+async def _until_stopped(zk: Any, task_status: Any = None, *, strict: bool = False) -> None:
+    """Return on SIGINT/SIGTERM/SIGHUP; raise if the session dies (expired, auth failed), and,
+    if `strict`, as soon as the connection has been down for a whole session timeout."""
     import trio
 
     from zkfs.client import ClientState
@@ -271,6 +283,13 @@ async def _until_stopped(zk: Any, task_status: Any = None) -> None:
                     nursery.cancel_scope.cancel()
                     return
 
+            timer: list[trio.CancelScope] = []
+
+            async def lost_after(scope: trio.CancelScope) -> None:
+                with scope:
+                    await trio.sleep(zk.negotiated_timeout)
+                    raise SessionLostError()
+
             async def on_state() -> None:
                 async for state in states:
                     if state is ClientState.EXPIRED:
@@ -279,10 +298,21 @@ async def _until_stopped(zk: Any, task_status: Any = None) -> None:
                         raise AuthFailedError()
                     if state.is_terminal:
                         raise ConnectionLossError("session closed")
+                    if strict and state is ClientState.SUSPENDED and not timer:
+                        timer.append(trio.CancelScope())
+                        nursery.start_soon(lost_after, timer[0])
+                    elif state is ClientState.CONNECTED and timer:
+                        timer.pop().cancel()
                 if zk.state is ClientState.EXPIRED:
                     raise SessionExpiredError()
             nursery.start_soon(on_signal)
             nursery.start_soon(on_state)
+
+
+async def _until_stopped_then_cancel(zk: Any, scope: Any, strict: bool = False,
+                                     task_status: Any = None) -> None:
+    await _until_stopped(zk, task_status=task_status, strict=strict)
+    scope.cancel()
 
 
 # ---------------------------------------------------------------------------- click setup
@@ -492,7 +522,7 @@ def create(ctx: click.Context, path: str, data: str | None, ephemeral: bool, seq
         async with trio.open_nursery() as nursery:
             # Signals are caught before the path is printed: a script may kill us right after
             # reading it, and the session must still be closed (taking the node with it).
-            await nursery.start(_until_stopped_then_cancel, zk, nursery.cancel_scope)
+            await nursery.start(_until_stopped_then_cancel, zk, nursery.cancel_scope, True)
             _out(await zk.create(path, raw, ephemeral=True, sequential=sequential) + "\n")
     run_session(ctx, _conn(ctx, servers, timeout), label, body)
 
@@ -702,12 +732,6 @@ def watch(ctx: click.Context, path: str, recursive: bool, count: int | None, rea
     run_session(ctx, _conn(ctx, servers, timeout), label, body)
 
 
-async def _until_stopped_then_cancel(zk: Any, scope: Any,
-                                     task_status: Any = None) -> None:
-    await _until_stopped(zk, task_status=task_status)
-    scope.cancel()
-
-
 # ---------------------------------------------------------------------------- mount
 
 def filter_mount_options(option_strings: Iterable[str]) -> str:
@@ -809,13 +833,17 @@ def _run(command: click.Command, prog: str, argv: list[str] | None) -> NoReturn:
     except BrokenPipeError:
         status = status or EXIT_PIPE
     if status == EXIT_PIPE or status == 130:
-        # Nothing more may reach a closed pipe at interpreter exit.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except OSError:
-            pass
+        _silence_stdout()
     sys.exit(status)
+
+
+def _silence_stdout() -> None:
+    """Nothing more may reach a closed pipe, not even the flush at interpreter exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -328,6 +328,8 @@ class ClientConnection:
         self._send(jute.encode_reply(Xid.NOTIFICATION, -1, 0, event))
 
     def abort(self, reason: str) -> None:
+        if self._scope is not None and self._scope.cancel_called:
+            return  # already closing; a slow reader would otherwise log this once per reply
         log.info("closing connection from %s:%s (session 0x%x): %s", self.peer[0], self.peer[1],
                  self.session_id, reason)
         if self._scope is not None:
