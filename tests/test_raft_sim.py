@@ -176,6 +176,8 @@ class Member:
             self.install_app_snapshot(rd.snapshot)
         for e in rd.committed:
             self.apply(e)
+        for rs in rd.read_states:
+            self.sim.check_read(self, rs.index, rs.context)
         self.outstanding = None
         node.advance(rd)
 
@@ -290,6 +292,8 @@ class Sim:
         self.committed: list[tuple[int, bytes]] = []  # index-1 -> (term, data), ever committed
         self.leaders: dict[int, int] = {}  # term -> leader
         self.proposals = 0
+        self.reads: dict[bytes, int] = {}  # read context -> committed prefix when asked
+        self.reads_answered = 0
         self.applied_events = 0
         self.actions = 0
         for m in self.members.values():
@@ -328,6 +332,22 @@ class Sim:
                 # Only reachable when the entries in between were compacted here; they were
                 # committed (and recorded) elsewhere first.
                 self.fail(f"m{mem.id} committed {i} past the known prefix {len(self.committed)}")
+
+    def check_read(self, mem: Member, index: int, context: bytes) -> None:
+        # Linearizable reads: the read index covers every write committed before the request.
+        # (The network duplicates messages, so one request may be answered twice.)
+        asked = self.reads.get(context)
+        if asked is None:
+            self.fail(f"m{mem.id}: read state for unknown context {context!r}")
+        if index < asked:
+            self.fail(f"m{mem.id}: read index {index} misses writes committed up to {asked}")
+        self.reads_answered += 1
+
+    def read(self, mem: Member) -> None:
+        assert mem.node is not None
+        ctx = b"r%d" % len(self.reads)
+        self.reads[ctx] = len(self.committed)
+        mem.node.read_index(ctx)
 
     def check_new_leader(self, mem: Member, node: RaftNode) -> None:
         mem.last_leader_term = node.term
@@ -391,6 +411,10 @@ class Sim:
                 # Clients mostly find the leader, sometimes knock at the wrong door.
                 target = rng.choice(leaders if leaders and rng.random() < 0.8 else alive)
                 self.act(self.propose, target)
+        if rng.random() < 0.2:
+            alive = [m for m in members if m.node is not None]
+            if alive:
+                self.act(self.read, rng.choice(alive))
         # Work within the tick in random order: deliveries, Ready handling (possibly with
         # deliveries between ready() and advance()).
         for _ in range(400):
@@ -480,7 +504,7 @@ class Sim:
         return {
             "ticks": self.now, "actions": self.actions, "heal_ticks": self.now - healed_at,
             "committed": len(self.committed), "terms": len(self.leaders),
-            "messages": self.net.sent,
+            "messages": self.net.sent, "reads": self.reads_answered,
         }
 
     def fingerprint(self) -> str:
