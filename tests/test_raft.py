@@ -593,3 +593,70 @@ def test_wire_fuzz_never_raises_anything_but_value_error() -> None:
             Message.from_wire(w)
         except ValueError:
             pass
+
+
+def test_follower_commits_only_what_the_append_vouched_for() -> None:
+    # Entries 3..4 here are leftovers of a dead term; the leader's commit (4) refers to its own
+    # entries 3..4, which this append has not delivered yet.
+    node = RaftNode(2, [1, 2, 3], hard_state=HardState(1, 0, 1),
+                    entries=[Entry(1, 1, b""), Entry(2, 1, b"a"), Entry(3, 1, b"x"),
+                             Entry(4, 1, b"y")], rng=random.Random(0))
+    node.step(Message(MsgType.APPEND, 1, 2, 2, log_term=1, index=1,
+                      entries=(Entry(2, 1, b"a"),), commit=4))
+    assert node.commit == 2
+    rd = node.ready()
+    assert rd.messages[0].index == 2 and not rd.messages[0].reject
+
+
+def _make_leader_by_hand(node: RaftNode) -> None:
+    """Run `node` through pre-vote and vote with member 2 granting both."""
+    while node.role == Role.FOLLOWER:
+        node.tick()
+    node.step(Message(MsgType.PRE_VOTE_RESP, 2, node.id, node.term + 1))
+    assert node.role == Role.CANDIDATE
+    node.step(Message(MsgType.VOTE_RESP, 2, node.id, node.term))
+    assert node.is_leader
+
+
+def test_replicas_of_an_older_term_entry_do_not_commit_it() -> None:
+    # Raft §5.4.2 / figure 8: a majority holding entry 2 of term 1 is not enough for a term-3
+    # leader to call it committed; only its own entry 3 of term 3 commits 2 along with it.
+    node = RaftNode(1, [1, 2, 3], hard_state=HardState(2, 1, 1),
+                    entries=[Entry(1, 1, b""), Entry(2, 1, b"old")], rng=random.Random(0))
+    _make_leader_by_hand(node)
+    assert node.term == 3 and node.entries(3, 4) == [Entry(3, 3, b"")]
+    node.advance(node.ready())  # our own no-op is durable
+    node.step(Message(MsgType.APPEND_RESP, 2, 1, 3, index=2))
+    assert node.commit == 1
+    node.step(Message(MsgType.APPEND_RESP, 2, 1, 3, index=3))
+    assert node.commit == 3
+
+
+def test_vote_survives_restart() -> None:
+    node = RaftNode(2, [1, 2, 3], hard_state=HardState(), rng=random.Random(0))
+    node.step(Message(MsgType.VOTE, 1, 2, 1))
+    rd = node.ready()
+    assert rd.hard_state is not None
+    again = RaftNode(2, [1, 2, 3], hard_state=rd.hard_state, rng=random.Random(0))
+    again.step(Message(MsgType.VOTE, 3, 2, 1))
+    assert again.ready().messages[0].reject
+
+
+def test_read_index_waits_for_quorum_and_for_own_term_commit() -> None:
+    node = RaftNode(1, [1, 2, 3], hard_state=HardState(2, 1, 1),
+                    entries=[Entry(1, 1, b""), Entry(2, 1, b"old")], rng=random.Random(0))
+    _make_leader_by_hand(node)
+    node.advance(node.ready())
+    node.read_index(b"early")
+    # Nothing of our term is committed yet: our commit index may be behind the real one.
+    rd = node.ready()
+    assert not rd.read_states and not [m for m in rd.messages if m.context == b"early"]
+    node.advance(rd)
+    node.step(Message(MsgType.APPEND_RESP, 2, 1, 3, index=3))
+    rd = node.ready()
+    beats = [m for m in rd.messages if m.type == MsgType.HEARTBEAT and m.context == b"early"]
+    assert len(beats) == 2 and not rd.read_states  # leadership not confirmed yet
+    node.advance(rd)
+    node.step(Message(MsgType.HEARTBEAT_RESP, 3, 1, 3, context=b"early"))
+    rd = node.ready()
+    assert [(r.index, r.context) for r in rd.read_states] == [(3, b"early")]

@@ -29,21 +29,35 @@ def _latency(server: ZkServer) -> tuple[float, float, float]:
 
 
 def _mode(server: ZkServer) -> str:
-    return "standalone"
+    return server.role()
+
+
+def _ensemble_lines(server: ZkServer) -> str:
+    """Extra srvr lines for an ensemble member: term (ZooKeeper's epoch), leader, peers."""
+    if server.standalone or server.core is None:
+        return ""
+    peers = ", ".join(f"{sid}={state}" for sid, state in server.peer_states().items())
+    return (f"Epoch: {server.core.term}\n"
+            f"Leader: {server.core.leader_id or 'unknown'}\n"
+            f"Peers: {peers}\n")
 
 
 def _srvr(server: ZkServer) -> str:
     lo, avg, hi = _latency(server)
     s = server.stats
+    if not server.serving and not server.standalone:
+        return ("This ZooKeeper instance is not currently serving requests\n"
+                + _ensemble_lines(server))
     return (f"Zookeeper version: {VERSION}\n"
             f"Latency min/avg/max: {lo:.0f}/{avg:.4f}/{hi:.0f}\n"
             f"Received: {s.packets_received}\n"
             f"Sent: {s.packets_sent}\n"
             f"Connections: {len(server.connections)}\n"
-            f"Outstanding: {len(server._inflight)}\n"
+            f"Outstanding: {server.outstanding}\n"
             f"Zxid: 0x{server.tree.last_zxid:x}\n"
             f"Mode: {_mode(server)}\n"
-            f"Node count: {server.tree.node_count}\n")
+            f"Node count: {server.tree.node_count}\n"
+            + _ensemble_lines(server))
 
 
 def _cons(server: ZkServer) -> str:
@@ -79,7 +93,7 @@ def _mntr(server: ZkServer) -> str:
         ("zk_packets_received", s.packets_received),
         ("zk_packets_sent", s.packets_sent),
         ("zk_num_alive_connections", len(server.connections)),
-        ("zk_outstanding_requests", len(server._inflight)),
+        ("zk_outstanding_requests", server.outstanding),
         ("zk_znode_count", server.tree.node_count),
         ("zk_watch_count", server.watches.count()),
         ("zk_ephemerals_count", sum(len(server.tree.ephemerals(sid))
@@ -93,6 +107,17 @@ def _mntr(server: ZkServer) -> str:
         ("zk_txn_count", s.txns),
         ("zk_uptime", int((time.time() - s.started) * 1000)),
     ]
+    if not server.standalone and server.core is not None:
+        rows += [("zk_epoch", server.core.term),
+                 ("zk_leader_id", server.core.leader_id),
+                 ("zk_commit_index", server.core.commit),
+                 ("zk_applied_index", server.core.applied)]
+        states = server.peer_states()
+        if server.is_leader:
+            rows += [("zk_followers", len(states)),
+                     ("zk_synced_followers", sum(1 for st in states.values()
+                                                 if st.startswith("synced")))]
+        rows += [(f"zk_peer_{sid}_state", state) for sid, state in states.items()]
     return "".join(f"{k}\t{v}\n" for k, v in rows)
 
 

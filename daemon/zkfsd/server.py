@@ -17,6 +17,7 @@ import functools
 import logging
 import math
 import os
+import random
 import signal
 import time
 from typing import Any
@@ -29,7 +30,9 @@ from zkfs.constants import Err, EventType, KeeperState, OpCode, Xid
 
 from zkfsd import fourlw, handlers, wire
 from zkfsd.config import ServerConfig
-from zkfsd.consensus import LogCore, make_zxid
+from zkfsd.consensus import make_zxid
+from zkfsd.peers import PeerTransport
+from zkfsd.raft import Message, RaftNode
 from zkfsd.sessions import SessionIdGenerator, SessionTracker, new_password
 from zkfsd.storage import Snapshot, Storage
 from zkfsd.tree import ApplyResult, DataTree, digest_auth_id
@@ -49,13 +52,21 @@ PROTOCOL_VERSION = 0
 
 
 class Proposal:
-    """A transaction on its way through the log; `done` is set once it is applied."""
+    """A transaction on its way through the log; `done` is set once it is applied here.
+
+    `result` stays None if the proposal failed before it could commit (this member lost its
+    leader, or never had one): the client's connection is then closed, as ZooKeeper does, and
+    the client learns the outcome when it reconnects.
+    """
     __slots__ = ("txn", "done", "result")
 
     def __init__(self, txn: dict[str, Any]) -> None:
         self.txn = txn
         self.done = trio.Event()
         self.result: ApplyResult | None = None
+
+    def fail(self) -> None:
+        self.done.set()
 
 
 def _pack(txn: dict[str, Any]) -> bytes:
@@ -93,6 +104,7 @@ class ZkServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.member_id = config.my_id or 1
+        self.voters = sorted(config.servers) if config.servers else [self.member_id]
         self.storage = Storage(config.data_dir, config.data_log_dir)
         self.tree = DataTree()
         self.watches = WatchManager()
@@ -101,36 +113,80 @@ class ZkServer:
         self.connections: set[ClientConnection] = set()
         self.by_session: dict[int, ClientConnection] = {}
         self.session_ids = SessionIdGenerator(self.member_id, int(time.time() * 1000))
-        self.core: LogCore | None = None
-        self._inflight: dict[int, Proposal] = {}
+        self.core: RaftNode | None = None
+        self.transport: PeerTransport | None = None
+        self._pending: dict[int, Proposal] = {}  # by the sequence number in txn["origin"]
+        self._next_seq = 0
+        self._touched: set[int] = set()  # sessions active here since the last report to the leader
+        self._leader = 0
+        self._replayed = False
         self._wakeup = trio.Event()
         self._since_snapshot = 0
+        # Raft ticks are finer than ZooKeeper's tickTime: an election timeout of 10-20 raft ticks
+        # is one to two tickTimes, well inside the smallest session timeout (two tickTimes).
+        self.raft_tick = max(0.02, config.tick_time / 1000.0 / 10)
         self.listen_port: int | None = None
+
+    @property
+    def standalone(self) -> bool:
+        return self.voters == [self.member_id]
+
+    @property
+    def is_leader(self) -> bool:
+        return self.core is not None and self.core.is_leader
+
+    @property
+    def serving(self) -> bool:
+        """Clients get sessions only while this member has a leader and has replayed its log."""
+        return self._replayed and self.core is not None and self.core.leader_id != 0
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._pending)
+
+    def role(self) -> str:
+        if self.standalone:
+            return "standalone"
+        if self.core is None or self.core.leader_id == 0:
+            return "looking"
+        return "leader" if self.core.is_leader else "follower"
+
+    def peer_states(self) -> dict[int, str]:
+        """Each other member as this one sees it: connection and, on the leader, replication."""
+        states: dict[int, str] = {}
+        progress = self.core.status().get("progress", {}) if self.core else {}
+        for sid in self.voters:
+            if sid == self.member_id:
+                continue
+            connected = self.transport is not None and sid in self.transport.connected_out
+            state = "connected" if connected else "unreachable"
+            if sid in progress and self.core is not None:
+                lag = self.core.commit - progress[sid]["match"]
+                state = ("synced" if lag <= 0 else f"behind by {lag}") + f" ({state})"
+            states[sid] = state
+        return states
 
     # -- startup and shutdown -------------------------------------------------------------------
     def recover(self) -> None:
         started = time.monotonic()
         loaded = self.storage.load()
-        last_index = last_term = 0
         if loaded.snapshot is not None:
             self.tree = DataTree.from_snapshot(loaded.snapshot.data)
-            last_index, last_term = loaded.snapshot.index, loaded.snapshot.term
-        for entry in loaded.entries:
-            if entry.index <= last_index:
-                continue
-            self.tree.apply(_unpack(entry.data))
-            last_index, last_term = entry.index, entry.term
+        if self.standalone:
+            # A majority of one: everything durable here is committed and replays at once.
+            self._replay_target = loaded.entries[-1].index if loaded.entries else 0
+        else:
+            self._replay_target = loaded.hard_state.commit
+        if not self.standalone and not loaded.entries and loaded.snapshot is None:
+            log.warning("empty data directory: this member votes only for members that are "
+                        "empty too until a leader has brought it up to date")
+        self.core = RaftNode(self.member_id, self.voters, hard_state=loaded.hard_state,
+                             snapshot=loaded.snapshot, entries=loaded.entries,
+                             rng=random.Random(), election_ticks=10, heartbeat_ticks=1)
         self._since_snapshot = len(loaded.entries)
-        self.core = LogCore(self.member_id, [self.member_id], loaded.hard_state, last_index,
-                            last_term)
-        now = trio.current_time()
-        # Sessions that were live before the restart get a fresh timeout: their clients may be
-        # reconnecting right now, and the time we were down is not theirs to pay for.
-        for sid, info in self.tree.sessions.items():
-            self.sessions.add(sid, info.timeout / 1000.0, now)
-        log.info("recovered %d nodes, %d sessions, last zxid 0x%x, log index %d in %.3fs",
-                 self.tree.node_count, len(self.tree.sessions), self.tree.last_zxid, last_index,
-                 time.monotonic() - started)
+        log.info("loaded snapshot at index %d and %d log entries (commit %d) in %.3fs",
+                 loaded.snapshot.index if loaded.snapshot else 0, len(loaded.entries),
+                 loaded.hard_state.commit, time.monotonic() - started)
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.recover()
@@ -138,20 +194,43 @@ class ZkServer:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._signal_watcher, nursery.cancel_scope)
                 nursery.start_soon(self._log_loop)
+                self._wakeup.set()
+                await self._wait_replayed()
+                if not self.standalone:
+                    secret = None
+                    if self.config.peer_secret_file:
+                        with open(self.config.peer_secret_file, "rb") as f:
+                            secret = f.read().strip()
+                    addresses = {sid: (host, port)
+                                 for sid, (host, port, _election) in self.config.servers.items()}
+                    self.transport = PeerTransport(self.member_id, addresses,
+                                                   self._on_peer_message, secret)
+                    await nursery.start(self.transport.run)
+                nursery.start_soon(self._ticker)
                 nursery.start_soon(self._expiry_loop)
                 nursery.start_soon(self._reaper_loop)
                 listeners = await nursery.start(functools.partial(
                     trio.serve_tcp, self._handle_client, self.config.client_port,
                     host=self.config.client_address))
                 self.listen_port = listeners[0].socket.getsockname()[1]
-                log.info("serving clients on %s:%d (standalone, tickTime %d ms, session timeout "
-                         "%d..%d ms)", self.config.client_address, self.listen_port,
-                         self.config.tick_time, self.config.min_timeout, self.config.max_timeout)
+                log.info("serving clients on %s:%d (%s, member %d of %s, tickTime %d ms, "
+                         "session timeout %d..%d ms)", self.config.client_address,
+                         self.listen_port, "standalone" if self.standalone else "ensemble",
+                         self.member_id, self.voters, self.config.tick_time,
+                         self.config.min_timeout, self.config.max_timeout)
                 task_status.started(self)
         finally:
             with trio.CancelScope(shield=True):
                 self.storage.close()
             log.info("stopped; log synced at zxid 0x%x", self.tree.last_zxid)
+
+    async def _wait_replayed(self) -> None:
+        assert self.core is not None
+        while self.core.applied < self._replay_target:
+            await trio.sleep(0.005)
+        self._replayed = True
+        log.info("replayed the log: %d nodes, %d sessions, last zxid 0x%x", self.tree.node_count,
+                 len(self.tree.sessions), self.tree.last_zxid)
 
     async def _signal_watcher(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -160,19 +239,74 @@ class ZkServer:
                 scope.cancel()
                 return
 
-    # -- the log ---------------------------------------------------------------------------------
-    def propose(self, txn: dict[str, Any]) -> Proposal:
-        """Queue a transaction; the log loop stamps, persists, commits and applies it."""
+    async def _ticker(self) -> None:
         assert self.core is not None
-        term, index = self.core.next_position()
-        txn["zxid"] = make_zxid(term, index)
-        txn["time"] = int(time.time() * 1000)
+        report_every = max(1, int(self.config.tick_time / 1000.0 / 2 / self.raft_tick))
+        ticks = 0
+        while True:
+            await trio.sleep(self.raft_tick)
+            self.core.tick()
+            ticks += 1
+            if ticks % report_every == 0:
+                self._report_sessions()
+            self._wakeup.set()
+
+    # -- proposing -------------------------------------------------------------------------------
+    def propose(self, txn: dict[str, Any]) -> Proposal:
+        """Send a transaction to the log (through the leader); the Proposal completes once this
+        member has applied it."""
+        self._next_seq += 1
+        txn["origin"] = [self.member_id, self._next_seq]
         proposal = Proposal(txn)
-        entry = self.core.propose(_pack(txn))
-        self._inflight[entry.index] = proposal
-        self._wakeup.set()
+        self._pending[self._next_seq] = proposal
+        if not self._submit(txn):
+            del self._pending[self._next_seq]
+            proposal.fail()
         return proposal
 
+    def _submit(self, txn: dict[str, Any]) -> bool:
+        assert self.core is not None
+        if self.core.is_leader:
+            term, index = self.core.next_position()
+            txn["zxid"] = make_zxid(term, index)
+            txn["time"] = int(time.time() * 1000)
+            self.core.propose(_pack(txn))
+            self._wakeup.set()
+            return True
+        leader = self.core.leader_id
+        if leader and self.transport is not None:
+            return self.transport.send(leader, ["fwd", txn])
+        return False
+
+    def _on_peer_message(self, frm: int, obj: Any) -> None:
+        """A frame from another member. Malformed input raises ValueError (drops that peer)."""
+        assert self.core is not None
+        if not isinstance(obj, list) or len(obj) != 2 or not isinstance(obj[0], str):
+            raise ValueError("peer message: expected [kind, body]")
+        kind, body = obj
+        if kind == "raft":
+            message = Message.from_wire(body)
+            if message.frm != frm:
+                raise ValueError(f"member {frm} sent a message signed as {message.frm}")
+            self.core.step(message)
+        elif kind == "fwd":
+            if not isinstance(body, dict) or not isinstance(body.get("type"), int):
+                raise ValueError("forwarded transaction is malformed")
+            # A forward that reaches a member that is no longer leader is dropped; the origin
+            # closes its client's connection when it learns of the new leader.
+            if self.core.is_leader:
+                self._submit(body)
+        elif kind == "touch":
+            if not isinstance(body, list) or not all(isinstance(s, int) for s in body):
+                raise ValueError("session report is malformed")
+            now = trio.current_time()
+            for session_id in body:
+                self.sessions.touch(session_id, now)
+        else:
+            raise ValueError(f"unknown peer message kind {kind!r}")
+        self._wakeup.set()
+
+    # -- the log ---------------------------------------------------------------------------------
     async def _log_loop(self) -> None:
         assert self.core is not None
         core = self.core
@@ -181,29 +315,43 @@ class ZkServer:
             self._wakeup = trio.Event()
             while core.has_ready():
                 ready = core.ready()
+                if ready.snapshot is not None:
+                    await self._install_snapshot(ready.snapshot)
                 if ready.entries or ready.hard_state:
                     if ready.entries:
                         self.storage.append(ready.entries)
                     if ready.hard_state is not None:
                         self.storage.set_hard_state(ready.hard_state)
                     # One fsync covers every proposal that arrived since the last one (group
-                    # commit); new proposals keep queueing in the core meanwhile.
+                    # commit); new proposals and peer messages keep reaching the core meanwhile.
                     with trio.CancelScope(shield=True):
                         await trio.to_thread.run_sync(self.storage.sync)
                     self.stats.fsyncs += 1
+                # Only now may votes and acknowledgements leave: what they vouch for is durable.
+                if self.transport is not None:
+                    for message in ready.messages:
+                        self.transport.send(message.to, ["raft", message.to_wire()])
                 for entry in ready.committed:
                     self._apply(entry.index, entry.data)
                 core.advance(ready)
+                self._check_leader()
                 if ready.committed and self._since_snapshot >= self.config.snap_count:
                     await self._snapshot(ready.committed[-1].index, ready.committed[-1].term)
 
     def _apply(self, index: int, data: bytes) -> None:
-        proposal = self._inflight.pop(index, None)
-        txn = proposal.txn if proposal is not None else _unpack(data)
-        result = self.tree.apply(txn)
+        if not data:
+            return  # a new leader's empty entry: it only marks the start of its term
+        txn = _unpack(data)
+        txn_type = txn.get("type")
+        if txn_type == OpCode.SYNC:
+            # sync is an empty transaction: once it is applied here, so is everything the
+            # leader had committed before it.
+            self.tree.last_zxid = max(self.tree.last_zxid, txn.get("zxid", 0))
+            result = ApplyResult(Err.OK, None, [])
+        else:
+            result = self.tree.apply(txn)
         self.stats.txns += 1
         self._since_snapshot += 1
-        txn_type = txn["type"]
         if txn_type == OpCode.CREATE_SESSION and result.err == Err.OK:
             self.sessions.add(txn["session"], txn["timeout"] / 1000.0, trio.current_time())
         for event_type, path in result.events:
@@ -211,15 +359,63 @@ class ZkServer:
                 conn.notify(event_type, path)
         if txn_type == OpCode.CLOSE_SESSION:
             self._session_closed(txn["session"], expired=bool(txn.get("expired")))
-        if proposal is not None:
-            proposal.result = result
-            proposal.done.set()
+        origin = txn.get("origin")
+        if isinstance(origin, list) and len(origin) == 2 and origin[0] == self.member_id:
+            proposal = self._pending.pop(origin[1], None)
+            if proposal is not None:
+                proposal.txn = txn  # as committed: stamped with its zxid and time
+                proposal.result = result
+                proposal.done.set()
+
+    def _check_leader(self) -> None:
+        assert self.core is not None
+        leader = self.core.leader_id
+        if leader == self._leader:
+            return
+        previous, self._leader = self._leader, leader
+        log.info("member %d: leader is now %s (term %d, was %s)", self.member_id,
+                 leader or "unknown", self.core.term, previous or "unknown")
+        if previous:
+            # As ZooKeeper does when a follower loses its leader: drop every client and every
+            # write in flight here. Clients reconnect (to a member with a leader) and resume
+            # their sessions; a write whose fate is unknown is reported as a lost connection.
+            for proposal in self._pending.values():
+                proposal.fail()
+            self._pending.clear()
+            for conn in list(self.connections):
+                conn.abort("this member lost its leader")
+        if leader == self.member_id:
+            # A new leader has no idea when clients last spoke to the old one: every session
+            # gets a fresh timeout before anything can expire.
+            now = trio.current_time()
+            for session_id, info in self.tree.sessions.items():
+                self.sessions.add(session_id, info.timeout / 1000.0, now)
+
+    async def _install_snapshot(self, snap: Snapshot) -> None:
+        started = time.monotonic()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self.storage.save_snapshot, snap)
+        self.tree = DataTree.from_snapshot(snap.data)
+        self.sessions = SessionTracker()
+        now = trio.current_time()
+        for session_id, info in self.tree.sessions.items():
+            self.sessions.add(session_id, info.timeout / 1000.0, now)
+        self._since_snapshot = 0
+        # Watches were set against the old tree; clients re-register them on reconnect and
+        # setWatches reports what changed meanwhile.
+        for conn in list(self.connections):
+            conn.abort("state replaced by a snapshot from the leader")
+        log.info("installed snapshot from the leader at index %d (%d nodes) in %.3fs",
+                 snap.index, self.tree.node_count, time.monotonic() - started)
 
     async def _snapshot(self, index: int, term: int) -> None:
+        assert self.core is not None
         started = time.monotonic()
         data = self.tree.snapshot()
+        snap = Snapshot(index, term, data)
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self.storage.save_snapshot, Snapshot(index, term, data))
+            await trio.to_thread.run_sync(self.storage.save_snapshot, snap)
+        self.core.compact(index, term, data)
         self._since_snapshot = 0
         log.info("snapshot at index %d (zxid 0x%x, %d nodes, %d bytes) in %.3fs", index,
                  self.tree.last_zxid, self.tree.node_count, len(data), time.monotonic() - started)
@@ -228,14 +424,32 @@ class ZkServer:
     def negotiate_timeout(self, requested: int) -> int:
         return max(self.config.min_timeout, min(self.config.max_timeout, requested))
 
-    async def create_session(self, timeout_ms: int) -> tuple[int, bytes]:
+    async def create_session(self, timeout_ms: int) -> tuple[int, bytes] | None:
         session_id = self.session_ids.next(self.tree.sessions)
         password = new_password()
         proposal = self.propose({"type": int(OpCode.CREATE_SESSION), "session": session_id,
                                  "auth": [], "timeout": timeout_ms, "password": password})
         await proposal.done.wait()
+        if proposal.result is None:
+            return None
         log.info("session 0x%x established, timeout %d ms", session_id, timeout_ms)
         return session_id, password
+
+    def touch_session(self, session_id: int) -> bool:
+        """Client activity on this member; False if the session is gone or expiring."""
+        if not self.sessions.touch(session_id, trio.current_time()):
+            return False
+        if not self.is_leader:
+            self._touched.add(session_id)
+        return True
+
+    def _report_sessions(self) -> None:
+        # Followers tell the leader which sessions were active here, as ZooKeeper's learners do
+        # in their pings; only the leader's deadlines decide expiry.
+        assert self.core is not None
+        if self._touched and not self.core.is_leader and self.core.leader_id and self.transport:
+            self.transport.send(self.core.leader_id, ["touch", sorted(self._touched)])
+        self._touched.clear()
 
     def close_session(self, session_id: int, *, expired: bool = False) -> Proposal:
         return self.propose({"type": int(OpCode.CLOSE_SESSION), "session": session_id,
@@ -252,6 +466,8 @@ class ZkServer:
         interval = self.config.tick_time / 1000.0 / 2
         while True:
             await trio.sleep(interval)
+            if not self.is_leader:
+                continue
             for session_id in self.sessions.overdue(trio.current_time()):
                 log.info("session 0x%x timed out", session_id)
                 self.close_session(session_id, expired=True)
@@ -261,6 +477,8 @@ class ZkServer:
         interval = max(1.0, 5 * self.config.tick_time / 1000.0)
         while True:
             await trio.sleep(interval)
+            if not self.is_leader:
+                continue
             for path in self.tree.reapable(int(time.time() * 1000)):
                 self.propose({"type": int(OpCode.DELETE_CONTAINER), "session": 0, "auth": [],
                               "path": path, "version": -1})
@@ -410,8 +628,7 @@ class ClientConnection:
                 continue
             self.received += 1
             self.server.stats.packets_received += 1
-            if self.session_id and not self.server.sessions.touch(self.session_id,
-                                                                  trio.current_time()):
+            if self.session_id and not self.server.touch_session(self.session_id):
                 self.abort("session is no longer live")
                 await trio.sleep_forever()
             if isinstance(event, wire.BadRequest):
@@ -426,6 +643,18 @@ class ClientConnection:
 
     async def _connect(self, request: Any) -> bool:
         server = self.server
+        if not server.serving and not request.read_only:
+            # Like a ZooKeeper member that is not in a quorum: close, so the client moves on
+            # to the next server in its list.
+            log.info("refusing session for %s:%s: this member has no leader", self.peer[0],
+                     self.peer[1])
+            self._send(None)
+            return False
+        if not server.serving:
+            log.info("refusing read-only session for %s:%s: read-only mode is not supported",
+                     self.peer[0], self.peer[1])
+            self._send(None)
+            return False
         if request.last_zxid_seen > server.tree.last_zxid:
             log.info("refusing session for %s:%s: it has seen zxid 0x%x, ours is 0x%x",
                      self.peer[0], self.peer[1], request.last_zxid_seen, server.tree.last_zxid)
@@ -433,12 +662,16 @@ class ClientConnection:
             return False
         timeout = server.negotiate_timeout(request.timeout)
         if request.session_id == 0:
-            session_id, password = await server.create_session(timeout)
+            created = await server.create_session(timeout)
+            if created is None:
+                self._send(None)
+                return False
+            session_id, password = created
         else:
             session_id, password = request.session_id, request.passwd
             info = server.tree.sessions.get(session_id)
             if (info is None or info.password != password
-                    or not server.sessions.touch(session_id, trio.current_time())):
+                    or not server.touch_session(session_id)):
                 log.info("session 0x%x from %s:%s is unknown or expired", session_id,
                          self.peer[0], self.peer[1])
                 self._send(jute.encode_connect_response(
@@ -470,6 +703,12 @@ class ClientConnection:
                 return
             proposal = self.server.propose(txn)
             await self._pending_send.send(("write", xid, op, proposal, started))
+        elif op == OpCode.SYNC and not self.server.standalone:
+            # Through the leader: once this empty transaction is applied here, everything the
+            # leader had committed before it is too.
+            proposal = self.server.propose({"type": int(OpCode.SYNC), "session": self.session_id,
+                                            "auth": [], "path": record.path})
+            await self._pending_send.send(("write", xid, op, proposal, started))
         else:
             await self._pending_send.send(("read", xid, op, record, started))
 
@@ -481,7 +720,13 @@ class ClientConnection:
             if kind == "write":
                 _, xid, op, proposal, started = item
                 await proposal.done.wait()
-                err, body = handlers.write_response(op, proposal.result)
+                if proposal.result is None:
+                    self.abort("its write could not be committed (leader lost)")
+                    return
+                if op == OpCode.SYNC:
+                    err, body = Err.OK, jute.SyncResponse(proposal.txn["path"])
+                else:
+                    err, body = handlers.write_response(op, proposal.result)
                 zxid = proposal.txn["zxid"]
                 self._send(jute.encode_reply(xid, zxid, err, body))
                 server.stats.record_latency(time.monotonic() - started)
