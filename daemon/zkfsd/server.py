@@ -332,15 +332,17 @@ class ZkServer:
                     for message in ready.messages:
                         self.transport.send(message.to, ["raft", message.to_wire()])
                 for entry in ready.committed:
-                    self._apply(entry.index, entry.data)
+                    self._apply(entry.index, entry.term, entry.data)
                 core.advance(ready)
                 self._check_leader()
                 if ready.committed and self._since_snapshot >= self.config.snap_count:
                     await self._snapshot(ready.committed[-1].index, ready.committed[-1].term)
 
-    def _apply(self, index: int, data: bytes) -> None:
+    def _apply(self, index: int, term: int, data: bytes) -> None:
         if not data:
-            return  # a new leader's empty entry: it only marks the start of its term
+            # A new leader's empty entry: it only opens its term (ZooKeeper's new epoch).
+            self.tree.last_zxid = max(self.tree.last_zxid, make_zxid(term, index))
+            return
         txn = _unpack(data)
         txn_type = txn.get("type")
         if txn_type == OpCode.SYNC:
