@@ -1,30 +1,91 @@
 #!/usr/bin/env bash
-# The main job: a standalone zkfsd on 127.0.0.1:2181 with its data in ./run/data, in the
-# foreground (Ctrl-C or SIGTERM stops it; the data stays for the next run).
-# Later this grows into a three-member ensemble plus a FUSE mount.
+# The main job: a local three-member zkfsd ensemble on 127.0.0.1:2181-2183 with its data in
+# ./run, and the tree mounted at /zk (ZKFS_MOUNT). Stays in the foreground; Ctrl-C or SIGTERM
+# unmounts, stops the members (by PID) and keeps the data for the next run.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+ROOT=$PWD
 
-if [[ ! -x .venv/bin/zkfsd ]]; then
+if [[ ! -x .venv/bin/zkfsd || ! -x .venv/bin/zkfs ]]; then
     echo "run: .venv/bin/zkfsd not found; run 'bash scripts/setup.sh' first" >&2
     exit 1
 fi
 
-PORT=${ZKFS_PORT:-2181}
-DATA_DIR=${ZKFS_DATA_DIR:-$PWD/run/data}
-mkdir -p "$DATA_DIR"
+RUN_DIR=${ZKFS_RUN_DIR:-$ROOT/run}
+MOUNTPOINT=${ZKFS_MOUNT:-/zk}
+BASE_PORT=${ZKFS_PORT:-2181}
+mkdir -p "$RUN_DIR/logs"
 
-cat >&2 <<EOF
-zkfsd: standalone server on 127.0.0.1:$PORT, data in $DATA_DIR (stop with Ctrl-C).
-Try, from another terminal:
-  bash -c 'exec 3<>/dev/tcp/127.0.0.1/$PORT; printf ruok >&3; cat <&3'; echo   # -> imok (also srvr, stat, mntr, ...)
-  /usr/share/zookeeper/bin/zkCli.sh -server 127.0.0.1:$PORT create /hello world
-  /usr/share/zookeeper/bin/zkCli.sh -server 127.0.0.1:$PORT get /hello
-  /usr/share/zookeeper/bin/zkCli.sh -server 127.0.0.1:$PORT      # interactive shell
-  .venv/bin/python -c 'from kazoo.client import KazooClient as K; z=K("127.0.0.1:$PORT"); z.start(); print(z.get_children("/")); z.stop()'
+servers=()
+cfg="$RUN_DIR/zoo.cfg"
+{
+    echo "# written by scripts/run.sh"
+    echo "tickTime=2000"
+    echo "dataDir=$RUN_DIR/data"
+    for id in 1 2 3; do
+        echo "server.$id=127.0.0.1:$((28880 + id)):$((38880 + id))"
+    done
+} > "$cfg"
 
-EOF
+pids=()
+cleanup() {
+    trap - INT TERM EXIT
+    if grep -qs " $MOUNTPOINT fuse" /proc/mounts; then
+        fusermount3 -u "$MOUNTPOINT" 2>/dev/null || umount -l "$MOUNTPOINT" 2>/dev/null || true
+    fi
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    echo "run: stopped; data kept in $RUN_DIR" >&2
+}
+trap cleanup INT TERM EXIT
 
-# exec: the server itself receives SIGTERM/SIGINT, so it shuts down cleanly.
-exec .venv/bin/zkfsd --data-dir "$DATA_DIR" --client-port "$PORT" --client-address 127.0.0.1 "$@"
+for id in 1 2 3; do
+    port=$((BASE_PORT + id - 1))
+    servers+=("127.0.0.1:$port")
+    .venv/bin/zkfsd --config "$cfg" --my-id "$id" --data-dir "$RUN_DIR/data/$id" \
+        --client-port "$port" >"$RUN_DIR/logs/zkfsd.$id.log" 2>&1 &
+    pids+=($!)
+done
+SERVERS=$(IFS=,; echo "${servers[*]}")
+
+# Wait (bounded) until one member leads.
+leader=""
+for _ in $(seq 1 100); do
+    for id in 1 2 3; do
+        port=$((BASE_PORT + id - 1))
+        if out=$(timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port; printf srvr >&3; cat <&3" 2>/dev/null) \
+            && grep -q "Mode: leader" <<<"$out"; then
+            leader=$id
+        fi
+    done
+    [[ -n $leader ]] && break
+    sleep 0.2
+done
+if [[ -z $leader ]]; then
+    echo "run: no leader was elected; see $RUN_DIR/logs/" >&2
+    exit 1
+fi
+
+if grep -qs " $MOUNTPOINT fuse" /proc/mounts; then
+    fusermount3 -u "$MOUNTPOINT" 2>/dev/null || umount -l "$MOUNTPOINT"
+fi
+mkdir -p "$MOUNTPOINT"
+.venv/bin/zkfs mount -o session_timeout=10 "$SERVERS" "$MOUNTPOINT"
+
+cat >&2 <<HINTS
+zkfs: a 3-member ensemble ($SERVERS, member $leader leads) with the tree mounted at $MOUNTPOINT.
+Logs in $RUN_DIR/logs; Ctrl-C stops everything. Try, from another terminal:
+  ls -l $MOUNTPOINT
+  echo master-1.foobar.com:2223 > $MOUNTPOINT/master-1 && cat $MOUNTPOINT/master-1
+  mkdir $MOUNTPOINT/workers && setfattr -n user.zkfs.lifetime -v session $MOUNTPOINT/workers
+  (set -C; echo \$\$ > $MOUNTPOINT/lock) && echo "got the lock"
+  getfattr -d $MOUNTPOINT/master-1                  # every Stat field as user.zk.*
+  ZKFS_SERVERS=$SERVERS .venv/bin/zkfs ls -l /
+  ZKFS_SERVERS=$SERVERS .venv/bin/zkfs watch -r /workers
+  /usr/share/zookeeper/bin/zkCli.sh -server $SERVERS get /master-1
+  bash -c 'exec 3<>/dev/tcp/127.0.0.1/$BASE_PORT; printf srvr >&3; cat <&3'
+HINTS
+
+# Stay in the foreground for as long as the members run.
+wait "${pids[@]}"

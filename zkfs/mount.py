@@ -108,7 +108,9 @@ def build_config(options: dict[str, str], servers: str = "zkfs"
         attr_timeout=_seconds(options, "attr_timeout", 1.0),
     )
     # The source column of /proc/mounts and df: the connect string, like host:path for NFS.
-    fuse_options = {f"fsname={options.get('fsname') or servers}", "subtype=zkfs",
+    # libfuse splits its option string at commas, and a connect string has them: escape them.
+    fsname = (options.get("fsname") or servers).replace("\\", "\\\\").replace(",", "\\,")
+    fuse_options = {f"fsname={fsname}", "subtype=zkfs",
                     # The kernel checks modes against our uid/gid/mode bits.
                     "default_permissions"}
     for flag in ("allow_other", "allow_root", "ro", "auto_unmount"):
