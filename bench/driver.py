@@ -368,12 +368,11 @@ def run_cell(address: tuple[str, int], cell: Cell, procs: int = 2) -> CellResult
         workers.append(p)
         first += share
     try:
-        problems = [ready.get(timeout=60) for _ in workers]
-        problems = [p for p in problems if p]
+        problems = [p for p in _collect(ready, workers, 60.0) if p]
         if problems:
             return CellResult(failure=problems[0])
         go.set()
-        parts: list[CellResult] = [results.get(timeout=cell.duration + 90) for _ in workers]
+        parts: list[CellResult] = _collect(results, workers, cell.duration + 90)
     except Exception as e:  # noqa: BLE001
         return CellResult(failure=f"driver: {type(e).__name__}: {e}")
     finally:
@@ -391,6 +390,22 @@ def run_cell(address: tuple[str, int], cell: Cell, procs: int = 2) -> CellResult
         total.latencies.extend(part.latencies)
         total.failure = total.failure or part.failure
     return total
+
+
+def _collect(queue, workers, timeout: float) -> list:
+    """One item per worker from `queue`; fails fast if a worker died without sending one."""
+    items: list = []
+    deadline = time.monotonic() + timeout
+    while len(items) < len(workers):
+        try:
+            items.append(queue.get(timeout=0.2))
+        except Exception:  # queue.Empty
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no answer from the driver workers within {timeout:.0f}s")
+            if any(not p.is_alive() and p.exitcode not in (0, None) for p in workers):
+                raise RuntimeError("a driver worker died (exit status "
+                                   f"{[p.exitcode for p in workers]})")
+    return items
 
 
 def percentile(values: list[float], q: float) -> float:

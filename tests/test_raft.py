@@ -187,6 +187,35 @@ def test_vote_refused_to_candidate_with_older_log() -> None:
     assert rd.messages[0].reject and rd.messages[0].term == 3 and node.vote == 0
 
 
+def test_member_with_an_empty_log_votes_only_for_empty_candidates() -> None:
+    # It may have lost its data dir: voting for a candidate with entries could elect one that
+    # misses committed entries the wiped member had acknowledged.
+    wiped = RaftNode(3, [1, 2, 3], hard_state=HardState(), rng=random.Random(0))
+    wiped.step(Message(MsgType.VOTE, 1, 3, 5, log_term=4, index=7))
+    rd = wiped.ready()
+    assert rd.messages[0].reject and wiped.vote == 0
+    wiped.advance(rd)
+    fresh = RaftNode(3, [1, 2, 3], hard_state=HardState(), rng=random.Random(0))
+    fresh.step(Message(MsgType.VOTE, 1, 3, 1, log_term=0, index=0))
+    rd = fresh.ready()
+    assert not rd.messages[0].reject and fresh.vote == 1
+
+
+def test_wiped_member_is_rebuilt_by_the_leader_then_votes_normally() -> None:
+    c = Cluster(3)
+    leader = c.elect(1)
+    for i in range(5):
+        leader.propose(f"v{i}".encode())
+        c.settle()
+    c.disk[3] = (HardState(), [], None)
+    c.applied[3] = []
+    c.nodes[3] = c.make(3)
+    leader.propose(b"after")  # its append is rejected, and the leader backs up to index 1
+    c.tick(3)
+    assert c.nodes[3].last_index == leader.last_index
+    assert c.data(3) == c.data(1)
+
+
 def test_messages_from_non_voters_and_other_destinations_are_ignored() -> None:
     node = RaftNode(2, [1, 2, 3], hard_state=HardState(), rng=random.Random(0))
     node.step(Message(MsgType.VOTE, 9, 2, 5))

@@ -236,6 +236,14 @@ class _Progress:
         return updated
 
     def maybe_decr_to(self, rejected: int, hint: int) -> bool:
+        if rejected <= self.match and hint < self.match:
+            # The member no longer has entries it acknowledged: its data dir was lost. Start
+            # over from what it has (a delayed, stale rejection lands here too, and costs only
+            # a resend: lowering `match` never lowers the commit index).
+            self.match = hint
+            self.become_probe()
+            self.next = hint + 1
+            return True
         if self.state == _PState.REPLICATE:
             if rejected <= self.match:
                 return False  # stale rejection of something since acknowledged
@@ -634,7 +642,12 @@ class RaftNode:
         can_vote = (self.vote == m.frm
                     or (self.vote == NONE and self.leader_id == NONE)
                     or (m.type == MsgType.PRE_VOTE and m.term > self.term))
-        if can_vote and self._up_to_date(m.index, m.log_term):
+        # A member whose log is empty may have lost its data dir (and with it the entries and
+        # the vote it once acknowledged): it must not help a member that is missing committed
+        # entries win. It votes only for members as empty as itself (a brand-new ensemble) and
+        # otherwise waits until a leader has brought it up to date.
+        empty_ok = self.last_index > 0 or m.index == 0
+        if can_vote and empty_ok and self._up_to_date(m.index, m.log_term):
             self._send(Message(resp, self.id, m.frm, m.term))
             if m.type == MsgType.VOTE:
                 self._election_elapsed = 0

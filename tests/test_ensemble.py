@@ -1,0 +1,543 @@
+"""zkfsd ensembles of 3 and 5 real processes on loopback: crashes, restarts, partitions, lost
+data dirs, sessions, and a linearizability check of client histories across a leader kill.
+
+Every process is started through the `ensembles` fixture and stopped by PID afterwards, whatever
+the outcome; on failure the members' log tails are printed. Member links go through
+tests/fault_proxy.py where a test partitions the ensemble.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import KazooException, NoNodeError
+from kazoo.handlers.threading import KazooTimeoutError
+
+from ensemble_helpers import Ensemble, assert_converged, read_tree, trees_by_member
+from helpers import kazoo_client
+from linearizability import Op, check
+
+pytestmark = pytest.mark.timeout(120)
+
+OP_TIMEOUT = 5.0          # seconds one kazoo call may take before its outcome counts as unknown
+FAILURES = (KazooException, KazooTimeoutError, OSError)
+
+
+# ===================== ensemble fixture factory ================================================
+@pytest.fixture
+def ensembles(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Ensemble]]:
+    """`ensembles(size=3, proxied=False, snap_count=None, start=True)` → an Ensemble, started and
+    with a stable leader (unless start=False). All of them are stopped by PID after the test."""
+    made: list[Ensemble] = []
+
+    def factory(size: int = 3, *, start: bool = True, **kwargs: object) -> Ensemble:
+        ens = Ensemble(tmp_path / f"ens{len(made) + 1}", size, **kwargs)  # type: ignore[arg-type]
+        made.append(ens)
+        if start:
+            ens.start()
+            ens.wait_stable()
+        return ens
+
+    try:
+        yield factory
+    finally:
+        failed = any(getattr(getattr(request.node, f"rep_{w}", None), "failed", False)
+                     for w in ("setup", "call"))
+        errors = []
+        for ens in made:
+            try:
+                ens.stop_all()
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+        if failed:
+            for ens in made:
+                print(ens.log_tails(60))
+        if errors:
+            raise errors[0]
+
+
+# ===================== small tools =============================================================
+def write(client: KazooClient, path: str, data: bytes, timeout: float = OP_TIMEOUT) -> bool:
+    """Create (or set) `path`; True if acknowledged, False if the outcome is unknown/failed."""
+    try:
+        try:
+            client.create_async(path, data, makepath=True).get(timeout=timeout)
+        except KazooException as e:
+            if type(e).__name__ != "NodeExistsError":
+                raise
+            client.set_async(path, data).get(timeout=timeout)
+        return True
+    except FAILURES:
+        return False
+
+
+def write_until(client: KazooClient, path: str, data: bytes, within: float) -> float:
+    """Retry a write until it is acknowledged; returns how long that took."""
+    start = time.monotonic()
+    while time.monotonic() - start < within:
+        if write(client, path, data, timeout=2.0):
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"no write of {path} acknowledged within {within}s")
+
+
+def writes_through_each(ens: Ensemble, ids: list[int], root: str, tag: str, n: int = 5
+                        ) -> dict[str, bytes]:
+    """`n` writes through a client connected to each member in `ids` only; all must succeed."""
+    acked: dict[str, bytes] = {}
+    for sid in ids:
+        with ens.client(sid) as k:
+            for i in range(n):
+                path, data = f"{root}/{tag}-m{sid}-{i}", f"{tag}/{sid}/{i}".encode()
+                assert write(k, path, data), f"write {path} through member {sid} failed"
+                acked[path] = data
+    return acked
+
+
+class Writer(threading.Thread):
+    """Background creates through one client (all members in its connect string); remembers
+    which ones were acknowledged and when the last one was."""
+
+    def __init__(self, ens: Ensemble, root: str, name: str = "w") -> None:
+        super().__init__(daemon=True)
+        self.ens, self.root, self.tag = ens, root, name
+        self.acked: dict[str, bytes] = {}
+        self.unknown: set[str] = set()
+        self.ack_times: list[float] = []
+        self.halt = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with self.ens.client(timeout=4.0) as k:
+                i = 0
+                while not self.halt.is_set():
+                    path, data = f"{self.root}/{self.tag}-{i:05d}", f"{self.tag}{i}".encode()
+                    if write(k, path, data, timeout=2.0):
+                        self.acked[path] = data
+                        self.ack_times.append(time.monotonic())
+                    else:
+                        self.unknown.add(path)
+                        time.sleep(0.02)
+                    i += 1
+        except BaseException as e:  # noqa: BLE001 - reported by stop()
+            self.error = e
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=20)
+        assert not self.is_alive(), "writer thread did not stop"
+        if self.error is not None:
+            raise self.error
+
+    def first_ack_after(self, t: float) -> float | None:
+        later = [x for x in self.ack_times if x > t]
+        return later[0] - t if later else None
+
+
+def assert_refused(ens: Ensemble, sid: int) -> None:
+    """A client connecting to member `sid` only gets no session."""
+    client = KazooClient(hosts=ens.hosts([sid]), timeout=4.0)
+    try:
+        with pytest.raises(KazooTimeoutError):
+            client.start(timeout=1.5)
+    finally:
+        client.stop()
+        client.close()
+
+
+# ===================== crashes and restarts ====================================================
+def test_three_members_leader_and_follower_kill9(ensembles):
+    ens = ensembles(3)
+    root = "/crash"
+    acked = writes_through_each(ens, ens.ids, root, "before")
+    assert_converged(ens, root, acked)
+
+    # kill -9 the leader: the other two elect a new one; writes through both survivors work.
+    old = ens.leader()
+    assert old is not None
+    with ens.client(timeout=4.0) as k:
+        write(k, f"{root}/probe", b"0")
+        killed_at = time.monotonic()
+        ens.kill9(old)
+        took = write_until(k, f"{root}/probe", b"1", within=15)
+    print(f"\nleader kill -9 -> next acknowledged write: {took * 1000:.0f} ms")
+    rest = [s for s in ens.ids if s != old]
+    new = ens.wait_stable(rest)
+    assert new != old
+    acked[f"{root}/probe"] = b"1"
+    acked |= writes_through_each(ens, rest, root, "after-leader-kill")
+    assert_converged(ens, root, acked, rest)
+
+    # The old leader comes back with its data dir intact and catches up.
+    ens.start_member(old)
+    ens.wait_stable()
+    acked |= writes_through_each(ens, ens.ids, root, "rejoined")
+    assert_converged(ens, root, acked)
+
+    # kill -9 a follower: nothing changes for the others; it catches up after restart.
+    lead = ens.wait_stable()
+    follower = next(s for s in ens.ids if s != lead)
+    ens.kill9(follower)
+    rest = [s for s in ens.ids if s != follower]
+    acked |= writes_through_each(ens, rest, root, "follower-down")
+    assert ens.wait_stable(rest) == lead
+    ens.start_member(follower)
+    assert ens.wait_stable() == lead
+    assert_converged(ens, root, acked)
+    del killed_at
+
+
+def test_five_members_minority_kill_then_majority_loss(ensembles):
+    ens = ensembles(5)
+    root = "/five"
+    acked = writes_through_each(ens, ens.ids, root, "before", n=3)
+
+    # kill -9 two members at once (the leader and a follower) while a client writes.
+    writer = Writer(ens, root)
+    writer.start()
+    time.sleep(0.5)
+    lead = ens.wait_stable()
+    victims = [lead, next(s for s in ens.ids if s != lead)]
+    killed_at = time.monotonic()
+    for v in victims:
+        ens.kill9(v)
+    alive = [s for s in ens.ids if s not in victims]
+    new = ens.wait_stable(alive)
+    deadline = time.monotonic() + 15
+    while writer.first_ack_after(killed_at) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gap = writer.first_ack_after(killed_at)
+    writer.stop()
+    assert gap is not None, "no write acknowledged after killing 2 of 5"
+    print(f"\n5 members, kill -9 leader + follower -> next acknowledged write: {gap * 1000:.0f} ms "
+          f"({len(writer.acked)} acked, {len(writer.unknown)} unknown)")
+    acked |= writer.acked
+    acked |= writes_through_each(ens, alive, root, "three-left", n=3)
+    assert_converged(ens, root, acked, alive)
+
+    # One more down: 2 of 5 is no majority. They stop serving; clients are refused.
+    third = next(s for s in alive if s != new)
+    ens.kill9(third)
+    alive.remove(third)
+    for sid in alive:
+        st = ens.wait_not_serving(sid, timeout=10)
+        assert st.get("Mode") in (None, "looking"), st
+    assert_refused(ens, alive[0])
+    assert ens.mntr(alive[0]).get("zk_server_state") == "looking"
+
+    # A third member back: writes resume.
+    ens.start_member(third)
+    alive.append(third)
+    ens.wait_stable(alive)
+    with ens.client(alive) as k:
+        write_until(k, f"{root}/resumed", b"yes", within=10)
+    acked[f"{root}/resumed"] = b"yes"
+
+    # Everyone back: all five converge on every acknowledged write.
+    for v in victims:
+        ens.start_member(v)
+    ens.wait_stable()
+    assert_converged(ens, root, acked)
+
+
+def test_member_restarted_with_empty_data_dir_is_rebuilt_by_snapshot(ensembles):
+    ens = ensembles(3, snap_count=20)
+    root = "/rebuild"
+    acked = writes_through_each(ens, ens.ids, root, "a", n=20)
+    lead = ens.wait_stable()
+    victim = next(s for s in ens.ids if s != lead)
+    ens.stop(victim)
+    ens.wipe(victim)
+    rest = [s for s in ens.ids if s != victim]
+    acked |= writes_through_each(ens, rest, root, "b", n=30)  # the leader compacts its log
+    ens.start_member(victim)
+    ens.wait_stable()
+    assert_converged(ens, root, acked)
+    log = ens.members[victim].log_text()
+    assert "installed snapshot from the leader" in log, ens.members[victim].log_tail(40)
+    # And it keeps up with new writes afterwards.
+    acked |= writes_through_each(ens, [victim], root, "c", n=5)
+    assert_converged(ens, root, acked)
+
+
+def test_wiped_member_does_not_vote_away_acknowledged_writes(ensembles):
+    """A (leader) and B acknowledge X while C is cut off. B loses its disk, A crashes. B (empty)
+    and C must not elect C, which never saw X: B's acknowledgement of X was lost with its disk,
+    so it must not vote as if it had never given it. Once A is back, X must be everywhere."""
+    ens = ensembles(3, proxied=True)
+    a = ens.wait_stable()
+    b, c = [s for s in ens.ids if s != a]
+    root = "/wiped"
+    assert ens.mesh is not None
+    ens.mesh.isolate(c)
+    with ens.client(a) as k:
+        assert write(k, f"{root}/x", b"acknowledged by A and B")
+    ens.stop(b)
+    ens.wipe(b)
+    ens.kill9(a)
+    ens.mesh.heal()
+    ens.start_member(b)
+    # Give B and C several election timeouts (200-400 ms each) to (wrongly) form a quorum.
+    deadline = time.monotonic() + 4
+    premature = None
+    while time.monotonic() < deadline and premature is None:
+        premature = ens.stable_leader([b, c])
+        time.sleep(0.1)
+    ens.start_member(a)
+    ens.wait_stable()
+    trees = trees_by_member(ens, "/")
+    missing = [sid for sid, t in trees.items() if t.get(f"{root}/x") != b"acknowledged by A and B"]
+    assert not missing and premature is None, (
+        f"acknowledged write {root}/x missing on members {missing}; leader elected by the "
+        f"wiped member {b} and member {c} (which never had it): {premature}")
+
+
+# ===================== partitions ==============================================================
+def test_partitioned_leader_and_follower(ensembles):
+    ens = ensembles(3, proxied=True)
+    assert ens.mesh is not None
+    root = "/part"
+    acked = writes_through_each(ens, ens.ids, root, "before", n=3)
+
+    # Cut the leader off. It must stop serving (check-quorum); the other two elect a leader.
+    old = ens.wait_stable()
+    rest = [s for s in ens.ids if s != old]
+    with ens.client(old, timeout=4.0) as stranded:
+        ens.mesh.isolate(old)
+        lost = f"{root}/written-to-isolated-leader"
+        acked_by_isolated = write(stranded, lost, b"must not survive", timeout=3.0)
+        ens.wait_not_serving(old, timeout=10)
+    assert not acked_by_isolated, "an isolated leader acknowledged a write"
+    new = ens.wait_stable(rest)
+    assert new != old
+    assert_refused(ens, old)
+    acked |= writes_through_each(ens, rest, root, "majority", n=3)
+
+    # Heal: the old leader rejoins as a follower and drops its uncommitted entry.
+    ens.mesh.heal()
+    assert ens.wait_stable() == new
+    tree = assert_converged(ens, root, acked)
+    assert lost not in tree
+
+    # Cut a follower off: it stops serving, the leader keeps leading, writes go on.
+    follower = next(s for s in ens.ids if s != new)
+    ens.mesh.isolate(follower)
+    ens.wait_not_serving(follower, timeout=10)
+    rest = [s for s in ens.ids if s != follower]
+    acked |= writes_through_each(ens, rest, root, "follower-cut", n=3)
+    assert ens.wait_stable(rest) == new
+    epoch = ens.srvr(new).get("Epoch")
+    # Heal: with pre-vote the returning follower does not depose the leader.
+    ens.mesh.heal()
+    assert ens.wait_stable() == new
+    assert ens.srvr(new).get("Epoch") == epoch, "the healed follower forced a new election"
+    assert_converged(ens, root, acked)
+
+
+def test_one_way_link_loss_keeps_ensemble_available(ensembles):
+    """Leader -> one follower is cut (the reverse still works): that follower stops hearing
+    the leader; the ensemble must still take writes, and converge once the link is back."""
+    ens = ensembles(3, proxied=True)
+    assert ens.mesh is not None
+    root = "/oneway"
+    lead = ens.wait_stable()
+    follower = next(s for s in ens.ids if s != lead)
+    ens.mesh.cut(lead, follower)
+    time.sleep(1.5)
+    acked: dict[str, bytes] = {}
+    with ens.client([s for s in ens.ids if s != follower], timeout=4.0) as k:
+        for i in range(5):
+            path = f"{root}/w{i}"
+            write_until(k, path, b"%d" % i, within=10)
+            acked[path] = b"%d" % i
+    ens.mesh.heal()
+    ens.wait_stable()
+    assert_converged(ens, root, acked)
+
+
+# ===================== sessions ================================================================
+def _client_pinned(ens: Ensemble, first: int, timeout: float) -> KazooClient:
+    order = [first] + [s for s in ens.ids if s != first]
+    k = KazooClient(hosts=ens.hosts(order), timeout=timeout, randomize_hosts=False)
+    k.start(timeout=10)
+    return k
+
+
+def _connected_port(k: KazooClient) -> int | None:
+    try:
+        return k._connection._socket.getpeername()[1]  # noqa: SLF001 - test introspection
+    except (AttributeError, OSError):
+        return None
+
+
+def test_sessions_survive_member_kill_and_leader_change(ensembles):
+    ens = ensembles(3)
+    lead = ens.wait_stable()
+    followers = [s for s in ens.ids if s != lead]
+    # One client on the leader, one on each follower; sessions 2 s; each holds an ephemeral.
+    clients: dict[int, KazooClient] = {}
+    states: dict[int, list[str]] = {}
+    try:
+        for sid in ens.ids:
+            k = _client_pinned(ens, sid, timeout=2.0)
+            clients[sid] = k
+            states[sid] = []
+            k.add_listener(lambda st, sid=sid: states[sid].append(st))
+            k.create(f"/eph/m{sid}", b"x", ephemeral=True, makepath=True)
+        ids = {sid: k.client_id[0] for sid, k in clients.items()}
+        # Older than one timeout, so a leader that kept stale deadlines would expire them.
+        time.sleep(2.5)
+        ens.kill9(lead)
+        ens.wait_stable(followers)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(k.state != KazooState.CONNECTED
+                                                  for k in clients.values()):
+            time.sleep(0.05)
+        # Another session timeout under the new leader: nobody may expire.
+        time.sleep(2.5)
+        for sid, k in clients.items():
+            assert k.state == KazooState.CONNECTED, (sid, states[sid])
+            assert KazooState.LOST not in states[sid], (sid, states[sid])
+            assert k.client_id[0] == ids[sid], "session changed"
+        assert _connected_port(clients[lead]) != ens.client_ports[lead]
+        trees = trees_by_member(ens, "/eph", followers)
+        for sid, tree in trees.items():
+            assert sorted(tree) == ["/eph"] + [f"/eph/m{s}" for s in sorted(ens.ids)], (sid, tree)
+        # The old leader rejoins and sees the same sessions' ephemerals.
+        ens.start_member(lead)
+        ens.wait_stable()
+        assert_converged(ens, "/eph")
+        for sid, k in clients.items():
+            assert k.exists(f"/eph/m{sid}").ephemeralOwner == ids[sid]
+    finally:
+        for k in clients.values():
+            k.stop()
+            k.close()
+
+
+CLIENT_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from kazoo.client import KazooClient
+    k = KazooClient(hosts=sys.argv[1], timeout=float(sys.argv[2]))
+    k.start(timeout=10)
+    k.create("/dead/eph", b"x", ephemeral=True, makepath=True)
+    print(hex(k.client_id[0]), flush=True)
+    time.sleep(120)
+""")
+
+
+def test_ephemerals_of_killed_client_vanish_on_every_member(ensembles):
+    ens = ensembles(3)
+    lead = ens.wait_stable()
+    follower = next(s for s in ens.ids if s != lead)
+    proc = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT, ens.hosts([follower]), "2.0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert line.startswith("0x"), proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        proc.wait(timeout=10)
+        # Not expired early: it is still there well inside its 2 s timeout.
+        with ens.client(lead) as k:
+            assert k.exists("/dead/eph") is not None or time.monotonic() - killed > 1.5
+            deadline = killed + 2.0 + 5.0
+            while k.exists("/dead/eph") is not None:
+                assert time.monotonic() < deadline, "ephemeral of a dead client did not vanish"
+                time.sleep(0.05)
+        gone_after = time.monotonic() - killed
+        print(f"\nephemeral of a kill -9'd client (timeout 2000 ms) gone after "
+              f"{gone_after * 1000:.0f} ms")
+        assert gone_after > 1.0, "session expired long before its timeout"
+        for sid, tree in trees_by_member(ens, "/dead").items():
+            assert tree == {"/dead": b""}, (sid, tree)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+# ===================== linearizability =========================================================
+def _lin_worker(ens: Ensemble, cid: int, first: int, keys: list[str], stop_at: float,
+                ops: list[Op], rng: random.Random, errors: list[BaseException]) -> None:
+    try:
+        order = [first] + [s for s in ens.ids if s != first]
+        with kazoo_client(ens.hosts(order), timeout=4.0, randomize_hosts=False) as k:
+            n = 0
+            while time.monotonic() < stop_at:
+                key = rng.choice(keys)
+                n += 1
+                if rng.random() < 0.5:
+                    value = f"c{cid}-{n}"
+                    t0 = time.monotonic()
+                    try:
+                        k.set_async(key, value.encode()).get(timeout=OP_TIMEOUT)
+                        ops.append(Op(key, "set", value, t0, time.monotonic(), cid))
+                    except FAILURES:
+                        ops.append(Op(key, "set", value, t0, None, cid))
+                        time.sleep(0.02)
+                else:
+                    t0 = time.monotonic()
+                    try:
+                        # sync first: the read then reflects everything committed before it.
+                        k.sync_async(key).get(timeout=OP_TIMEOUT)
+                        data, _ = k.get_async(key).get(timeout=OP_TIMEOUT)
+                        ops.append(Op(key, "get", data.decode(), t0, time.monotonic(), cid))
+                    except FAILURES:
+                        time.sleep(0.02)  # a failed read constrains nothing
+    except BaseException as e:  # noqa: BLE001
+        errors.append(e)
+
+
+def test_linearizable_history_across_leader_kill(ensembles):
+    ens = ensembles(3)
+    keys = [f"/lin/k{i}" for i in range(3)]
+    with ens.client() as k:
+        for key in keys:
+            k.create(key, b"init", makepath=True)
+    ops: list[Op] = []
+    errors: list[BaseException] = []
+    rng = random.Random(int(os.environ.get("ZKFS_LIN_SEED", "1")))
+    stop_at = time.monotonic() + 5.0
+    threads = [threading.Thread(target=_lin_worker, daemon=True,
+                                args=(ens, cid, ens.ids[cid % 3], keys, stop_at, ops,
+                                      random.Random(rng.random()), errors))
+               for cid in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    lead = ens.wait_stable()
+    ens.kill9(lead)
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, errors
+    rest = [s for s in ens.ids if s != lead]
+    ens.wait_stable(rest)
+    # Final reads through every surviving member, after sync.
+    for sid in rest:
+        with ens.client(sid) as k:
+            for key in keys:
+                t0 = time.monotonic()
+                k.sync(key)
+                data, _ = k.get(key)
+                ops.append(Op(key, "get", data.decode(), t0, time.monotonic(), f"final{sid}"))
+    sets = [o for o in ops if o.kind == "set"]
+    unknown = sum(1 for o in sets if o.response is None)
+    gets = len(ops) - len(sets)
+    print(f"\nlinearizability: {len(sets)} sets ({unknown} unknown outcome), {gets} reads")
+    assert len(sets) > 30 and gets > 30
+    result = check(ops, default="init")
+    assert result.ok, result.explain()
