@@ -20,6 +20,7 @@ import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from zkfs import jute
 from zkfs.constants import OpCode
@@ -250,7 +251,7 @@ def _prepare(sock: socket.socket, cell: Cell, base: str) -> tuple[list[bytes], l
 
 
 def _worker(address: tuple[str, int], cell: Cell, first_session: int, count: int,
-            ready: mp.Queue, go, results: mp.Queue) -> None:
+            ready: mp.Queue, go, finish, results: mp.Queue) -> None:
     loads: list[_Load] = []
     try:
         for j in range(first_session, first_session + count):
@@ -276,6 +277,7 @@ def _worker(address: tuple[str, int], cell: Cell, first_session: int, count: int
         return
     res = _run(loads, cell)
     results.put(res)
+    finish.wait(60)  # the parent reads its counters (fsyncs) before our closeSessions land
     for ld in loads:
         with contextlib.suppress(Exception):
             ld.sock.setblocking(True)
@@ -354,15 +356,21 @@ def _run(loads: list[_Load], cell: Cell) -> CellResult:
     return res
 
 
-def run_cell(address: tuple[str, int], cell: Cell, procs: int = 2) -> CellResult:
-    """Run one cell against `address` with the sessions spread over up to `procs` processes."""
+def run_cell(address: tuple[str, int], cell: Cell, procs: int = 2,
+             probe: Callable[[], object] | None = None) -> tuple[CellResult, object, object]:
+    """Run one cell against `address` with the sessions spread over up to `procs` processes.
+
+    `probe` (e.g. reading the servers' fsync counters) is called right before the load starts
+    and right after the last reply, with every session still open; returns (result, probe
+    before, probe after)."""
     ctx = mp.get_context("spawn")
+    before = after = None
     nproc = max(1, min(procs, cell.sessions))
     shares = [cell.sessions // nproc + (1 if i < cell.sessions % nproc else 0) for i in range(nproc)]
-    ready, results, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    ready, results, go, finish = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Event()
     workers, first = [], 0
     for share in shares:
-        p = ctx.Process(target=_worker, args=(address, cell, first, share, ready, go, results),
+        p = ctx.Process(target=_worker, args=(address, cell, first, share, ready, go, finish, results),
                         daemon=True)
         p.start()
         workers.append(p)
@@ -370,12 +378,15 @@ def run_cell(address: tuple[str, int], cell: Cell, procs: int = 2) -> CellResult
     try:
         problems = [p for p in _collect(ready, workers, 60.0) if p]
         if problems:
-            return CellResult(failure=problems[0])
+            return CellResult(failure=problems[0]), None, None
+        before = probe() if probe else None
         go.set()
         parts: list[CellResult] = _collect(results, workers, cell.duration + 90)
+        after = probe() if probe else None
     except Exception as e:  # noqa: BLE001
-        return CellResult(failure=f"driver: {type(e).__name__}: {e}")
+        return CellResult(failure=f"driver: {type(e).__name__}: {e}"), None, None
     finally:
+        finish.set()
         for p in workers:
             p.join(timeout=10)
             if p.is_alive():
@@ -389,7 +400,7 @@ def run_cell(address: tuple[str, int], cell: Cell, procs: int = 2) -> CellResult
         total.cpu += part.cpu
         total.latencies.extend(part.latencies)
         total.failure = total.failure or part.failure
-    return total
+    return total, before, after
 
 
 def _collect(queue, workers, timeout: float) -> list:

@@ -35,9 +35,8 @@ Intentional differences, tested on zkfsd's side only (see the tests named *_zkfs
   kazoo clients ask for 10 s (zkfsd grants 4 s; traces do not show it); the expiry scenario
   asks for 4 s, which both grant, and compares the negotiated value.
 
-Known difference, not fixed here (xfail, strict): checkWatches/removeWatches of type DATA or
-CHILDREN do not find persistent watches in zkfsd (see
-test_check_watches_by_type_matches_persistent_watches).
+- removeWatches of type DATA or CHILDREN on a persistent watch: ZooKeeper removes only that half
+  of it; zkfsd removes the whole persistent watch (checkWatches answers the same on both).
 """
 from __future__ import annotations
 
@@ -929,10 +928,6 @@ def scenario_check_watches_by_type(t: Target) -> None:
                        jute.RemoveWatchesRequest(t.p(path), int(kind)))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "zkfsd's WatchManager.remove matches persistent watches only for WatcherType.ANY; "
-    "ZooKeeper 3.8 keeps persistent watches in its data and child tables (recursive ones in the "
-    "data table only), so checkWatches/removeWatches of type DATA or CHILDREN find them too"))
 @pytest.mark.timeout(60)
 def test_check_watches_by_type_matches_persistent_watches(
         zkfsd: ZkfsdProcess, apache_zk: ApacheZooKeeper) -> None:

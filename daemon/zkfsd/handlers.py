@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Hashable
 
 from zkfs import jute
-from zkfs.constants import Err, EventType, OpCode, Perm
+from zkfs.constants import MAX_DATA, Err, EventType, OpCode, Perm
 
 from zkfsd.tree import ApplyResult, DataTree, Stat, _int32, _is_container_or_ttl, check_acl
 from zkfsd.watches import WatchManager
@@ -79,6 +79,10 @@ def write_txn(op: int, record: Any, session_id: int, auth: list[tuple[str, str]]
         pass
     else:
         txn.update(_op_fields(op, record))
+        # Refuse oversized data before it costs a log record and an fsync (the tree checks
+        # again, for multi sub-ops and for logs written by anyone).
+        if len(txn.get("data") or b"") > MAX_DATA:
+            raise RequestError(Err.BAD_ARGUMENTS)
     return txn
 
 

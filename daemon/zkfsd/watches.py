@@ -51,10 +51,12 @@ class WatchManager:
 
     def remove(self, path: str, watcher: Watcher, watcher_type: int, *, dry_run: bool = False) -> bool:
         """removeWatches/checkWatches: True if the watcher had a watch of that type on path."""
+        # ZooKeeper 3.8 files persistent and recursive watches under both data and child
+        # watches, so a check or removal by type finds them too.
         if watcher_type == WatcherType.CHILDREN:
-            tables = [self.child]
+            tables = [self.child, self.persistent, self.recursive]
         elif watcher_type == WatcherType.DATA:
-            tables = [self.data]
+            tables = [self.data, self.persistent, self.recursive]
         else:
             tables = [self.child, self.data, self.persistent, self.recursive]
         found = False
