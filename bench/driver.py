@@ -118,13 +118,14 @@ class Session:
                 return False
             raise
 
-    def wait_event(self, path: str, deadline: float) -> tuple[int, float] | None:
-        """Block until a watch event for `path` arrives (pinging meanwhile); (type, monotonic
-        time of arrival), or None at `deadline`."""
+    def wait_event(self, path: str, deadline: float, event_type: int = 2
+                   ) -> tuple[int, float] | None:
+        """Block until a watch event of `event_type` (default NodeDeleted) for `path` arrives
+        (pinging meanwhile); (type, monotonic time of arrival), or None at `deadline`."""
         while time.monotonic() < deadline:
             while self.events:
                 ev = self.events.popleft()
-                if ev.path == path:
+                if ev.path == path and ev.type == event_type:
                     return ev.type, time.monotonic()
             if time.monotonic() - self.last_sent > self.timeout_ms / 3000:
                 self.xid_ping()
@@ -135,7 +136,7 @@ class Session:
                 continue
             if header.xid == -1:
                 now = time.monotonic()
-                if body.path == path:
+                if body.path == path and body.type == event_type:
                     return body.type, now
                 self.events.append(body)
         return None
