@@ -23,7 +23,7 @@ from pathlib import Path
 from bench.driver import PAYLOAD, Session, ensure_path
 from bench.report import Results
 from bench.server_bench import Settings
-from bench.servers import ZkfsdStandalone, ZooKeeperStandalone
+from bench.servers import ZkfsdStandalone
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from mount_helpers import _RUN, PYTHON, force_unmount, is_mounted  # noqa: E402
@@ -196,4 +196,4 @@ def ls_through_mount(shape, path: str, mnt_dir: Path, log_path: Path) -> tuple[f
 
 
 __all__ = ["mount_vs_tmpfs", "ls_through_mount", "zkfs_mount", "tmpfs", "fuse_missing",
-           "write_to_event_latency", "ZooKeeperStandalone"]
+           "write_to_event_latency"]

@@ -1,6 +1,6 @@
 """Raft for an ensemble of 1, 3 or 5: a sans-IO core in the style of etcd-io/raft.
 
-Same shape as `consensus.LogCore`, so the server loop swaps it in unchanged:
+The server loop drives it through the interface described in consensus.py:
 
     inputs   tick(), step(message), propose(data), read_index(ctx), compact(...)
     outputs  ready() -> RaftReady: snapshot to install, entries + hard state to persist,
@@ -370,7 +370,7 @@ class RaftNode:
         self._bcast_commit = False
         self._become_follower(self.term, NONE)
         if self.voters == [self.id]:
-            # Nobody to wait for: an ensemble of one leads at once, like LogCore did.
+            # Nobody to wait for: an ensemble of one leads at once, as a standalone server must.
             self._campaign(pre=False)
 
     # -- log helpers -----------------------------------------------------------------------
