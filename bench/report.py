@@ -77,15 +77,22 @@ class Results:
     # --- output --------------------------------------------------------------------------------
 
     def to_json(self) -> dict:
-        return {"meta": self.meta, "rows": [r.to_json() for r in self.rows]}
+        return {"meta": self.meta, "rows": [r.to_json() for r in self.ordered()]}
 
     def write_json(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
 
+    def ordered(self) -> list[Row]:
+        """Rows grouped by section (sections in order of first appearance)."""
+        order: dict[str, int] = {}
+        for r in self.rows:
+            order.setdefault(r.section, len(order))
+        return sorted(self.rows, key=lambda r: order[r.section])  # stable within a section
+
     def _lines(self) -> list[tuple[str, list[str]]]:
         out: list[tuple[str, list[str]]] = []
-        for r in self.rows:
+        for r in self.ordered():
             out.append((r.section, [r.metric, r.unit, f"{r.subject}: {_cell(r.a)}",
                                     f"{r.reference}: {_cell(r.b)}", _ratio(r), r.note]))
         return out
@@ -109,12 +116,12 @@ class Results:
         m = self.meta
         machine = m.get("machine", {})
         out = [f"## Benchmarks, {m.get('date', '')}", "",
-               f"Mode: `{m.get('mode', '')}`; {m.get('runs', '?')} runs per figure, "
+               f"Mode: `{m.get('mode', '')}`; runs per figure: {m.get('runs', '?')}, "
                "median and (min–max); ratio = median of subject / median of reference "
                "(zkfsd/ZooKeeper, mount/tmpfs).", "",
                "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), ""]
         section = None
-        for r in self.rows:
+        for r in self.ordered():
             if r.section != section:
                 section = r.section
                 out += ["", f"### {section}", "",

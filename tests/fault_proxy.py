@@ -11,6 +11,7 @@ Modes of one link:
                the sender's writes succeed, nothing arrives). On heal the affected connections
                are closed, since a frame stream with a hole in it is garbage; the dialler reconnects.
   "reset"      close existing connections and refuse new ones (accept, then close at once).
+A link in "pass" mode can also be slowed down: `set_rate(bytes_per_second)` (None: full speed).
 
 Everything runs on daemon threads with bounded waits; `close()` stops them and closes every
 socket. Nothing here signals any process.
@@ -50,6 +51,7 @@ class FaultProxy:
         self.target_port = target_port
         self.name = name or f"->{target_port}"
         self._mode = "pass"
+        self._rate: float | None = None
         self._lock = threading.Lock()
         self._conns: set[_Conn] = set()
         self._stop = threading.Event()
@@ -83,6 +85,10 @@ class FaultProxy:
             for c in conns:
                 if c.tainted:
                     c.close()
+
+    def set_rate(self, bytes_per_second: float | None) -> None:
+        """Throttle forwarding (both directions) to about this many bytes a second."""
+        self._rate = bytes_per_second
 
     def _accept_loop(self) -> None:
         while not self._stop.is_set():
@@ -120,8 +126,9 @@ class FaultProxy:
                 except (OSError, ValueError):
                     return
                 for src in readable:
+                    rate = self._rate
                     try:
-                        data = src.recv(65536)
+                        data = src.recv(65536 if rate is None else max(1, min(65536, int(rate / 20))))
                     except OSError:
                         return
                     if not data:
@@ -134,6 +141,8 @@ class FaultProxy:
                         pairs[src].sendall(data)
                     except OSError:
                         return
+                    if rate is not None:
+                        self._stop.wait(len(data) / rate)
         finally:
             conn.close()
             with self._lock:
@@ -189,6 +198,7 @@ class ProxyMesh:
 
     def heal(self) -> None:
         for link in self.links.values():
+            link.set_rate(None)
             link.set_mode("pass")
 
     def close(self) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import textwrap
@@ -114,7 +113,7 @@ class Writer(threading.Thread):
         self.ens, self.root, self.tag = ens, root, name
         self.acked: dict[str, bytes] = {}
         self.unknown: set[str] = set()
-        self.ack_times: list[float] = []
+        self.ack_times: list[tuple[float, float]] = []  # (invoked, acknowledged)
         self.halt = threading.Event()
         self.error: BaseException | None = None
 
@@ -124,9 +123,10 @@ class Writer(threading.Thread):
                 i = 0
                 while not self.halt.is_set():
                     path, data = f"{self.root}/{self.tag}-{i:05d}", f"{self.tag}{i}".encode()
+                    invoked = time.monotonic()
                     if write(k, path, data, timeout=2.0):
                         self.acked[path] = data
-                        self.ack_times.append(time.monotonic())
+                        self.ack_times.append((invoked, time.monotonic()))
                     else:
                         self.unknown.add(path)
                         time.sleep(0.02)
@@ -142,7 +142,8 @@ class Writer(threading.Thread):
             raise self.error
 
     def first_ack_after(self, t: float) -> float | None:
-        later = [x for x in self.ack_times if x > t]
+        """Seconds from `t` to the acknowledgement of the first write invoked after `t`."""
+        later = [acked for invoked, acked in self.ack_times if invoked > t]
         return later[0] - t if later else None
 
 
@@ -169,7 +170,6 @@ def test_three_members_leader_and_follower_kill9(ensembles):
     assert old is not None
     with ens.client(timeout=4.0) as k:
         write(k, f"{root}/probe", b"0")
-        killed_at = time.monotonic()
         ens.kill9(old)
         took = write_until(k, f"{root}/probe", b"1", within=15)
     print(f"\nleader kill -9 -> next acknowledged write: {took * 1000:.0f} ms")
@@ -196,7 +196,6 @@ def test_three_members_leader_and_follower_kill9(ensembles):
     ens.start_member(follower)
     assert ens.wait_stable() == lead
     assert_converged(ens, root, acked)
-    del killed_at
 
 
 def test_five_members_minority_kill_then_majority_loss(ensembles):
@@ -272,6 +271,34 @@ def test_member_restarted_with_empty_data_dir_is_rebuilt_by_snapshot(ensembles):
     assert_converged(ens, root, acked)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "raft.py: the leader keeps the wiped member's old `match` (a rejection at index <= match "
+    "is taken as stale in _Progress.maybe_decr_to), so it is never probed back to index 0 "
+    "until some new write happens to unstick it; meanwhile it reports the member as synced"))
+def test_member_restarted_empty_catches_up_without_new_writes(ensembles):
+    ens = ensembles(3)
+    root = "/idle"
+    acked = writes_through_each(ens, ens.ids, root, "a", n=3)
+    lead = ens.wait_stable()
+    victim = next(s for s in ens.ids if s != lead)
+    ens.stop(victim)
+    ens.wipe(victim)
+    ens.start_member(victim)
+    ens.wait_stable()
+    target = int(ens.mntr(lead)["zk_applied_index"])
+    deadline = time.monotonic() + 5
+    applied = 0
+    while time.monotonic() < deadline:
+        applied = int(ens.mntr(victim).get("zk_applied_index", 0))
+        if applied >= target:
+            break
+        time.sleep(0.1)
+    assert applied >= target, (
+        f"rebuilt member {victim} applied {applied} of the leader's {target} entries after 5 s "
+        f"with no client traffic; leader says: {ens.mntr(lead).get(f'zk_peer_{victim}_state')}")
+    assert_converged(ens, root, acked)
+
+
 def test_wiped_member_does_not_vote_away_acknowledged_writes(ensembles):
     """A (leader) and B acknowledge X while C is cut off. B loses its disk, A crashes. B (empty)
     and C must not elect C, which never saw X: B's acknowledgement of X was lost with its disk,
@@ -296,12 +323,78 @@ def test_wiped_member_does_not_vote_away_acknowledged_writes(ensembles):
         premature = ens.stable_leader([b, c])
         time.sleep(0.1)
     ens.start_member(a)
-    ens.wait_stable()
-    trees = trees_by_member(ens, "/")
-    missing = [sid for sid, t in trees.items() if t.get(f"{root}/x") != b"acknowledged by A and B"]
-    assert not missing and premature is None, (
-        f"acknowledged write {root}/x missing on members {missing}; leader elected by the "
-        f"wiped member {b} and member {c} (which never had it): {premature}")
+    seen: dict[int, object] = {}
+    try:
+        ens.wait_stable()
+    except AssertionError as e:
+        seen[0] = f"no stable leader with all three: {e}"
+    for sid in ens.ids:
+        try:
+            seen[sid] = trees_by_member(ens, root, [sid], retry_for=3)[sid].get(f"{root}/x")
+        except AssertionError as e:
+            seen[sid] = f"unreadable: {e}"
+    ok = all(seen.get(sid) == b"acknowledged by A and B" for sid in ens.ids) and 0 not in seen
+    assert ok and premature is None, (
+        f"what each member serves at {root}/x: {seen}; leader elected by the wiped member {b} "
+        f"and member {c} (which never had x) while {a} was down: {premature}")
+
+
+def test_partly_rebuilt_member_does_not_vote_away_acknowledged_writes(ensembles):
+    """Like the test above, but the wiped member B has received *part* of the log again (the
+    first batch of entries) when A crashes: its log is no longer empty, yet it still lacks
+    entries it acknowledged before losing its disk. C, cut off before those entries, has a
+    longer log than B's partial one; B must still not help C win."""
+    ens = ensembles(3, proxied=True)
+    assert ens.mesh is not None
+    a = ens.wait_stable()
+    b, c = [s for s in ens.ids if s != a]
+    blob = b"x" * 1000
+    with ens.client(a) as k:
+        k.ensure_path("/partial/base")
+        for batch in range(3):
+            for r in [k.create_async(f"/partial/base/n{batch}-{i}", blob) for i in range(100)]:
+                r.get(timeout=10)
+        ens.mesh.isolate(c)
+        for r in [k.create_async(f"/partial/x{i}", b"acked") for i in range(20)]:
+            r.get(timeout=10)
+        ens.stop(b)
+        ens.wipe(b)
+        ens.mesh.links[(a, b)].set_rate(200_000)  # the first 256-entry append takes ~1.3 s
+        ens.start_member(b)
+        k.create_async("/partial/nudge", b"")  # cannot commit (B empty, C cut off); nudges A
+        deadline = time.monotonic() + 15
+        while int(ens.mntr(b).get("zk_commit_index", 0)) == 0:
+            if time.monotonic() > deadline:
+                # Precondition not reached: the leader never re-sends the log to a member that
+                # restarted empty (see test_member_restarted_empty_catches_up_without_new_writes).
+                pytest.skip("the wiped member is never brought up to date (raft.py catch-up "
+                            "bug), so the partly-rebuilt state cannot be produced")
+            time.sleep(0.02)
+    ens.mesh.cut(a, b)
+    partial = int(ens.mntr(b).get("zk_commit_index", 0))
+    ens.kill9(a)
+    ens.mesh.heal()
+    deadline = time.monotonic() + 4
+    premature = None
+    while time.monotonic() < deadline and premature is None:
+        premature = ens.stable_leader([b, c])
+        time.sleep(0.1)
+    ens.start_member(a)
+    seen: dict[int, object] = {}
+    try:
+        ens.wait_stable()
+    except AssertionError as e:
+        seen[0] = f"no stable leader with all three: {e}"
+    for sid in ens.ids:
+        try:
+            tree = trees_by_member(ens, "/partial", [sid], retry_for=3)[sid]
+            seen[sid] = sum(1 for p in tree if p.startswith("/partial/x"))
+        except AssertionError as e:
+            seen[sid] = f"unreadable: {e}"
+    ok = all(seen.get(sid) == 20 for sid in ens.ids) and 0 not in seen
+    assert ok and premature is None, (
+        f"acknowledged /partial/x* nodes (20) each member serves: {seen}; B={b} had "
+        f"{partial} entries again when A={a} died; leader elected by B and C={c}: {premature}")
 
 
 # ===================== partitions ==============================================================

@@ -11,8 +11,12 @@ choices made here where the design leaves room are listed in the man page:
   version-checked unless the file was opened with O_TRUNC; a lost race gives ESTALE;
 * chmod/chown/utimens are accepted and ignored (modes and owners come from mount options,
   times from the znode);
-* kernel caches are short (mount options entry_timeout/attr_timeout, 1 s by default) and file
-  I/O is direct, so other hosts' changes show up quickly.
+* kernel caches are long (entry_timeout/attr_timeout, 60 s by default) and read-only opens use
+  the page cache; zkfs.events keeps them coherent: every change anywhere in the ensemble
+  invalidates them and is replayed through the mountpoint as the inotify event a local change
+  gives. Requests of that replay (recognised by the request's pid: the replay thread's id) are
+  answered from `ReplayState` without touching the ensemble;
+* writable opens use direct I/O (no uncommitted data ever reaches the page cache).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import functools
 import logging
 import math
 import os
+import select
 import stat as st
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,7 +35,7 @@ import pyfuse3
 import trio
 
 from zkfs.client import Op, Stat, ZkClient
-from zkfs.constants import MAX_DATA
+from zkfs.constants import MAX_DATA, EventType
 from zkfs.errors import (
     BadArgumentsError,
     BadVersionError,
@@ -46,7 +51,7 @@ from zkfs.errors import (
     SessionExpiredError,
     ZkError,
 )
-from zkfs.inodes import Inode, InodeTable, Kind, base_name, join_path, parent_path
+from zkfs.inodes import NO_DATA, Inode, InodeTable, Kind, base_name, join_path, parent_path
 from zkfs.meta import (
     LIFETIMES,
     META_NAME,
@@ -125,8 +130,8 @@ class MountConfig:
     #: Defaults for directories without `user.zkfs.*` settings.
     lifetime: str = "persistent"
     sequential: bool = False
-    entry_timeout: float = 1.0
-    attr_timeout: float = 1.0
+    entry_timeout: float = 60.0
+    attr_timeout: float = 60.0
 
 
 @dataclass
@@ -143,6 +148,9 @@ class OpenFile:
     append: bool = False
     writable: bool = False
     tgid: int = 0
+    #: poll(2): the znode changed since the descriptor was opened; the pending poll handle.
+    changed: bool = False
+    poll_handle: Any = None
 
 
 @dataclass
@@ -221,6 +229,10 @@ class Probe:
     kind: Kind
     #: The data if it had to be fetched (only for empty, childless znodes), else None.
     data: bytes | None = None
+    #: The follower's event count when the probe started (see ChangeFollower.unchanged_since).
+    seq: int = -1
+    #: Whether `data` is the znode's data (else: not fetched).
+    has_data: bool = False
 
 
 class ZkOperations(pyfuse3.Operations):
@@ -236,6 +248,11 @@ class ZkOperations(pyfuse3.Operations):
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
         self._open_lifetime: dict[str, OpenLifetime] = {}
+        #: zkfs.events.ChangeFollower, set by the mount; None: no following (plain caches).
+        self.follower: Any = None
+        #: The replay in progress (zkfs.events.ReplayState), set by the replay thread.
+        self.replay: Any = None
+        self._replay_fhs: set[int] = set()
         # At the ensemble root (no chroot) /zookeeper is ZooKeeper's own reserved subtree.
         self._ensemble_root = zk.chroot is None
 
@@ -247,6 +264,13 @@ class ZkOperations(pyfuse3.Operations):
         deadline = math.inf if self.cfg.hard else trio.current_time() + self.cfg.timeout
         while True:
             if self.zk.state.is_terminal:
+                # After an expiry the mount opens a new session (zkfs.mount): wait for it.
+                if self.follower is None or self.zk.state.name == "CLOSED":
+                    raise _fail(errno.EIO)
+                with trio.move_on_at(deadline):
+                    while self.zk.state.is_terminal:
+                        await trio.sleep(0.05)
+                    continue
                 raise _fail(errno.EIO)
             with trio.move_on_at(deadline):
                 try:
@@ -288,25 +312,133 @@ class ZkOperations(pyfuse3.Operations):
             raise _fail(errno.EINVAL)
         return text, path
 
-    async def _probe(self, path: str) -> Probe | None:
-        """Stat and kind of the znode at `path`, or None if there is none."""
+    # ------------------------------------------------------------------ change following
+
+    def _is_replay(self, ctx: pyfuse3.RequestContext | None) -> bool:
+        r = self.replay
+        return r is not None and ctx is not None and ctx.pid == r.tid
+
+    def _coherent(self) -> bool:
+        return self.follower is not None and self.follower.coherent
+
+    def _seq(self) -> int:
+        return self.follower.seq if self.follower is not None else -1
+
+    def drop_views(self) -> None:
+        for inode in self.inodes.all():
+            inode.view = None
+
+    def store_view(self, path: str, kind: Kind, stat: Stat, data: Any, seq: int) -> None:
+        """Cache what a read at event count `seq` returned, unless an event overtook it."""
+        inode = self.inodes.find(path, kind)
+        if inode is None or not inode.bound or self.follower is None:
+            return
+        if self.follower.unchanged_since(seq, path):
+            inode.view = (stat, data)
+
+    def _cached_probe(self, path: str) -> Probe | None:
+        if not self._coherent():
+            return None
+        for kind in (Kind.FILE, Kind.DIR):
+            inode = self.inodes.find(path, kind)
+            if inode is not None and inode.view is not None:
+                stat, data = inode.view
+                if data is NO_DATA:
+                    return Probe(stat, kind)
+                return Probe(stat, kind, data, has_data=True)
+        return None
+
+    def _expect(self, *items: tuple[EventType, str] | tuple[EventType, str, bool]
+                ) -> list[tuple[EventType, str, bool]]:
+        """Tell the follower which events a mutation of ours will cause (not to replay)."""
+        full = [(i[0], i[1], bool(i[2]) if len(i) > 2 else False) for i in items]
+        if self.follower is not None:
+            self.follower.expect(full)
+        return full
+
+    async def _mutate(self, expected: list[tuple[EventType, str, bool]],
+                      fn: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
+        try:
+            return await self._zk(fn, *args, **kwargs)
+        except BaseException:
+            if self.follower is not None:
+                self.follower.unexpect(expected)
+            raise
+
+    async def _drop_kernel_data(self, inode: Inode) -> None:
+        """After our own commit: the kernel's pages and size of `inode` are stale now."""
+        inode.view = None
+        from zkfs.events import _inval_inode
+        await trio.to_thread.run_sync(_inval_inode, inode.ino)
+
+    def notify_pollers(self, path: str) -> None:
+        for f in list(self._files.values()):
+            if f.path == path:
+                f.changed = True
+                ph, f.poll_handle = f.poll_handle, None
+                if ph is not None:
+                    try:
+                        ph.notify()
+                    except (OSError, RuntimeError) as exc:
+                        log.debug("poll notify: %r", exc)
+
+    def _replay_entry(self, path: str) -> tuple[Kind, Stat, Any] | None | bool:
+        """What the replay shows at `path`: (kind, stat, data), None (absent), or False
+        (the replay says nothing about it)."""
+        entries = self.replay.entries
+        if path in entries:
+            return entries[path]
+        return False
+
+    def _replay_lookup(self, path: str) -> pyfuse3.EntryAttributes:
+        entry = self._replay_entry(path)
+        if entry is None:
+            raise _fail(errno.ENOENT)
+        if entry is not False:
+            kind, stat, _ = entry
+            return self._entry(path, kind, stat)
+        for inode in self.inodes.bound_at(path):
+            if inode.kind is not Kind.DATA and inode.last_attr is not None:
+                self.inodes.incref(inode)
+                return inode.last_attr
+        raise _fail(errno.ENOENT)
+
+    def _replay_attr(self, node: Inode) -> pyfuse3.EntryAttributes:
+        entry = self._replay_entry(node.path)
+        if entry:
+            return self._attr(node, entry[1])
+        if node.last_attr is not None:
+            return node.last_attr
+        from zkfs.events import fake_stat
+        return self._attr(node, fake_stat())
+
+    # ------------------------------------------------------------------ probing
+
+    async def _probe(self, path: str, cached: bool = False) -> Probe | None:
+        """Stat and kind of the znode at `path`, or None if there is none. `cached`: a value
+        the follower keeps coherent may answer instead of the ensemble."""
+        if cached:
+            probe = self._cached_probe(path)
+            if probe is not None:
+                return probe
+        seq = self._seq()
         stat = await self._zk(self.zk.exists, path)
         if stat is None:
             return None
         if path == "/":
-            return Probe(stat, Kind.DIR)
+            return Probe(stat, Kind.DIR, seq=seq)
         if stat.num_children > 0:
-            return Probe(stat, Kind.DIR)
+            return Probe(stat, Kind.DIR, seq=seq)
         if stat.data_length > 0:
-            return Probe(stat, Kind.FILE)
+            return Probe(stat, Kind.FILE, seq=seq)
         # Empty and childless: null data (directory) or empty data (file) — only get tells.
         try:
             data, stat = await self._zk(self.zk.get, path)
         except NoNodeError:
             return None
         if stat.num_children > 0 or data is None:
-            return Probe(stat, Kind.DIR, data)
-        return Probe(stat, Kind.FILE, data)
+            return Probe(stat, Kind.DIR, data, seq=seq, has_data=True)
+        return Probe(stat, Kind.FILE, data, seq=seq, has_data=True)
 
     def _attr(self, inode: Inode, stat: Stat) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -335,6 +467,7 @@ class ZkOperations(pyfuse3.Operations):
         a.st_ctime_ns = mtime_ns
         a.st_atime_ns = mtime_ns
         inode.last_attr = a
+        inode.known_stat = stat
         return a
 
     def _invalidate(self, inodes: list[Inode]) -> None:
@@ -348,12 +481,22 @@ class ZkOperations(pyfuse3.Operations):
                 # Async: we may be inside a request holding the directory's lock.
                 pyfuse3.invalidate_entry_async(parent.ino, name.encode(), ignore_enoent=True)
 
-    def _entry(self, path: str, kind: Kind, stat: Stat) -> pyfuse3.EntryAttributes:
+    def _entry(self, path: str, kind: Kind, stat: Stat,
+               probe: Probe | None = None) -> pyfuse3.EntryAttributes:
         """Bind `path` to an inode, count the kernel's new reference, return its attributes."""
         inode, displaced = self.inodes.bind(path, kind)
         self._invalidate(displaced)
         self.inodes.incref(inode)
+        self._remember(inode, probe)
         return self._attr(inode, stat)
+
+    def _remember(self, inode: Inode, probe: Probe | None) -> None:
+        if self.follower is None:
+            return
+        self.follower.track(inode)
+        if probe is not None and probe.seq >= 0 and inode.kind is not Kind.DATA:
+            self.store_view(inode.path, inode.kind, probe.stat,
+                            probe.data if probe.has_data else NO_DATA, probe.seq)
 
     # ------------------------------------------------------------------ directory settings
 
@@ -403,6 +546,12 @@ class ZkOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._inode(parent_inode)
+        if self._is_replay(ctx):
+            if name == b".":
+                return self._replay_lookup(parent.path)
+            if name == b"..":
+                return self._replay_lookup(parent_path(parent.path))
+            return self._replay_lookup(join_path(parent.path, name.decode("utf-8", "replace")))
         if name == b".":
             path = parent.path
         elif name == b"..":
@@ -415,14 +564,14 @@ class ZkOperations(pyfuse3.Operations):
             path = join_path(parent.path, text)
             if self._reserved(path):
                 raise _fail(errno.ENOENT)
-        probe = await self._probe(path)
+        probe = await self._probe(path, cached=True)
         if probe is None:
             if name == DATA_NAME.encode():
-                dir_probe = await self._probe(parent.path)
+                dir_probe = await self._probe(parent.path, cached=True)
                 if dir_probe is not None and dir_probe.stat.data_length > 0:
                     return self._entry(parent.path, Kind.DATA, dir_probe.stat)
             raise _fail(errno.ENOENT)
-        return self._entry(path, probe.kind, probe.stat)
+        return self._entry(path, probe.kind, probe.stat, probe)
 
     @_translate
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
@@ -436,11 +585,13 @@ class ZkOperations(pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None
                       ) -> pyfuse3.EntryAttributes:
         node = self._inode(inode)
+        if self._is_replay(ctx):
+            return self._replay_attr(node)
         if not node.bound:
             if node.last_attr is not None and self._is_open(node):
                 return node.last_attr
             raise _fail(errno.ENOENT)
-        probe = await self._probe(node.path)
+        probe = await self._probe(node.path, cached=True)
         if probe is None:
             if node.last_attr is not None and self._is_open(node):
                 return node.last_attr  # fstat on an open file deleted elsewhere
@@ -457,6 +608,7 @@ class ZkOperations(pyfuse3.Operations):
             self.inodes.unbind(node.path, (node.kind,), subtree=False)
             self._invalidate([node])
             raise _fail(errno.ESTALE)
+        self._remember(node, probe)
         return self._attr(node, probe.stat)
 
     @_translate
@@ -464,6 +616,8 @@ class ZkOperations(pyfuse3.Operations):
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._inode(inode)
+        if self._is_replay(ctx):
+            return self._replay_attr(node)
         if fields.update_size:
             self._writable()
             if node.kind is Kind.DIR:
@@ -479,6 +633,7 @@ class ZkOperations(pyfuse3.Operations):
                 f.dirty = True
             else:
                 await self._truncate(node.path, size)
+                await self._drop_kernel_data(node)
         # chmod, chown and utimens are accepted and ignored: modes and owners come from mount
         # options and times from the znode (server-set), so tools like cp -p and sed -i work.
         return await self.getattr(inode, ctx)
@@ -489,11 +644,13 @@ class ZkOperations(pyfuse3.Operations):
             if data is None:
                 raise _fail(errno.EISDIR)
             if size == 0:
-                await self._zk(self.zk.set, path, b"")
+                await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, path)),
+                                   self.zk.set, path, b"")
                 return
             new = data[:size] + b"\0" * max(0, size - len(data))
             try:
-                await self._zk(self.zk.set, path, new, stat.version)
+                await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, path)),
+                                   self.zk.set, path, new, stat.version)
                 return
             except BadVersionError:
                 continue  # someone wrote meanwhile: truncate what is there now
@@ -527,7 +684,7 @@ class ZkOperations(pyfuse3.Operations):
 
         async def probe_one(name: str) -> None:
             async with limiter:
-                p = await self._probe(join_path(path, name))
+                p = await self._probe(join_path(path, name), cached=True)
             if p is not None:  # vanished meanwhile: just not listed
                 probes[name] = p
 
@@ -537,7 +694,7 @@ class ZkOperations(pyfuse3.Operations):
         entries = [(n, join_path(path, n), probes[n].kind, probes[n].stat)
                    for n in names if n in probes]
         if DATA_NAME not in probes:
-            own = await self._probe(path)
+            own = await self._probe(path, cached=True)
             if own is not None and own.stat.data_length > 0:
                 entries.insert(0, (DATA_NAME, path, Kind.DATA, own.stat))
         return entries
@@ -550,6 +707,7 @@ class ZkOperations(pyfuse3.Operations):
                 handle.entries = await self._list(handle.inode.path)
             except NoNodeError:
                 handle.entries = []
+            handle.inode.children = {n for n, _, k, _ in handle.entries if k is not Kind.DATA}
         for i in range(start_id, len(handle.entries)):
             name, path, kind, stat = handle.entries[i]
             inode, displaced = self.inodes.bind(path, kind)
@@ -558,6 +716,7 @@ class ZkOperations(pyfuse3.Operations):
                 self.inodes.forget(inode.ino, 0)  # drop it again if nobody references it
                 return
             self.inodes.incref(inode)
+            self._remember(inode, None)
 
     @_translate
     async def releasedir(self, fh: int) -> None:
@@ -566,17 +725,23 @@ class ZkOperations(pyfuse3.Operations):
     @_translate
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        self._writable()
         parent = self._inode(parent_inode)
+        if self._is_replay(ctx):
+            return self._replay_lookup(join_path(parent.path, name.decode("utf-8", "replace")))
+        self._writable()
         _, path = self._check_create(parent, name)
         # Directories are always persistent: an ephemeral znode cannot have children.
-        _, stat = await self._zk(self.zk.create, path, None, include_stat=True)
+        _, stat = await self._mutate(self._expect((EventType.NODE_CREATED, path)),
+                                     self.zk.create, path, None, include_stat=True)
         return self._entry(path, Kind.DIR, stat)
 
     @_translate
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self._writable()
         parent = self._inode(parent_inode)
+        if self._is_replay(ctx):
+            self.inodes.unbind(join_path(parent.path, name.decode("utf-8", "replace")))
+            return
+        self._writable()
         path = join_path(parent.path, check_name(name))
         probe = await self._probe(path)
         if probe is None:
@@ -588,13 +753,14 @@ class ZkOperations(pyfuse3.Operations):
         # made later under the same name does not inherit them.
         if await self._zk(self.zk.exists, meta_path(path)) is not None:
             ops.append(Op.delete(meta_path(path)))
-        await self._zk(self.zk.multi, ops)
+        await self._mutate(self._expect((EventType.NODE_DELETED, path)), self.zk.multi, ops)
         self._invalidate(self.inodes.unbind(path))
 
     # ------------------------------------------------------------------ files
 
     def _new_handle(self, inode: Inode, path: str, data: bytes, version: int, flags: int,
-                    ctx: pyfuse3.RequestContext, *, truncated: bool) -> pyfuse3.FileInfo:
+                    ctx: pyfuse3.RequestContext, *, truncated: bool,
+                    stat: Stat | None = None) -> pyfuse3.FileInfo:
         fh = self._fh()
         self._files[fh] = OpenFile(
             inode=inode, path=path, data=bytearray(data), version=version,
@@ -604,21 +770,40 @@ class ZkOperations(pyfuse3.Operations):
         owned = self._open_lifetime.get(path)
         if owned is not None and owned.tgid == self._files[fh].tgid:
             owned.handles.add(fh)
-        # direct_io: every read comes here, so a reader sees the content fetched at open and
-        # never a kernel page cache (or file size) that another host has since made stale.
+        # Read-only opens use the page cache when the follower keeps it coherent and the kernel
+        # was told this very version's size (else a page read could mix sizes: direct I/O, as
+        # for writers, whose uncommitted buffers must never reach the page cache).
+        known = inode.known_stat
+        if (stat is not None and not self._files[fh].writable and self._coherent()
+                and inode.kind is Kind.FILE and known is not None
+                and known.mzxid == stat.mzxid and known.data_length == stat.data_length):
+            return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     @_translate
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._inode(inode)
+        if self._is_replay(ctx):
+            fh = self._fh()
+            self._replay_fhs.add(fh)
+            return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
         if node.kind is Kind.DIR:
             raise _fail(errno.EISDIR)
         if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:
             self._writable()
-        try:
-            data, stat = await self._zk(self.zk.get, node.path)
-        except NoNodeError:
-            raise _fail(errno.ENOENT) from None
+        cached = self._cached_probe(node.path) if node.bound else None
+        if cached is not None and cached.has_data and cached.kind is node.kind:
+            data, stat = cached.data, cached.stat
+        elif cached is not None and node.kind is Kind.DATA and cached.has_data:
+            data, stat = cached.data, cached.stat
+        else:
+            seq = self._seq()
+            try:
+                data, stat = await self._zk(self.zk.get, node.path)
+            except NoNodeError:
+                raise _fail(errno.ENOENT) from None
+            kind = Kind.DIR if (data is None or stat.num_children > 0) else Kind.FILE
+            self.store_view(node.path, kind, stat, data, seq)
         if node.kind is Kind.FILE and (data is None or stat.num_children > 0):
             # Became a directory: ESTALE makes the VFS look it up again (and find a directory).
             self.inodes.unbind(node.path, (Kind.FILE,), subtree=False)
@@ -628,7 +813,7 @@ class ZkOperations(pyfuse3.Operations):
             raise _fail(errno.ENOENT)
         truncated = bool(flags & os.O_TRUNC)
         return self._new_handle(node, node.path, b"" if truncated else (data or b""),
-                                stat.version, flags, ctx, truncated=truncated)
+                                stat.version, flags, ctx, truncated=truncated, stat=stat)
 
     @_translate
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -641,9 +826,10 @@ class ZkOperations(pyfuse3.Operations):
         if sequential and len(name) + 10 > NAME_MAX:
             raise _fail(errno.ENAMETOOLONG)
         try:
-            created, stat = await self._zk(self.zk.create, path, b"",
-                                           ephemeral=lifetime != "persistent",
-                                           sequential=sequential, include_stat=True)
+            created, stat = await self._mutate(
+                self._expect((EventType.NODE_CREATED, path, sequential)),
+                self.zk.create, path, b"", ephemeral=lifetime != "persistent",
+                sequential=sequential, include_stat=True)
         except NodeExistsError:
             if flags & os.O_EXCL:
                 raise
@@ -667,15 +853,18 @@ class ZkOperations(pyfuse3.Operations):
     @_translate
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = self._inode(parent_inode)
+        if self._is_replay(ctx):
+            return self._replay_lookup(join_path(parent.path, name.decode("utf-8", "replace")))
         if not st.S_ISREG(mode):
             raise _fail(errno.EPERM)  # znodes hold data; no devices, fifos or sockets
         self._writable()
-        parent = self._inode(parent_inode)
         _, path = self._check_create(parent, name)
         lifetime, sequential = await self._effective(parent.path)
-        created, stat = await self._zk(self.zk.create, path, b"",
-                                       ephemeral=lifetime != "persistent",
-                                       sequential=sequential, include_stat=True)
+        created, stat = await self._mutate(
+            self._expect((EventType.NODE_CREATED, path, sequential)),
+            self.zk.create, path, b"", ephemeral=lifetime != "persistent",
+            sequential=sequential, include_stat=True)
         attr = self._entry(created, Kind.FILE, stat)
         if created != path:
             attr.entry_timeout = 0
@@ -683,11 +872,15 @@ class ZkOperations(pyfuse3.Operations):
 
     @_translate
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        if fh in self._replay_fhs:
+            return b""
         f = self._files[fh]
         return bytes(f.data[off:off + size])
 
     @_translate
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if fh in self._replay_fhs:
+            return len(buf)
         f = self._files[fh]
         if f.append:
             # The kernel computes append offsets from its cached size, which may be stale.
@@ -706,7 +899,8 @@ class ZkOperations(pyfuse3.Operations):
             return
         version = f.version if f.conditional else -1
         try:
-            stat = await self._zk(self.zk.set, f.path, bytes(f.data), version)
+            stat = await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, f.path)),
+                                      self.zk.set, f.path, bytes(f.data), version)
         except (BadVersionError, NoNodeError):
             # Somebody else changed (or removed) the znode since we read it: refuse to
             # overwrite their update. The buffered content is dropped.
@@ -716,17 +910,40 @@ class ZkOperations(pyfuse3.Operations):
         # Later writes through this handle build on what we just committed.
         f.conditional = True
         f.dirty = False
+        # Read-after-close on this host: the kernel must not keep the old pages or size.
+        await self._drop_kernel_data(f.inode)
 
     @_translate
     async def flush(self, fh: int) -> None:
+        if fh in self._replay_fhs:
+            return
         await self._commit(self._files[fh])
 
     @_translate
     async def fsync(self, fh: int, datasync: bool) -> None:
+        if fh in self._replay_fhs:
+            return
         await self._commit(self._files[fh])
 
     @_translate
+    async def poll(self, inode: int, fh: int, poll_handle: Any,
+                   ctx: pyfuse3.RequestContext) -> int:
+        """Readable (POLLIN|POLLPRI) once the znode changed or was deleted since the descriptor
+        was opened; until then the poller sleeps and is woken by the change."""
+        f = self._files.get(fh)
+        if f is None:
+            return select.POLLIN | select.POLLRDNORM
+        if f.changed:
+            return select.POLLIN | select.POLLRDNORM | select.POLLPRI
+        if poll_handle is not None:
+            f.poll_handle = poll_handle
+        return 0
+
+    @_translate
     async def release(self, fh: int) -> None:
+        if fh in self._replay_fhs:
+            self._replay_fhs.discard(fh)
+            return
         f = self._files.pop(fh, None)
         if f is None:
             return
@@ -741,27 +958,33 @@ class ZkOperations(pyfuse3.Operations):
                 # The creating process closed its last descriptor: the file goes (ORCLOSE).
                 del self._open_lifetime[f.path]
                 try:
-                    await self._zk(self.zk.delete, f.path)
+                    await self._mutate(self._expect((EventType.NODE_DELETED, f.path)),
+                                       self.zk.delete, f.path)
                 except NoNodeError:
                     pass
                 self._invalidate(self.inodes.unbind(f.path, (Kind.FILE,), subtree=False))
 
     @_translate
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self._writable()
         parent = self._inode(parent_inode)
+        if self._is_replay(ctx):
+            self.inodes.unbind(join_path(parent.path, name.decode("utf-8", "replace")),
+                               (Kind.FILE,), subtree=False)
+            return
+        self._writable()
         path = join_path(parent.path, check_name(name))
         probe = await self._probe(path)
         if probe is None:
             if name == DATA_NAME.encode():
                 # Removing the pseudo-file makes the directory's data null again.
-                await self._zk(self.zk.set, parent.path, None)
+                await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, parent.path)),
+                                   self.zk.set, parent.path, None)
                 self.inodes.unbind(parent.path, (Kind.DATA,), subtree=False)
                 return
             raise _fail(errno.ENOENT)
         if probe.kind is Kind.DIR:
             raise _fail(errno.EISDIR)
-        await self._zk(self.zk.delete, path)
+        await self._mutate(self._expect((EventType.NODE_DELETED, path)), self.zk.delete, path)
         self._open_lifetime.pop(path, None)
         self.inodes.unbind(path, (Kind.FILE,), subtree=False)
 
@@ -825,8 +1048,10 @@ class ZkOperations(pyfuse3.Operations):
             own = await self._probe(new_dir)
             if own is not None and own.stat.data_length > 0:
                 # Onto the pseudo-file: becomes the directory's data (sed -i DIR/.data).
-                await self._zk(self.zk.multi, [Op.set(new_dir, data, own.stat.version),
-                                               Op.delete(old, sstat.version)])
+                await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, new_dir),
+                                                (EventType.NODE_DELETED, old)),
+                                   self.zk.multi, [Op.set(new_dir, data, own.stat.version),
+                                                   Op.delete(old, sstat.version)])
                 return
         ops: list[Op] = []
         if target is not None:
@@ -840,7 +1065,9 @@ class ZkOperations(pyfuse3.Operations):
         lifetime, _ = await self._effective(new_dir)
         ops += [Op.create(new, data, ephemeral=lifetime != "persistent"),
                 Op.delete(old, sstat.version)]
-        await self._zk(self.zk.multi, ops)
+        expected = [(EventType.NODE_DELETED, new)] if target is not None else []
+        expected += [(EventType.NODE_CREATED, new), (EventType.NODE_DELETED, old)]
+        await self._mutate(self._expect(*expected), self.zk.multi, ops)
 
     async def _rename_dir(self, old: str, new: str, noreplace: bool) -> None:
         # Collect the subtree (parents before children); too big or ephemeral → EXDEV, and
@@ -887,7 +1114,12 @@ class ZkOperations(pyfuse3.Operations):
                 mdata, mstat = await self._zk(self.zk.get, f"{META_ROOT}/{key}")
                 ops.append(Op.create(meta_path(new + dpath[len(old):]), mdata))
                 ops.append(Op.delete(f"{META_ROOT}/{key}", mstat.version))
-        await self._zk(self.zk.multi, ops)
+        expected: list[tuple[EventType, str]] = []
+        if target is not None:
+            expected.append((EventType.NODE_DELETED, new))
+        expected += [(EventType.NODE_CREATED, new + p[len(old):]) for p, _, _ in nodes]
+        expected += [(EventType.NODE_DELETED, p) for p, _, _ in reversed(nodes)]
+        await self._mutate(self._expect(*expected), self.zk.multi, ops)
 
     # ------------------------------------------------------------------ extended attributes
 
@@ -943,7 +1175,8 @@ class ZkOperations(pyfuse3.Operations):
         if key == XATTR_DATA:
             if len(value) > MAX_DATA:
                 raise _fail(errno.EFBIG)
-            await self._zk(self.zk.set, node.path, value)
+            await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, node.path)),
+                               self.zk.set, node.path, value)
             return
         text = value.decode("utf-8", "replace").strip()
         if key == XATTR_LIFETIME:
@@ -963,7 +1196,8 @@ class ZkOperations(pyfuse3.Operations):
             raise _fail(errno.EPERM)
         self._writable()
         if node.kind is Kind.DIR and key == XATTR_DATA:
-            await self._zk(self.zk.set, node.path, None)
+            await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, node.path)),
+                               self.zk.set, node.path, None)
             return
         if node.kind is Kind.DIR and key in (XATTR_LIFETIME, XATTR_SEQUENTIAL):
             await self._store_settings(

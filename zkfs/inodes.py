@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyfuse3
 
-__all__ = ["Kind", "Inode", "InodeTable", "parent_path", "join_path", "base_name"]
+__all__ = ["Kind", "Inode", "InodeTable", "parent_path", "join_path", "base_name", "NO_DATA"]
+
+#: `Inode.view` data when only the Stat is known.
+NO_DATA = object()
 
 
 class Kind(enum.Enum):
@@ -38,6 +42,13 @@ class Inode:
     bound: bool = True
     #: Last attributes handed to the kernel (answers getattr on an unbound, still open inode).
     last_attr: pyfuse3.EntryAttributes | None = field(default=None, repr=False)
+    #: The znode's Stat as last handed to the kernel (resync compares it with the tree).
+    known_stat: Any = field(default=None, repr=False)
+    #: Cached (stat, data) while the mount follows changes coherently (zkfs.events); data is
+    #: NO_DATA when only the stat is known. Dropped on every event touching the path.
+    view: tuple[Any, Any] | None = field(default=None, repr=False)
+    #: For directories: the names seen at the last listing (kept up to date by events).
+    children: set[str] | None = field(default=None, repr=False)
 
 
 def parent_path(path: str) -> str:
@@ -69,6 +80,9 @@ class InodeTable:
 
     def get(self, ino: int) -> Inode | None:
         return self._by_ino.get(ino)
+
+    def all(self) -> list[Inode]:
+        return list(self._by_ino.values())
 
     def find(self, path: str, kind: Kind) -> Inode | None:
         return self._by_key.get((path, kind))
@@ -112,6 +126,7 @@ class InodeTable:
         if self._by_key.get((inode.path, inode.kind)) is inode:
             del self._by_key[(inode.path, inode.kind)]
         inode.bound = False
+        inode.view = None
         if inode.lookups <= 0:
             self._by_ino.pop(inode.ino, None)
 

@@ -34,7 +34,7 @@ from zkfsd.consensus import make_zxid
 from zkfsd.peers import PeerTransport
 from zkfsd.raft import Message, RaftNode
 from zkfsd.sessions import SessionIdGenerator, SessionTracker, new_password
-from zkfsd.storage import Snapshot, Storage
+from zkfsd.storage import HardState, Snapshot, Storage
 from zkfsd.tree import ApplyResult, DataTree, digest_auth_id
 from zkfsd.watches import WatchManager
 
@@ -117,9 +117,17 @@ class ZkServer:
         self.transport: PeerTransport | None = None
         self._pending: dict[int, Proposal] = {}  # by the sequence number in txn["origin"]
         self._next_seq = 0
+        # Fix (tests/test_ensemble.py, rebuilt/restarted member): sequence numbers restart at 1
+        # with every process, so an entry proposed by an earlier run of this member (still in
+        # the log, applied here while catching up) matched a *new* pending proposal of the same
+        # number and completed it with the wrong transaction's result (e.g. "session
+        # established" before the createSession was applied). A random id per process run in
+        # txn["origin"] keeps old entries from matching.
+        self._incarnation = int.from_bytes(os.urandom(8), "big") >> 1
         self._touched: set[int] = set()  # sessions active here since the last report to the leader
         self._leader = 0
         self._replayed = False
+        self._synced_vote: tuple[int, int] | None = None  # (term, vote) as last fsync'd
         self._wakeup = trio.Event()
         self._since_snapshot = 0
         # Raft ticks are finer than ZooKeeper's tickTime: an election timeout of 10-20 raft ticks
@@ -170,6 +178,7 @@ class ZkServer:
     def recover(self) -> None:
         started = time.monotonic()
         loaded = self.storage.load()
+        self._synced_vote = (loaded.hard_state.term, loaded.hard_state.vote)
         if loaded.snapshot is not None:
             self.tree = DataTree.from_snapshot(loaded.snapshot.data)
         if self.standalone:
@@ -256,7 +265,7 @@ class ZkServer:
         """Send a transaction to the log (through the leader); the Proposal completes once this
         member has applied it."""
         self._next_seq += 1
-        txn["origin"] = [self.member_id, self._next_seq]
+        txn["origin"] = [self.member_id, self._incarnation, self._next_seq]
         proposal = Proposal(txn)
         self._pending[self._next_seq] = proposal
         if not self._submit(txn):
@@ -317,13 +326,15 @@ class ZkServer:
                 ready = core.ready()
                 if ready.snapshot is not None:
                     await self._install_snapshot(ready.snapshot)
-                if ready.entries or ready.hard_state:
-                    if ready.entries:
-                        self.storage.append(ready.entries)
-                    if ready.hard_state is not None:
-                        self.storage.set_hard_state(ready.hard_state)
+                if ready.entries:
+                    self.storage.append(ready.entries)
+                if ready.hard_state is not None:
+                    self.storage.set_hard_state(ready.hard_state)
+                if ready.entries or self._vote_changed(ready.hard_state):
                     # One fsync covers every proposal that arrived since the last one (group
                     # commit); new proposals and peer messages keep reaching the core meanwhile.
+                    # A hard state whose only change is the commit index rides along with the
+                    # next sync: a lost commit index is learned again from the leader.
                     with trio.CancelScope(shield=True):
                         await trio.to_thread.run_sync(self.storage.sync)
                     self.stats.fsyncs += 1
@@ -337,6 +348,15 @@ class ZkServer:
                 self._check_leader()
                 if ready.committed and self._since_snapshot >= self.config.snap_count:
                     await self._snapshot(ready.committed[-1].index, ready.committed[-1].term)
+
+    def _vote_changed(self, hard_state: HardState | None) -> bool:
+        if hard_state is None:
+            return False
+        synced = (hard_state.term, hard_state.vote)
+        if synced == self._synced_vote:
+            return False
+        self._synced_vote = synced
+        return True
 
     def _apply(self, index: int, term: int, data: bytes) -> None:
         if not data:
@@ -362,8 +382,9 @@ class ZkServer:
         if txn_type == OpCode.CLOSE_SESSION:
             self._session_closed(txn["session"], expired=bool(txn.get("expired")))
         origin = txn.get("origin")
-        if isinstance(origin, list) and len(origin) == 2 and origin[0] == self.member_id:
-            proposal = self._pending.pop(origin[1], None)
+        if (isinstance(origin, list) and len(origin) == 3 and origin[0] == self.member_id
+                and origin[1] == self._incarnation):
+            proposal = self._pending.pop(origin[2], None)
             if proposal is not None:
                 proposal.txn = txn  # as committed: stamped with its zxid and time
                 proposal.result = result

@@ -1,0 +1,610 @@
+"""Following the ensemble's changes on a mount: coherent kernel caches and real inotify events.
+
+inotify on a FUSE mount only reports what passes through this host's VFS, and the kernel's
+invalidation calls raise no inotify events (DESIGN.md §4). So a change made elsewhere is
+*replayed* through this mount's own mountpoint, from a worker thread:
+
+* data changed     → `os.truncate(path, new_size)` (IN_MODIFY), then `open(O_WRONLY)` + close
+                     (IN_OPEN, IN_CLOSE_WRITE) — on the file and in its directory;
+* node created     → `os.mknod` or `os.mkdir` (IN_CREATE, with IN_ISDIR for a directory);
+* node deleted     → `os.unlink` / `os.rmdir` (IN_DELETE in the directory, IN_DELETE_SELF on it);
+* kind changed     → delete + create of the path (a file that gained a child is a new
+                     directory inode, DESIGN.md §3).
+
+The FUSE handlers (zkfs.fs) recognise the replay by the request context's pid, which is the
+worker thread's native id, and answer from `ReplayState` without touching the ensemble (for a
+create, the lookup answers ENOENT first). Because the replay runs in a thread, the trio loop
+keeps serving those requests while the replay waits for them.
+
+Which changes: one persistent-recursive watch (addWatch) on the mount root; events on paths the
+kernel holds no inode for (neither the znode nor its directory) are dropped, so every inotify
+watch a user can set (it needs the inode) is covered. Servers without addWatch get re-armed
+one-shot watches (exists on every held path, getChildren on every held directory).
+
+The mount's own changes are not replayed (the kernel already reported them): each mutation
+registers the events it will cause (`expect`) and the follower consumes them (`_own`). Kernel
+caches are invalidated for every event, own or not.
+
+After a reconnect (the session survived) and after a session expiry (the mount opens a new
+session), `resync` compares what the kernel holds with the tree and feeds the differences to
+the same pipeline as events, so missed changes are reported too.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat as st
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pyfuse3
+import trio
+
+from zkfs.client import ClientState, WatchedEvent, ZkClient
+from zkfs.constants import EventType, WatchMode
+from zkfs.errors import NoNodeError, UnimplementedError, ZkError
+from zkfs.inodes import Inode, Kind, base_name, join_path, parent_path
+from zkfs.jute import Stat
+
+if TYPE_CHECKING:
+    from zkfs.fs import ZkOperations
+
+__all__ = ["ChangeFollower", "ReplayState", "Change", "fake_stat"]
+
+log = logging.getLogger(__name__)
+
+CREATED = EventType.NODE_CREATED
+DELETED = EventType.NODE_DELETED
+CHANGED = EventType.NODE_DATA_CHANGED
+CHILDREN = EventType.NODE_CHILDREN_CHANGED
+
+#: How long an expected own event is remembered (a write whose event never came).
+_EXPECT_TTL = 60.0
+#: Events remembered to decide whether a fetched value may be cached (see `unchanged_since`).
+_RECENT = 4096
+
+
+def fake_stat(size: int = 0) -> Stat:
+    now = int(time.time() * 1000)
+    return Stat(0, 0, now, now, 0, 0, 0, 0, size, 0, 0)
+
+
+@dataclass
+class Change:
+    type: EventType
+    path: str
+    #: Produced by resync (a difference found), not by the server: never the mount's own.
+    synthetic: bool = False
+
+
+@dataclass
+class ReplayState:
+    """What the replay thread's FUSE requests are answered with."""
+    tid: int = 0
+    #: path → (kind, stat, data) the replay shows, or None: "does not exist" (ENOENT).
+    entries: dict[str, tuple[Kind, Stat, bytes | None] | None] = field(default_factory=dict)
+
+
+class _Expectations:
+    """Events this mount's own writes will cause, keyed by (type, path)."""
+
+    def __init__(self) -> None:
+        self._exact: dict[tuple[EventType, str], deque[float]] = {}
+        #: Sequential creates: (parent, name prefix) → deadlines.
+        self._prefix: dict[tuple[str, str], deque[float]] = {}
+
+    def add(self, items: list[tuple[EventType, str, bool]]) -> None:
+        deadline = time.monotonic() + _EXPECT_TTL
+        for kind, path, prefix in items:
+            if prefix:
+                self._prefix.setdefault((parent_path(path), base_name(path)),
+                                        deque()).append(deadline)
+            else:
+                self._exact.setdefault((kind, path), deque()).append(deadline)
+
+    def remove(self, items: list[tuple[EventType, str, bool]]) -> None:
+        for kind, path, prefix in items:
+            table: dict[Any, deque[float]] = self._prefix if prefix else self._exact  # type: ignore[assignment]
+            key = (parent_path(path), base_name(path)) if prefix else (kind, path)
+            q = table.get(key)
+            if q:
+                q.pop()
+                if not q:
+                    del table[key]
+
+    def consume(self, kind: EventType, path: str) -> bool:
+        now = time.monotonic()
+        q = self._exact.get((kind, path))
+        while q and q[0] < now:
+            q.popleft()
+        if q:
+            q.popleft()
+            if not q:
+                del self._exact[(kind, path)]
+            return True
+        if kind is CREATED and path != "/":
+            name = base_name(path)
+            if len(name) >= 10 and name[-10:].isdigit():
+                key = (parent_path(path), name[:-10])
+                q = self._prefix.get(key)
+                while q and q[0] < now:
+                    q.popleft()
+                if q:
+                    q.popleft()
+                    if not q:
+                        del self._prefix[key]
+                    return True
+        return False
+
+
+class ChangeFollower:
+    """Watches the tree for the mount `ops` at `mountpoint` and replays what changed."""
+
+    def __init__(self, ops: ZkOperations, mountpoint: str, *, one_shot: bool = False,
+                 replay: bool = True) -> None:
+        self.ops = ops
+        self.mountpoint = mountpoint
+        self.force_one_shot = one_shot
+        #: False on a read-only mount: the VFS refuses the replay (EROFS); caches only.
+        self.replay_enabled = replay
+        self._send, self._receive = trio.open_memory_channel[Change](float("inf"))
+        self._expect = _Expectations()
+        self._seq = 0
+        self._recent: deque[tuple[int, str]] = deque(maxlen=_RECENT)
+        self._zk: ZkClient | None = None
+        #: True while the watch is armed and the session connected: cached values are current.
+        self.coherent = False
+        self.one_shot = False
+        # One-shot mode: what is armed, and the children each watched directory had.
+        self._armed: set[str] = set()
+        self._kids: dict[str, set[str]] = {}
+        self._arm_send, self._arm_receive = trio.open_memory_channel[str](float("inf"))
+        self._resync_needed = trio.Event()
+        #: Number of changes fully processed (for tests/diagnostics).
+        self.processed = 0
+        self.replayed = 0
+
+    # ------------------------------------------------------------------ called by zkfs.fs
+
+    def expect(self, items: list[tuple[EventType, str, bool]]) -> None:
+        self._expect.add([i for i in items if not self.ops._reserved(i[1])])
+
+    def unexpect(self, items: list[tuple[EventType, str, bool]]) -> None:
+        self._expect.remove([i for i in items if not self.ops._reserved(i[1])])
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    def unchanged_since(self, seq: int, path: str) -> bool:
+        """No event that could change `path`'s stat or data arrived after `seq`."""
+        if not self.coherent:
+            return False
+        if seq == self._seq:
+            return True
+        if not self._recent or self._recent[0][0] > seq + 1:
+            return False  # forgotten: assume the worst
+        for s, p in reversed(self._recent):
+            if s <= seq:
+                break
+            if p == path or parent_path(p) == path:
+                return False
+        return True
+
+    def track(self, inode: Inode) -> None:
+        """The kernel holds `inode` (one-shot mode arms watches for it)."""
+        if self.one_shot and inode.path not in self._armed and inode.kind is not Kind.DATA:
+            self._armed.add(inode.path)
+            self._arm_send.send_nowait(inode.path)
+
+    # ------------------------------------------------------------------ session plumbing
+
+    async def attach(self, zk: ZkClient, *, new_session: bool) -> None:
+        """Start following through `zk` (the first session, or a new one after expiry)."""
+        self._zk = zk
+        self.coherent = False
+        zk.add_state_listener(self._on_state)
+        self.one_shot = self.force_one_shot
+        if not self.one_shot:
+            try:
+                await zk.add_watch("/", WatchMode.PERSISTENT_RECURSIVE, self._on_event)
+            except UnimplementedError:
+                log.info("server has no addWatch: following with one-shot watches")
+                self.one_shot = True
+        if self.one_shot:
+            self._armed.clear()
+            self._kids.clear()
+            for inode in list(self.ops.inodes.all()):
+                if inode.bound and inode.kind is not Kind.DATA:
+                    self._armed.add(inode.path)
+                    self._arm_send.send_nowait(inode.path)
+        if new_session:
+            # Everything the kernel holds may be stale: diff it against the tree.
+            self._resync_needed.set()
+        else:
+            self.coherent = True
+
+    def _on_state(self, state: ClientState) -> None:
+        if state is ClientState.SUSPENDED:
+            # Events may be missed until the reconnect: stop trusting cached values.
+            self.coherent = False
+            self.ops.drop_views()
+        elif state is ClientState.CONNECTED and self._zk is not None and not self.coherent:
+            self._resync_needed.set()
+
+    def _on_event(self, event: WatchedEvent) -> None:
+        """Called synchronously by the client's reader, in wire order."""
+        if event.type not in (CREATED, DELETED, CHANGED, CHILDREN):
+            return
+        path = event.path
+        self._note(path)
+        if self.one_shot:
+            self._arm_send.send_nowait("\0" + f"{int(event.type)}\0{path}")
+            return
+        self._send.send_nowait(Change(event.type, path))
+
+    def _note(self, path: str) -> None:
+        self._seq += 1
+        self._recent.append((self._seq, path))
+        # Cached values of the node and of its directory (child count, kind) are now suspect.
+        for p in (path, parent_path(path)):
+            for inode in self.ops.inodes.bound_at(p):
+                inode.view = None
+
+    # ------------------------------------------------------------------ tasks
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._consume)
+            nursery.start_soon(self._arm_loop)
+            nursery.start_soon(self._resync_loop)
+
+    async def _consume(self) -> None:
+        async for change in self._receive:
+            try:
+                await self._handle(change)
+            except ZkError as exc:
+                log.info("following %s %s: %r", change.type.name, change.path, exc)
+            except Exception:
+                log.exception("following %s %s failed", change.type.name, change.path)
+            self.processed += 1
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await self._resync_needed.wait()
+            self._resync_needed = trio.Event()
+            zk = self._zk
+            if zk is None or zk.state is not ClientState.CONNECTED:
+                continue
+            try:
+                await self.resync(zk)
+                self.coherent = True
+            except ZkError as exc:
+                log.info("resync failed (%r); will retry on the next reconnect", exc)
+
+    # ------------------------------------------------------------------ one-shot fallback
+
+    async def _arm_loop(self) -> None:
+        async for item in self._arm_receive:
+            zk = self._zk
+            if zk is None:
+                continue
+            try:
+                if item.startswith("\0"):
+                    _, kind, path = item.split("\0", 2)
+                    await self._one_shot_event(zk, EventType(int(kind)), path)
+                else:
+                    await self._arm(zk, item)
+            except ZkError as exc:
+                log.debug("one-shot watch on %s: %r", item, exc)
+
+    async def _arm(self, zk: ZkClient, path: str) -> None:
+        stat = await zk.exists(path, watch=self._on_event)
+        if stat is not None:
+            try:
+                kids = await zk.get_children(path, watch=self._on_event)
+            except NoNodeError:
+                return
+            self._kids[path] = set(kids)
+
+    async def _one_shot_event(self, zk: ZkClient, kind: EventType, path: str) -> None:
+        if kind is CHILDREN:
+            try:
+                kids = set(await zk.get_children(path, watch=self._on_event))
+            except NoNodeError:
+                kids = set()
+            old = self._kids.get(path, set())
+            self._kids[path] = kids
+            for name in sorted(old - kids):
+                await self._send.send(Change(DELETED, join_path(path, name)))
+            for name in sorted(kids - old):
+                child = join_path(path, name)
+                self._note(child)
+                await self._send.send(Change(CREATED, child))
+            return
+        if kind is DELETED:
+            self._kids.pop(path, None)
+            if path in self._armed:
+                self._armed.discard(path)
+            return  # the parent's child event reports it
+        if kind is CREATED:
+            return  # likewise
+        await self._send.send(Change(kind, path))
+        if path in self._armed or self.ops.inodes.bound_at(path):
+            await zk.exists(path, watch=self._on_event)
+
+    # ------------------------------------------------------------------ resync
+
+    async def resync(self, zk: ZkClient) -> None:
+        """Compare every znode the kernel holds with the tree; queue the differences."""
+        inodes = [i for i in self.ops.inodes.all() if i.bound and i.kind is not Kind.DATA]
+        inodes.sort(key=lambda i: (i.path.count("/"), i.path))
+        changes: list[Change] = []
+        for inode in inodes:
+            if self.ops._reserved(inode.path):
+                continue
+            known = inode.known_stat
+            stat = await zk.exists(inode.path)
+            if stat is None:
+                if inode.path != "/":
+                    changes.append(Change(DELETED, inode.path, True))
+                continue
+            if known is None or stat.mzxid != known.mzxid or stat.num_children != known.num_children:
+                changes.append(Change(CHANGED, inode.path, True))
+            if inode.kind is Kind.DIR and (known is None or stat.pzxid != known.pzxid
+                                           or inode.children is None):
+                try:
+                    kids = set(await zk.get_children(inode.path))
+                except NoNodeError:
+                    continue
+                if inode.path == "/":
+                    kids.discard(".zkfs")
+                held = {base_name(i.path) for i in self.ops.inodes.all()
+                        if i.bound and i.path != "/" and parent_path(i.path) == inode.path
+                        and i.kind is not Kind.DATA}
+                before = (inode.children or set()) | held
+                for name in sorted(kids - before):
+                    changes.append(Change(CREATED, join_path(inode.path, name), True))
+                for name in sorted((inode.children or set()) - kids - held):
+                    changes.append(Change(DELETED, join_path(inode.path, name), True))
+        self.ops.drop_views()
+        for change in changes:
+            log.info("resync: %s %s", change.type.name, change.path)
+            self._note(change.path)
+            await self._send.send(change)
+
+    # ------------------------------------------------------------------ handling one change
+
+    def _own(self, change: Change) -> bool:
+        return not change.synthetic and self._expect.consume(change.type, change.path)
+
+    async def _handle(self, change: Change) -> None:
+        path = change.path
+        if self.ops._reserved(path):
+            return
+        own = self._own(change)
+        replay = self.replay_enabled and not own
+        if change.type is CHANGED:
+            await self._changed(path, replay)
+        elif change.type is CREATED:
+            await self._created(path, replay, own)
+        elif change.type is DELETED:
+            await self._deleted(path, replay, own)
+
+    def _held_dir(self, path: str) -> Inode | None:
+        return self.ops.inodes.find(path, Kind.DIR)
+
+    async def _fetch(self, path: str) -> tuple[Kind, Stat, bytes | None] | None:
+        zk = self.ops.zk
+        seq = self._seq
+        try:
+            data, stat = await zk.get(path)
+        except NoNodeError:
+            return None
+        kind = Kind.DIR if (path == "/" or data is None or stat.num_children > 0) else Kind.FILE
+        self.ops.store_view(path, kind, stat, data, seq)
+        return kind, stat, data
+
+    async def _changed(self, path: str, replay: bool) -> None:
+        inodes = self.ops.inodes.bound_at(path)
+        parent = self._held_dir(parent_path(path)) if path != "/" else None
+        if not inodes and parent is None:
+            return
+        now = await self._fetch(path)
+        if now is None:
+            # Deleted meanwhile: its delete event follows. Drop what is cached now.
+            await self._thread(self._inval_steps(inodes, data=True), None)
+            return
+        kind, stat, data = now
+        file_inode = self.ops.inodes.find(path, Kind.FILE)
+        dir_inode = self.ops.inodes.find(path, Kind.DIR)
+        if (file_inode is not None and kind is Kind.DIR) or (
+                dir_inode is not None and kind is Kind.FILE and path != "/"):
+            await self._kind_changed(path, kind, stat, data, replay)
+            return
+        if kind is Kind.DIR:
+            # A directory's own data: the `.data` pseudo-file and the directory's attributes.
+            steps = self._inval_steps(inodes, data=True)
+            if dir_inode is not None:
+                steps.append(lambda: _inval_entry(dir_inode.ino, b".data"))
+            await self._thread(steps, None)
+            return
+        self.ops.notify_pollers(path)
+        state = ReplayState(entries={path: (Kind.FILE, stat, data)})
+        steps = self._inval_steps(inodes, data=True)
+        if replay:
+            target = self._local(path)
+            steps.append(lambda: os.truncate(target, stat.data_length))
+            steps.append(lambda: os.close(os.open(target, os.O_WRONLY | os.O_NOFOLLOW)))
+        await self._thread(steps, state)
+
+    async def _created(self, path: str, replay: bool, own: bool) -> None:
+        parent_p = parent_path(path)
+        parent_file = self.ops.inodes.find(parent_p, Kind.FILE)
+        if parent_file is not None and parent_p != "/":
+            # A file gained a child: it is a directory now.
+            now = await self._fetch(parent_p)
+            if now is not None and now[0] is Kind.DIR:
+                await self._kind_changed(parent_p, now[0], now[1], now[2], replay and not own)
+            return
+        parent = self._held_dir(parent_p)
+        if parent is None:
+            return
+        name = base_name(path)
+        if parent.children is not None:
+            parent.children.add(name)
+        if own:
+            return
+        now = await self._fetch(path)
+        if now is None:
+            kind, stat, data = Kind.FILE, fake_stat(), b""
+        else:
+            kind, stat, data = now
+        # If the kernel already looked it up (after the create), its dentry is dropped first so
+        # that the replayed create reports it; the inode number stays the same.
+        existing = self.ops.inodes.bound_at(path)
+        steps = self._inval_steps(existing, data=True)
+        steps.append(lambda: _inval_entry(parent.ino, name.encode()))
+        state = ReplayState(entries={path: None})
+        if replay:
+            target = self._local(path)
+
+            def create() -> None:
+                # The lookup before the create answers ENOENT; the create binds the inode.
+                state.entries[path] = (kind, stat, data)
+                if kind is Kind.DIR:
+                    os.mkdir(target)
+                else:
+                    os.mknod(target, st.S_IFREG | 0o644)
+            steps.append(create)
+        await self._thread(steps, state)
+
+    async def _deleted(self, path: str, replay: bool, own: bool) -> None:
+        parent_p = parent_path(path)
+        parent = self._held_dir(parent_p)
+        if parent is not None and parent.children is not None:
+            parent.children.discard(base_name(path))
+        inodes = [i for i in self.ops.inodes.bound_at(path) if i.kind is not Kind.DATA]
+        if not own and (inodes or parent is not None):
+            self.ops.notify_pollers(path)
+            kind = inodes[0].kind if inodes else Kind.FILE
+            stat = inodes[0].known_stat if inodes and inodes[0].known_stat else fake_stat()
+            state = ReplayState(entries={path: (kind, stat, None)})
+            if replay and parent is not None:
+                target = self._local(path)
+                steps: list[Callable[[], object]] = [
+                    (lambda: os.rmdir(target)) if kind is Kind.DIR else (lambda: os.unlink(target))]
+            else:
+                steps = []
+            await self._thread(steps, state)
+            # Whatever the replay did not reach (no dentry in the kernel): detach it here.
+            gone = self.ops.inodes.unbind(path)
+            if gone:
+                await self._thread(self._dentry_steps(gone), None)
+        # The directory may have become a file (data, and no children left).
+        if parent is not None and parent_p != "/" and not own:
+            try:
+                stat = await self.ops.zk.exists(parent_p)
+            except ZkError:
+                return
+            if stat is not None and stat.num_children == 0 and stat.data_length > 0:
+                now = await self._fetch(parent_p)
+                if now is not None and now[0] is Kind.FILE:
+                    await self._kind_changed(parent_p, now[0], now[1], now[2], replay)
+
+    async def _kind_changed(self, path: str, kind: Kind, stat: Stat, data: bytes | None,
+                            replay: bool) -> None:
+        """`path` is now `kind`: report the old one deleted and the new one created."""
+        old_kind = Kind.FILE if kind is Kind.DIR else Kind.DIR
+        old = self.ops.inodes.find(path, old_kind)
+        parent = self._held_dir(parent_path(path))
+        old_stat = (old.known_stat if old is not None and old.known_stat else fake_stat())
+        state = ReplayState(entries={path: (old_kind, old_stat, None)})
+        steps: list[Callable[[], object]] = []
+        target = self._local(path)
+        if replay and parent is not None:
+            steps.append((lambda: os.rmdir(target)) if old_kind is Kind.DIR
+                         else (lambda: os.unlink(target)))
+
+            def create() -> None:
+                state.entries[path] = (kind, stat, data)
+                if kind is Kind.DIR:
+                    os.mkdir(target)
+                else:
+                    os.mknod(target, st.S_IFREG | 0o644)
+
+            def forget_old() -> None:
+                state.entries[path] = None
+            steps += [forget_old, create]
+        await self._thread(steps, state)
+        gone = [i for i in self.ops.inodes.unbind(path, (old_kind,), subtree=True)]
+        if parent is not None and gone:
+            await self._thread(self._dentry_steps(gone), None)
+
+    # ------------------------------------------------------------------ thread work
+
+    def _local(self, path: str) -> str:
+        return self.mountpoint if path == "/" else self.mountpoint + path
+
+    def _inval_steps(self, inodes: list[Inode], *, data: bool) -> list[Callable[[], object]]:
+        steps: list[Callable[[], object]] = []
+        for inode in inodes:
+            ino = inode.ino
+            steps.append(lambda ino=ino: _inval_inode(ino, attr_only=not data))
+        return steps
+
+    def _dentry_steps(self, inodes: list[Inode]) -> list[Callable[[], object]]:
+        steps: list[Callable[[], object]] = []
+        for inode in inodes:
+            if inode.path == "/":
+                continue
+            parent = self.ops.inodes.find(parent_path(inode.path), Kind.DIR)
+            if parent is None:
+                continue
+            name = (b".data" if inode.kind is Kind.DATA else base_name(inode.path).encode())
+            steps.append(lambda p=parent.ino, n=name: _inval_entry(p, n))
+        return steps
+
+    async def _thread(self, steps: list[Callable[[], object]],
+                      state: ReplayState | None) -> None:
+        if not steps:
+            return
+        ops = self.ops
+
+        def work() -> None:
+            if state is not None:
+                state.tid = threading.get_native_id()
+                ops.replay = state
+            try:
+                for step in steps:
+                    try:
+                        step()
+                    except OSError as exc:
+                        log.debug("replay step failed: %r", exc)
+            finally:
+                if state is not None:
+                    ops.replay = None
+        await trio.to_thread.run_sync(work)
+        if state is not None:
+            self.replayed += 1
+
+
+def _inval_inode(ino: int, attr_only: bool = False) -> None:
+    try:
+        pyfuse3.invalidate_inode(ino, attr_only)
+    except (FileNotFoundError, OSError) as exc:
+        if getattr(exc, "errno", None) not in (errno.ENOENT, None):
+            log.debug("invalidate_inode(%d): %r", ino, exc)
+
+
+def _inval_entry(parent: int, name: bytes) -> None:
+    try:
+        pyfuse3.invalidate_entry(parent, name)
+    except (FileNotFoundError, OSError) as exc:
+        if getattr(exc, "errno", None) not in (errno.ENOENT, None):
+            log.debug("invalidate_entry(%d, %r): %r", parent, name, exc)
