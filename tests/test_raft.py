@@ -216,6 +216,31 @@ def test_wiped_member_is_rebuilt_by_the_leader_then_votes_normally() -> None:
     assert c.data(3) == c.data(1)
 
 
+def test_rebuilding_member_neither_votes_nor_campaigns_until_caught_up() -> None:
+    # Restarted part-way through a rebuild: it holds an entry but not all it once acknowledged.
+    node = RaftNode(3, [1, 2, 3], hard_state=HardState(2, 0, 0), entries=[Entry(1, 1, b"x")],
+                    rng=random.Random(0), rebuilding=True)
+    node.step(Message(MsgType.VOTE, 2, 3, 3, log_term=1, index=1))
+    rd = node.ready()
+    assert [m.reject for m in rd.messages if m.type == MsgType.VOTE_RESP] == [True]
+    node.advance(rd)
+    for _ in range(4 * node.election_ticks):
+        node.tick()
+    assert node.role == Role.FOLLOWER and node.term == 3
+    # The leader brings it up to date: then it is an ordinary member again.
+    c = Cluster(3)
+    leader = c.elect(1)
+    for i in range(5):
+        leader.propose(f"v{i}".encode())
+        c.settle()
+    c.disk[3] = (HardState(), [], None)
+    c.applied[3] = []
+    c.nodes[3] = c.make(3, rebuilding=True)
+    leader.propose(b"after")
+    c.tick(3)
+    assert not c.nodes[3].rebuilding and c.data(3) == c.data(1)
+
+
 def test_messages_from_non_voters_and_other_destinations_are_ignored() -> None:
     node = RaftNode(2, [1, 2, 3], hard_state=HardState(), rng=random.Random(0))
     node.step(Message(MsgType.VOTE, 9, 2, 5))

@@ -88,6 +88,8 @@ class ReplayState:
     tid: int = 0
     #: path → (kind, stat, data) the replay shows, or None: "does not exist" (ENOENT).
     entries: dict[str, tuple[Kind, Stat, bytes | None] | None] = field(default_factory=dict)
+    #: path → what the replayed mknod/mkdir creates (its lookup still answers ENOENT).
+    creates: dict[str, tuple[Kind, Stat, bytes | None]] = field(default_factory=dict)
 
 
 class _Expectations:
@@ -389,6 +391,8 @@ class ChangeFollower:
             return
         own = self._own(change)
         replay = self.replay_enabled and not own
+        log.debug("change %s %s%s%s", change.type.name, path, " (own)" if own else "",
+                  " (resync)" if change.synthetic else "")
         if change.type is CHANGED:
             await self._changed(path, replay)
         elif change.type is CREATED:
@@ -474,9 +478,10 @@ class ChangeFollower:
         if replay:
             target = self._local(path)
 
+            state.creates[path] = (kind, stat, data)
+
             def create() -> None:
                 # The lookup before the create answers ENOENT; the create binds the inode.
-                state.entries[path] = (kind, stat, data)
                 if kind is Kind.DIR:
                     os.mkdir(target)
                 else:
@@ -531,8 +536,9 @@ class ChangeFollower:
             steps.append((lambda: os.rmdir(target)) if old_kind is Kind.DIR
                          else (lambda: os.unlink(target)))
 
+            state.creates[path] = (kind, stat, data)
+
             def create() -> None:
-                state.entries[path] = (kind, stat, data)
                 if kind is Kind.DIR:
                     os.mkdir(target)
                 else:
@@ -589,7 +595,8 @@ class ChangeFollower:
             finally:
                 if state is not None:
                     ops.replay = None
-        await trio.to_thread.run_sync(work)
+        # Abandoned on cancel: at unmount a replay blocked in the VFS ends with ENOTCONN.
+        await trio.to_thread.run_sync(work, abandon_on_cancel=True)
         if state is not None:
             self.replayed += 1
 

@@ -132,6 +132,9 @@ class MountConfig:
     sequential: bool = False
     entry_timeout: float = 60.0
     attr_timeout: float = 60.0
+    #: How the mount follows changes (zkfs.events): auto (addWatch, else one-shot watches),
+    #: oneshot, or none (no events; short kernel caches).
+    follow: str = "auto"
 
 
 @dataclass
@@ -151,6 +154,9 @@ class OpenFile:
     #: poll(2): the znode changed since the descriptor was opened; the pending poll handle.
     changed: bool = False
     poll_handle: Any = None
+    #: Opened through the page cache: reads serve `inode.content` (what the kernel's size
+    #: belongs to), not this handle's snapshot.
+    cached: bool = False
 
 
 @dataclass
@@ -238,6 +244,14 @@ class Probe:
 class ZkOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
+    #: Serve read-only opens through the kernel's page cache (keep_cache). Off: with it, a
+    #: read(2) racing a change can combine the size from one version with the pages of another
+    #: (the kernel's i_size and its pages are updated by different requests, and a READ does
+    #: not say which size it was sized for); tests/test_coherence.py's stress run shows such
+    #: torn values. Instead file I/O is direct and the data comes from the user-space cache
+    #: (`Inode.view`), which events keep coherent: an unchanged file's open and read never
+    #: reach the ensemble, only this process.
+    use_page_cache = False
 
     def __init__(self, zk: ZkClient, config: MountConfig) -> None:
         super().__init__()
@@ -369,7 +383,7 @@ class ZkOperations(pyfuse3.Operations):
         """After our own commit: the kernel's pages and size of `inode` are stale now."""
         inode.view = None
         from zkfs.events import _inval_inode
-        await trio.to_thread.run_sync(_inval_inode, inode.ino)
+        await trio.to_thread.run_sync(_inval_inode, inode.ino, abandon_on_cancel=True)
 
     def notify_pollers(self, path: str) -> None:
         for f in list(self._files.values()):
@@ -395,18 +409,30 @@ class ZkOperations(pyfuse3.Operations):
         if entry is None:
             raise _fail(errno.ENOENT)
         if entry is not False:
-            kind, stat, _ = entry
-            return self._entry(path, kind, stat)
+            kind, stat, data = entry
+            inode_attr = self._entry(path, kind, stat)
+            inode = self.inodes.find(path, kind)
+            if inode is not None and data is not None:
+                return self._attr(inode, stat, data)
+            return inode_attr
         for inode in self.inodes.bound_at(path):
             if inode.kind is not Kind.DATA and inode.last_attr is not None:
                 self.inodes.incref(inode)
                 return inode.last_attr
         raise _fail(errno.ENOENT)
 
+    def _replay_create(self, path: str) -> pyfuse3.EntryAttributes:
+        made = self.replay.creates.get(path)
+        if made is None:
+            raise _fail(errno.EEXIST)
+        kind, stat, _ = made
+        self.replay.entries[path] = made  # later lookups of the replay find it
+        return self._entry(path, kind, stat)
+
     def _replay_attr(self, node: Inode) -> pyfuse3.EntryAttributes:
         entry = self._replay_entry(node.path)
         if entry:
-            return self._attr(node, entry[1])
+            return self._attr(node, entry[1], entry[2] if entry[2] is not None else NO_DATA)
         if node.last_attr is not None:
             return node.last_attr
         from zkfs.events import fake_stat
@@ -414,7 +440,8 @@ class ZkOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ probing
 
-    async def _probe(self, path: str, cached: bool = False) -> Probe | None:
+    async def _probe(self, path: str, cached: bool = False,
+                     with_data: bool = True) -> Probe | None:
         """Stat and kind of the znode at `path`, or None if there is none. `cached`: a value
         the follower keeps coherent may answer instead of the ensemble."""
         if cached:
@@ -422,6 +449,14 @@ class ZkOperations(pyfuse3.Operations):
             if probe is not None:
                 return probe
         seq = self._seq()
+        if cached and with_data and path != "/" and self.follower is not None:
+            # Data and stat together: the kernel's page cache and size must agree.
+            try:
+                data, stat = await self._zk(self.zk.get, path)
+            except NoNodeError:
+                return None
+            kind = Kind.DIR if (data is None or stat.num_children > 0) else Kind.FILE
+            return Probe(stat, kind, data, seq=seq, has_data=True)
         stat = await self._zk(self.zk.exists, path)
         if stat is None:
             return None
@@ -440,7 +475,11 @@ class ZkOperations(pyfuse3.Operations):
             return Probe(stat, Kind.DIR, data, seq=seq, has_data=True)
         return Probe(stat, Kind.FILE, data, seq=seq, has_data=True)
 
-    def _attr(self, inode: Inode, stat: Stat) -> pyfuse3.EntryAttributes:
+    def _attr(self, inode: Inode, stat: Stat, data: Any = NO_DATA) -> pyfuse3.EntryAttributes:
+        """The attributes of `inode` at `stat` (remembered as what the kernel was told). For a
+        file, `data` is the content at `stat` if known: page-cache reads serve exactly that;
+        without it the attributes are handed with a zero timeout (the kernel asks again, and
+        getattr fetches data and stat together)."""
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode.ino
         a.generation = 0
@@ -466,6 +505,13 @@ class ZkOperations(pyfuse3.Operations):
         a.st_mtime_ns = mtime_ns
         a.st_ctime_ns = mtime_ns
         a.st_atime_ns = mtime_ns
+        if inode.kind is Kind.FILE and self.use_page_cache:
+            if data is not NO_DATA and data is not None:
+                inode.content = (stat, bytes(data))
+            elif inode.content is None or inode.content[0].mzxid != stat.mzxid:
+                inode.content = None
+            if inode.content is None or size != stat.data_length:
+                a.attr_timeout = 0
         inode.last_attr = a
         inode.known_stat = stat
         return a
@@ -488,7 +534,8 @@ class ZkOperations(pyfuse3.Operations):
         self._invalidate(displaced)
         self.inodes.incref(inode)
         self._remember(inode, probe)
-        return self._attr(inode, stat)
+        data = probe.data if probe is not None and probe.has_data else NO_DATA
+        return self._attr(inode, stat, data)
 
     def _remember(self, inode: Inode, probe: Probe | None) -> None:
         if self.follower is None:
@@ -609,7 +656,7 @@ class ZkOperations(pyfuse3.Operations):
             self._invalidate([node])
             raise _fail(errno.ESTALE)
         self._remember(node, probe)
-        return self._attr(node, probe.stat)
+        return self._attr(node, probe.stat, probe.data if probe.has_data else NO_DATA)
 
     @_translate
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
@@ -684,7 +731,7 @@ class ZkOperations(pyfuse3.Operations):
 
         async def probe_one(name: str) -> None:
             async with limiter:
-                p = await self._probe(join_path(path, name), cached=True)
+                p = await self._probe(join_path(path, name), cached=True, with_data=False)
             if p is not None:  # vanished meanwhile: just not listed
                 probes[name] = p
 
@@ -727,7 +774,7 @@ class ZkOperations(pyfuse3.Operations):
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._inode(parent_inode)
         if self._is_replay(ctx):
-            return self._replay_lookup(join_path(parent.path, name.decode("utf-8", "replace")))
+            return self._replay_create(join_path(parent.path, name.decode("utf-8", "replace")))
         self._writable()
         _, path = self._check_create(parent, name)
         # Directories are always persistent: an ephemeral znode cannot have children.
@@ -773,10 +820,12 @@ class ZkOperations(pyfuse3.Operations):
         # Read-only opens use the page cache when the follower keeps it coherent and the kernel
         # was told this very version's size (else a page read could mix sizes: direct I/O, as
         # for writers, whose uncommitted buffers must never reach the page cache).
-        known = inode.known_stat
-        if (stat is not None and not self._files[fh].writable and self._coherent()
-                and inode.kind is Kind.FILE and known is not None
-                and known.mzxid == stat.mzxid and known.data_length == stat.data_length):
+        content = inode.content
+        if (self.use_page_cache and stat is not None and not self._files[fh].writable
+                and self._coherent()
+                and inode.kind is Kind.FILE and content is not None
+                and content[0].mzxid == stat.mzxid and content[1] == data):
+            self._files[fh].cached = True
             return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
@@ -855,7 +904,7 @@ class ZkOperations(pyfuse3.Operations):
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._inode(parent_inode)
         if self._is_replay(ctx):
-            return self._replay_lookup(join_path(parent.path, name.decode("utf-8", "replace")))
+            return self._replay_create(join_path(parent.path, name.decode("utf-8", "replace")))
         if not st.S_ISREG(mode):
             raise _fail(errno.EPERM)  # znodes hold data; no devices, fifos or sockets
         self._writable()
@@ -875,6 +924,10 @@ class ZkOperations(pyfuse3.Operations):
         if fh in self._replay_fhs:
             return b""
         f = self._files[fh]
+        if f.cached:
+            content = f.inode.content
+            if content is not None:
+                return content[1][off:off + size]
         return bytes(f.data[off:off + size])
 
     @_translate

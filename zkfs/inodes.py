@@ -47,6 +47,9 @@ class Inode:
     #: Cached (stat, data) while the mount follows changes coherently (zkfs.events); data is
     #: NO_DATA when only the stat is known. Dropped on every event touching the path.
     view: tuple[Any, Any] | None = field(default=None, repr=False)
+    #: (stat, data) matching `known_stat`: what page-cache reads serve, so that the pages the
+    #: kernel caches always agree with the size it was told. None: not known.
+    content: tuple[Any, bytes] | None = field(default=None, repr=False)
     #: For directories: the names seen at the last listing (kept up to date by events).
     children: set[str] | None = field(default=None, repr=False)
 

@@ -20,8 +20,9 @@ import time
 import pyfuse3
 import trio
 
-from zkfs.client import open_client
-from zkfs.errors import ZkError
+from zkfs.client import ClientState, ZkClient, open_client
+from zkfs.errors import ConnectionLossError, ZkError
+from zkfs.events import ChangeFollower
 from zkfs.fs import MountConfig, ZkOperations
 from zkfs.meta import LIFETIMES
 
@@ -37,7 +38,13 @@ _IGNORED = frozenset({"defaults", "rw", "auto", "noauto", "user", "nouser", "use
                       "sw", "loop"})
 _KNOWN = frozenset({"session_timeout", "ro", "hard", "soft", "timeout", "allow_other",
                     "allow_root", "uid", "gid", "lifetime", "sequential", "fsname",
-                    "entry_timeout", "attr_timeout", "debug", "logfile", "auto_unmount"})
+                    "entry_timeout", "attr_timeout", "debug", "logfile", "auto_unmount",
+                    "watch"})
+FOLLOW_MODES = ("auto", "oneshot", "none")
+#: Kernel cache timeouts: long when the mount follows changes (they are invalidated on every
+#: event), short without (`watch=none`).
+FOLLOWED_CACHE_TIMEOUT = 60.0
+UNFOLLOWED_CACHE_TIMEOUT = 1.0
 
 
 class MountOptionError(ValueError):
@@ -93,6 +100,11 @@ def build_config(options: dict[str, str], servers: str = "zkfs"
     lifetime = options.get("lifetime", "persistent")
     if lifetime not in LIFETIMES:
         raise MountOptionError(f"lifetime= must be one of {', '.join(LIFETIMES)}")
+    follow = options.get("watch", "auto")
+    if follow not in FOLLOW_MODES:
+        raise MountOptionError(f"watch= must be one of {', '.join(FOLLOW_MODES)}")
+    cache_default = (UNFOLLOWED_CACHE_TIMEOUT if follow == "none"
+                     else FOLLOWED_CACHE_TIMEOUT)
     sequential = options.get("sequential", "0")
     if sequential not in ("0", "1"):
         raise MountOptionError("sequential= must be 0 or 1")
@@ -104,8 +116,9 @@ def build_config(options: dict[str, str], servers: str = "zkfs"
         timeout=_seconds(options, "timeout", session_timeout),
         lifetime=lifetime,
         sequential=sequential == "1",
-        entry_timeout=_seconds(options, "entry_timeout", 1.0),
-        attr_timeout=_seconds(options, "attr_timeout", 1.0),
+        entry_timeout=_seconds(options, "entry_timeout", cache_default),
+        attr_timeout=_seconds(options, "attr_timeout", cache_default),
+        follow=follow,
     )
     # The source column of /proc/mounts and df: the connect string, like host:path for NFS.
     # libfuse splits its option string at commas, and a connect string has them: escape them.
@@ -133,33 +146,113 @@ def _setup_logging(options: dict[str, str], foreground: bool) -> None:
     root.setLevel(level)
 
 
+class _Sessions:
+    """The mount's ZooKeeper session, and a new one whenever it expires.
+
+    After an expiry the mount does not stay dead: it opens a new session, and the follower
+    compares what the kernel holds with the tree (changes missed meanwhile become events).
+    The first session is handed over by `run`'s task_status; later ones go to `on_new`.
+    """
+
+    def __init__(self, servers: str, session_timeout: float) -> None:
+        self.servers = servers
+        self.session_timeout = session_timeout
+        self.on_new: callable | None = None  # type: ignore[valid-type]
+        self._stop = trio.Event()
+
+    def stop(self) -> None:
+        """End the session cleanly (closeSession) instead of cancelling it mid-request."""
+        self._stop.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[ZkClient] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        first = True
+        while True:
+            try:
+                async with open_client(self.servers,
+                                       session_timeout=self.session_timeout) as zk:
+                    if first:
+                        first = False
+                        task_status.started(zk)
+                    else:
+                        log.warning("new ZooKeeper session 0x%x after expiry", zk.session_id)
+                        if self.on_new is not None:
+                            await self.on_new(zk)
+                    states = zk.subscribe_state()
+                    async with trio.open_nursery() as waiting:
+                        async def until_terminal() -> None:
+                            if not zk.state.is_terminal:
+                                async for state in states:
+                                    if state.is_terminal:
+                                        break
+                            waiting.cancel_scope.cancel()
+                        waiting.start_soon(until_terminal)
+                        await self._stop.wait()
+                        waiting.cancel_scope.cancel()
+                    if self._stop.is_set() or zk.state is not ClientState.EXPIRED:
+                        return
+                    log.warning("ZooKeeper session 0x%x expired; opening a new one",
+                                zk.session_id)
+            except ConnectionLossError:
+                if first:
+                    raise
+                await trio.sleep(0.5)
+
+
 async def _serve(servers: str, mountpoint: str, cfg: MountConfig, session_timeout: float,
                  fuse_options: set[str], report: callable) -> int:  # type: ignore[valid-type]
+    sessions = _Sessions(servers, session_timeout)
     try:
-        async with open_client(servers, session_timeout=session_timeout) as zk:
+        async with trio.open_nursery() as nursery:
+            zk = await nursery.start(sessions.run)
             if await zk.exists("/") is None:
                 report(f"error: {servers}: the chroot does not exist")
+                sessions.stop()
                 return 1
             ops = ZkOperations(zk, cfg)
+            follower: ChangeFollower | None = None
+            if cfg.follow != "none":
+                follower = ChangeFollower(ops, mountpoint, one_shot=cfg.follow == "oneshot",
+                                          replay=not cfg.read_only)
+                ops.follower = follower
+
+                async def on_new(new_zk: ZkClient) -> None:
+                    ops.zk = new_zk
+                    ops._open_lifetime.clear()  # those files went with the old session
+                    await follower.attach(new_zk, new_session=True)
+                sessions.on_new = on_new
             try:
                 pyfuse3.init(ops, mountpoint, fuse_options)
             except RuntimeError as exc:
                 report(f"error: cannot mount on {mountpoint}: {exc}")
+                sessions.stop()
                 return 1
             try:
-                report("ok")
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_on_signals)
+                async with trio.open_nursery() as inner:
+                    if follower is not None:
+                        await follower.attach(zk, new_session=False)
+                        inner.start_soon(follower.run)
+                    report("ok")
+                    inner.start_soon(_on_signals)
                     await pyfuse3.main()
-                    nursery.cancel_scope.cancel()
+                    inner.cancel_scope.cancel()
             finally:
                 # Unmounts if still mounted (signal); harmless after an outside umount.
                 pyfuse3.close(unmount=True)
-            # Leaving `open_client` closes the session: our ephemeral files go at once.
+                sessions.stop()
+            # Leaving the session's `open_client` closes it: our ephemeral files go at once.
         return 0
     except (ZkError, OSError) as exc:
         report(f"error: cannot connect to {servers}: {exc}")
         return 1
+    except BaseExceptionGroup as group:
+        leaf = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, (ZkError, OSError)):
+            report(f"error: cannot connect to {servers}: {leaf}")
+            return 1
+        raise
 
 
 async def _on_signals() -> None:

@@ -83,7 +83,7 @@ class Message:
     APPEND_RESP        index = last matching index; on reject: index = the rejected prev index,
                        reject_hint/log_term = follower's guess (fast backtracking)
     HEARTBEAT          commit = min(follower's match, leader commit); context = read-index round
-    HEARTBEAT_RESP     context echoed
+    HEARTBEAT_RESP     context echoed; index = the follower's last index
     SNAPSHOT           snapshot (index, term, data)
     READ_INDEX(_RESP)  context = caller's request id; index = the read index in the response
     """
@@ -296,6 +296,7 @@ class RaftNode:
         max_msg_entries: int = 256,
         max_msg_bytes: int = 1 << 20,
         compact_keep: int = 0,
+        rebuilding: bool = False,
     ) -> None:
         if id <= 0 or any(v <= 0 for v in voters):
             raise ValueError("member ids must be positive integers")
@@ -319,6 +320,11 @@ class RaftNode:
         self.max_msg_entries = max_msg_entries
         self.max_msg_bytes = max_msg_bytes
         self.compact_keep = compact_keep
+        # A member that lost its data dir may be missing entries it once acknowledged, so it
+        # must neither vote nor campaign until it holds everything the leader had committed
+        # when they first spoke (the caller persists this flag across restarts).
+        self.rebuilding = rebuilding
+        self._rebuild_target: int | None = None
 
         # The log in memory: entries after `_offset`, whose term is `_offset_term`. Everything
         # at or below `_offset` is covered by `_snapshot` (the latest one, kept to send it).
@@ -477,6 +483,7 @@ class RaftNode:
         self.role = Role.CANDIDATE
 
     def _become_leader(self) -> None:
+        self.rebuilding = False  # elected: its log is the reference now
         self._reset(self.term)
         self.role = Role.LEADER
         self.leader_id = self.id
@@ -526,6 +533,8 @@ class RaftNode:
         self._election_elapsed += 1
         if self._election_elapsed >= self._randomized_timeout:
             self._election_elapsed = 0
+            if self.rebuilding and self.last_index > 0:
+                return  # partly rebuilt: it could win without entries it once acknowledged
             self._campaign(pre=self.pre_vote)
 
     def _tick_leader(self) -> None:
@@ -646,7 +655,10 @@ class RaftNode:
         # the vote it once acknowledged): it must not help a member that is missing committed
         # entries win. It votes only for members as empty as itself (a brand-new ensemble) and
         # otherwise waits until a leader has brought it up to date.
-        empty_ok = self.last_index > 0 or m.index == 0
+        if self.rebuilding:
+            empty_ok = self.last_index == 0 and m.index == 0
+        else:
+            empty_ok = self.last_index > 0 or m.index == 0
         if can_vote and empty_ok and self._up_to_date(m.index, m.log_term):
             self._send(Message(resp, self.id, m.frm, m.term))
             if m.type == MsgType.VOTE:
@@ -674,14 +686,22 @@ class RaftNode:
             self._tally()
 
     def _handle_from_leader(self, m: Message) -> None:
+        if self.rebuilding and m.type in (MsgType.APPEND, MsgType.SNAPSHOT):
+            seen = m.commit if m.type == MsgType.APPEND else m.snapshot.index  # type: ignore[union-attr]
+            self._rebuild_target = max(self._rebuild_target or 0, seen)
         if m.type == MsgType.APPEND:
             self._handle_append(m)
         elif m.type == MsgType.HEARTBEAT:
             self._commit_to(m.commit)
+            # Our last index lets the leader notice a member that lost its log even when
+            # there is nothing new to append (see _step_leader).
             self._send(Message(MsgType.HEARTBEAT_RESP, self.id, m.frm, self.term,
-                               context=m.context))
+                               index=self.last_index, context=m.context))
         else:
             self._handle_snapshot(m)
+        if (self.rebuilding and self._rebuild_target is not None
+                and self.commit >= self._rebuild_target):
+            self.rebuilding = False
 
     def _commit_to(self, index: int) -> None:
         # The leader only sends commit indexes we are known to hold; the clamp keeps a bad
@@ -740,6 +760,12 @@ class RaftNode:
         elif m.type == MsgType.HEARTBEAT_RESP:
             pr.recent_active = True
             pr.paused = False
+            if m.index < pr.match:
+                # It no longer holds what it acknowledged (its data dir was lost): start over
+                # from what it has. A delayed answer lands here too and costs only a resend.
+                pr.match = m.index
+                pr.become_probe()
+                pr.next = m.index + 1
             if pr.state == _PState.REPLICATE and len(pr.inflight) >= self.max_inflight:
                 # Appends may have been lost; make room so the next one can find out.
                 del pr.inflight[0]

@@ -20,6 +20,7 @@ import os
 import random
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -106,6 +107,7 @@ class ZkServer:
         self.member_id = config.my_id or 1
         self.voters = sorted(config.servers) if config.servers else [self.member_id]
         self.storage = Storage(config.data_dir, config.data_log_dir)
+        self._rebuild_marker = Path(config.data_dir) / "REBUILDING"
         self.tree = DataTree()
         self.watches = WatchManager()
         self.sessions = SessionTracker()
@@ -186,12 +188,26 @@ class ZkServer:
             self._replay_target = loaded.entries[-1].index if loaded.entries else 0
         else:
             self._replay_target = loaded.hard_state.commit
-        if not self.standalone and not loaded.entries and loaded.snapshot is None:
-            log.warning("empty data directory: this member votes only for members that are "
-                        "empty too until a leader has brought it up to date")
+        # An ensemble member that starts with nothing may have lost its data dir: until a
+        # leader has brought it up to date it must not vote (beyond a brand-new ensemble) or
+        # campaign. The marker file keeps that true across restarts during the rebuild.
+        empty = (not loaded.entries and loaded.snapshot is None
+                 and loaded.hard_state.term == 0)
+        rebuilding = not self.standalone and (empty or self._rebuild_marker.exists())
+        if rebuilding and not self._rebuild_marker.exists():
+            self._rebuild_marker.write_bytes(b"rebuilding from the leader\n")
+            fd = os.open(self._rebuild_marker.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if rebuilding:
+            log.warning("empty or partly rebuilt data directory: this member neither votes nor "
+                        "campaigns until a leader has brought it up to date")
         self.core = RaftNode(self.member_id, self.voters, hard_state=loaded.hard_state,
                              snapshot=loaded.snapshot, entries=loaded.entries,
-                             rng=random.Random(), election_ticks=10, heartbeat_ticks=1)
+                             rng=random.Random(), election_ticks=10, heartbeat_ticks=1,
+                             rebuilding=rebuilding)
         self._since_snapshot = len(loaded.entries)
         log.info("loaded snapshot at index %d and %d log entries (commit %d) in %.3fs",
                  loaded.snapshot.index if loaded.snapshot else 0, len(loaded.entries),
@@ -345,6 +361,10 @@ class ZkServer:
                 for entry in ready.committed:
                     self._apply(entry.index, entry.term, entry.data)
                 core.advance(ready)
+                if not core.rebuilding and self._rebuild_marker.exists():
+                    self._rebuild_marker.unlink()
+                    log.info("member %d is up to date with the leader and votes again",
+                             self.member_id)
                 self._check_leader()
                 if ready.committed and self._since_snapshot >= self.config.snap_count:
                     await self._snapshot(ready.committed[-1].index, ready.committed[-1].term)
