@@ -197,7 +197,7 @@ def test_workers_join_and_leave_recursive(zkfsd, mount) -> None:  # type: ignore
 
 def _proxied_cluster(zkfsd, mount, b_timeout: float):  # type: ignore[no-untyped-def]
     """Mount A directly, mount B through a fault-injecting proxy; kazoo direct."""
-    from fault_proxy import Link
+    from fault_proxy import FaultProxy as Link
 
     chroot = f"/t-{uuid.uuid4().hex[:10]}"
     with kazoo_client(zkfsd.hosts) as k:
@@ -267,3 +267,48 @@ def test_session_expiry_new_session_and_diff(zkfsd, mount) -> None:  # type: ign
 def kz_get(hosts: str, path: str) -> bytes:
     with kazoo_client(hosts) as k:
         return k.get(path)[0]
+
+
+def _basic_remote_events(B: Path, kz) -> None:  # type: ignore[no-untyped-def]
+    kz.create("/o", None)
+    kz.create("/o/held", b"h0")
+    wait_for(lambda: (B / "o/held").exists(), what="o/held on B")
+    assert (B / "o/held").read_bytes() == b"h0"
+    with watching(B / "o") as w:
+        kz.create("/o/k", b"1")
+        w.wait_for("CREATE", B / "o/k")
+        kz.set("/o/held", b"h1")
+        w.wait_for("CLOSE_WRITE", B / "o/held")
+        assert (B / "o/held").read_bytes() == b"h1"
+        kz.delete("/o/k")
+        w.wait_for("DELETE", B / "o/k")
+        kz.create("/o/sub", None)
+        w.wait_for("CREATE,ISDIR", B / "o/sub")
+        lines = w.settle()
+    assert count(lines, "CREATE", B / "o/k") == 1, lines
+    assert count(lines, "DELETE", B / "o/k") == 1, lines
+
+
+def test_one_shot_fallback(zkfsd, mount) -> None:  # type: ignore[no-untyped-def]
+    """Without addWatch (forced here with -o watch=oneshot) re-armed one-shot watches
+    give the same events."""
+    chroot = f"/t-{uuid.uuid4().hex[:10]}"
+    with kazoo_client(zkfsd.hosts) as k:
+        k.create(chroot, b"")
+    b = mount(zkfsd.hosts + chroot, "session_timeout=2,watch=oneshot", name="B")
+    with kazoo_client(zkfsd.hosts + chroot) as kz:
+        _basic_remote_events(b.mountpoint, kz)
+
+
+def test_apache_zookeeper(apache_zk, mount) -> None:  # type: ignore[no-untyped-def]
+    chroot = f"/t-{uuid.uuid4().hex[:10]}"
+    with kazoo_client(apache_zk.hosts) as k:
+        k.create(chroot, b"")
+    try:
+        b = mount(apache_zk.hosts + chroot, "session_timeout=4", name="B")
+        with kazoo_client(apache_zk.hosts + chroot) as kz:
+            _basic_remote_events(b.mountpoint, kz)
+        b.stop()
+    finally:
+        with kazoo_client(apache_zk.hosts) as k:
+            k.delete(chroot, recursive=True)

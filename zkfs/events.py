@@ -307,6 +307,14 @@ class ChangeFollower:
 
     async def _arm(self, zk: ZkClient, path: str) -> None:
         stat = await zk.exists(path, watch=self._on_event)
+        # Changed between the kernel's lookup and the arming: no event will say so.
+        for inode in self.ops.inodes.bound_at(path):
+            known = inode.known_stat
+            if inode.kind is not Kind.DATA and known is not None and stat is not None and (
+                    stat.mzxid != known.mzxid or stat.num_children != known.num_children):
+                self._note(path)
+                await self._send.send(Change(CHANGED, path, True))
+                break
         if stat is not None:
             try:
                 kids = await zk.get_children(path, watch=self._on_event)

@@ -11,12 +11,13 @@ choices made here where the design leaves room are listed in the man page:
   version-checked unless the file was opened with O_TRUNC; a lost race gives ESTALE;
 * chmod/chown/utimens are accepted and ignored (modes and owners come from mount options,
   times from the znode);
-* kernel caches are long (entry_timeout/attr_timeout, 60 s by default) and read-only opens use
-  the page cache; zkfs.events keeps them coherent: every change anywhere in the ensemble
-  invalidates them and is replayed through the mountpoint as the inotify event a local change
-  gives. Requests of that replay (recognised by the request's pid: the replay thread's id) are
-  answered from `ReplayState` without touching the ensemble;
-* writable opens use direct I/O (no uncommitted data ever reaches the page cache).
+* kernel caches are long (entry_timeout/attr_timeout, 60 s by default) and data and Stat of
+  what the kernel holds are cached here (`Inode.view`); zkfs.events keeps both coherent:
+  every change anywhere in the ensemble invalidates them and is replayed through the
+  mountpoint as the inotify event a local change gives. Requests of that replay (recognised by
+  the request's pid: the replay thread's id) are answered from `ReplayState` without touching
+  the ensemble;
+* file I/O is direct (see `use_page_cache` for why not the page cache).
 """
 from __future__ import annotations
 
