@@ -25,21 +25,29 @@ FULL = Settings()
 QUICK = Settings(runs=1, duration=0.15, max_ops=2000, keys=5, tick_ms=500,
                  ephemeral_timeout_ms=1000, kazoo_ops=20, strace_duration=0.2,
                  scale_nodes=2000, scale_dir=1000, mount_files=10, mount_dir_entries=50,
-                 mount_iterations=50)
+                 mount_iterations=50, kazoo_session_ops=20, kazoo_cap=1.0, event_writes=20,
+                 cached_iterations=500)
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _unavailable(res: Results, shape_cls, reason: str, ensemble: bool) -> None:
+def _unavailable(res: Results, shape_cls, reason: str, parts: set[str]) -> None:
     side = "a" if shape_cls.impl == "zkfsd" else "b"
     kind = shape_cls.kind
-    metrics = [(f"throughput (lean driver), {kind}", "all cells", "ops/s"),
-               (f"failure detection, {kind}", "kill -9 of ephemeral holder -> NodeDeleted", "s")]
-    if ensemble:
+    metrics = []
+    if kind in parts:
+        metrics += [(f"throughput (lean driver), {kind}", "all cells", "ops/s"),
+                    (f"failure detection, {kind}", "kill -9 of ephemeral holder -> NodeDeleted",
+                     "s")]
+    if kind == "ensemble" and kind in parts:
         metrics.append((f"failure detection, {kind}",
                         "kill -9 of the leader -> next successful write", "s"))
+    if "kazoo" in parts:
+        for op in ("create", "setData", "getData"):
+            metrics.append((server_bench.KAZOO_SECTION, server_bench.kazoo_metric(op, kind),
+                            "ops/s"))
     for sec, metric, unit in metrics:
         res.add(sec, metric, unit, side, None, f"{shape_cls.impl} {kind} not available: {reason}")
 
@@ -48,7 +56,7 @@ def run_servers(parts: set[str], st: Settings, res: Results, tmp: Path) -> None:
     shapes = []
     if "standalone" in parts or "kazoo" in parts:
         shapes += [STANDALONE["zkfsd"], STANDALONE["zookeeper"]]
-    if "ensemble" in parts:
+    if "ensemble" in parts or "kazoo" in parts:
         shapes += [ENSEMBLE["zkfsd"], ENSEMBLE["zookeeper"]]
     for cls in shapes:
         shape = cls(tmp / f"{cls.impl}-{cls.kind}", st.tick_ms)
@@ -59,17 +67,19 @@ def run_servers(parts: set[str], st: Settings, res: Results, tmp: Path) -> None:
         except (Unavailable, RuntimeError) as e:
             shape.stop()
             _log(f"  not available: {e}")
-            _unavailable(res, cls, str(e).splitlines()[0][:200], cls.kind == "ensemble")
+            _unavailable(res, cls, str(e).splitlines()[0][:200], parts)
             continue
         try:
-            if cls.kind == "ensemble" or "standalone" in parts:
+            if cls.kind in parts:  # "standalone" / "ensemble" (kazoo alone starts both too)
                 server_bench.throughput(shape, st, res, _log)
                 server_bench.fsync_strace(shape, st, res, _log)
                 server_bench.ephemeral_expiry(shape, st, res, _log)
-            if cls.kind == "ensemble":
+            if cls.kind == "ensemble" and "ensemble" in parts:
                 server_bench.leader_failover(shape, st, res, _log)
             if cls.kind == "standalone" and "kazoo" in parts:
                 server_bench.kazoo_figures(shape, st, res, _log)
+            if "kazoo" in parts:
+                server_bench.kazoo_sessions(shape, st, res, _log)
         except Exception as e:  # noqa: BLE001 - one broken shape must not lose the others
             _log(traceback.format_exc())
             res.add("errors", shape.label, "", "a" if cls.impl == "zkfsd" else "b",

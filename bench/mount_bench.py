@@ -5,8 +5,10 @@ each run), small-file create+write+close. The tmpfs is mounted by us in a temp d
 afterwards; the zkfs mount is a subprocess we own by PID (tests/mount_helpers.py), with default
 mount options (no debug logging) so it is what users get.
 
-Not measured yet: a write on host A reaching an inotify watcher on host B; see
-`write_to_event_latency` (the hook the harness already calls).
+Two mounts of one server (`write_to_event_latency`, section EV_SECTION): a write (open, write,
+close) through mount A until `inotifywait -m` on mount B prints CLOSE_WRITE for that file, p50 and
+p99 over st.event_writes writes, against the same write on a tmpfs seen by inotifywait on that
+tmpfs; and cached stat / open+read+close on mount B of a file written on A, against tmpfs.
 """
 from __future__ import annotations
 
@@ -20,15 +22,22 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from bench.driver import PAYLOAD, Session, ensure_path
+from bench.driver import PAYLOAD, Session, ensure_path, percentile
 from bench.report import Results
 from bench.server_bench import Settings
 from bench.servers import ZkfsdStandalone
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from mount_helpers import _RUN, PYTHON, force_unmount, is_mounted  # noqa: E402
+from inotify_helpers import INOTIFYWAIT, watching  # noqa: E402
+from mount_helpers import _RUN, PYTHON, force_unmount, is_mounted, wait_for  # noqa: E402
 
 SECTION = "mount (zkfs mount on zkfsd standalone) vs tmpfs"
+EV_SECTION = "mount A -> mount B (two zkfs mounts of one zkfsd standalone) vs tmpfs"
+EV_P50 = "write on A -> inotify CLOSE_WRITE on B, p50"
+EV_P99 = "write on A -> inotify CLOSE_WRITE on B, p99"
+CACHED = ("cached stat on B (file written on A)", "cached open+read+close on B")
+EV_METRICS = [(EV_P50, "ms", "lower"), (EV_P99, "ms", "lower"),
+              (CACHED[0], "ops/s", "higher"), (CACHED[1], "ops/s", "higher")]
 
 
 def fuse_missing() -> str | None:
@@ -146,10 +155,116 @@ def _populate_znodes(address, base: str, st: Settings) -> None:
             s.create(f"{base}/big/e{i}")
 
 
-def write_to_event_latency(*_args, **_kw) -> float | None:
-    """Hook: write through mount A -> inotify event on mount B (two mounts, one ensemble).
-    Not implemented yet; the harness reports it as not measured."""
-    return None
+def _event_latencies(write_dir: Path, watch_dir: Path, n: int, log=print
+                     ) -> tuple[list[float], int]:
+    """Write (open, write, close) write_dir/w{i} for i < n, each time until `inotifywait -m`
+    on watch_dir prints CLOSE_WRITE for watch_dir/w{i}: (seconds per write, missed events).
+    The files exist already (a pure data write); a distinct file per write, so a late or
+    doubled event of an earlier write cannot be taken for this one. Gives up after 3 misses."""
+    lat: list[float] = []
+    misses = 0
+    with watching(watch_dir, events=("close_write",)) as w:
+        for i in range(n):
+            w.take()
+            t0 = time.monotonic()
+            with open(write_dir / f"w{i}", "wb") as f:
+                f.write(b"%d " % i + PAYLOAD)
+            try:
+                t1 = w.wait_for("CLOSE_WRITE", watch_dir / f"w{i}", timeout=10)
+            except AssertionError:
+                misses += 1
+                log(f"  no CLOSE_WRITE for w{i} on {watch_dir} within 10s")
+                if misses >= 3:
+                    break
+                continue
+            lat.append(t1 - t0)
+    return lat, misses
+
+
+def _cached_rates(path: Path, iterations: int) -> tuple[float, float]:
+    """(stat ops/s, open+read+close ops/s) of one file, caches warmed first."""
+    p = str(path)
+    os.stat(p)
+    _read(p)
+    stat_us = _per_op_us(os.stat, [p], iterations)
+    read_us = _per_op_us(_read, [p], iterations)
+    return 1e6 / stat_us, 1e6 / read_us
+
+
+def _add_event_rows(res: Results, side: str, lat: list[float], misses: int, n: int,
+                    rates: tuple[float, float] | None, label: str) -> None:
+    note = f"{label}: {misses} of {n} events missed" if misses else ""
+    if lat:
+        res.add(EV_SECTION, EV_P50, "ms", side, percentile(lat, 50) * 1e3, note,
+                subject="mount", reference="tmpfs", better="lower")
+        res.add(EV_SECTION, EV_P99, "ms", side, percentile(lat, 99) * 1e3, note,
+                subject="mount", reference="tmpfs", better="lower")
+    else:
+        for m in (EV_P50, EV_P99):
+            res.add(EV_SECTION, m, "ms", side, None, f"{label}: no events", subject="mount",
+                    reference="tmpfs", better="lower")
+    if rates:
+        for m, v in zip(CACHED, rates):
+            res.add(EV_SECTION, m, "ops/s", side, v, subject="mount", reference="tmpfs",
+                    better="higher")
+
+
+def event_reference_tmpfs(root: Path, st: Settings, res: Results, log=print) -> None:
+    """The tmpfs side: a write on the tmpfs seen by inotifywait on the same tmpfs (local event
+    latency), and cached stat / open+read+close of a file on it."""
+    for run in range(st.runs):
+        d = root / f"ev{run}"
+        d.mkdir()
+        for i in range(st.event_writes):
+            (d / f"w{i}").write_bytes(PAYLOAD)
+        (d / "cached").write_bytes(PAYLOAD)
+        lat, misses = _event_latencies(d, d, st.event_writes, log)
+        rates = _cached_rates(d / "cached", st.cached_iterations)
+        _add_event_rows(res, "b", lat, misses, st.event_writes, rates, "tmpfs")
+
+
+def write_to_event_latency(shape, st: Settings, res: Results, tmp: Path, log=print
+                           ) -> list[float]:
+    """Write through mount A -> inotify event on mount B: two `zkfs mount` processes (default
+    options) of `shape`, chrooted at /ev; then cached stat / open+read+close on B of a file
+    written on A. Adds EV_SECTION rows (side "a"); returns the p50s in ms, one per run."""
+    p50s: list[float] = []
+    with Session(*shape.addresses[0]) as s:
+        ensure_path(s, "/ev")
+        for run in range(st.runs):
+            s.create(f"/ev/r{run}", None)
+            for i in range(st.event_writes):
+                s.create(f"/ev/r{run}/w{i}")
+    hosts = shape.hosts + "/ev"
+    with zkfs_mount(hosts, tmp / "mntA", tmp / "mountA.log") as A, \
+            zkfs_mount(hosts, tmp / "mntB", tmp / "mountB.log") as B:
+        for run in range(st.runs):
+            a_dir, b_dir = A / f"r{run}", B / f"r{run}"
+            names = [f"w{i}" for i in range(st.event_writes)]
+            for d in (a_dir, b_dir):  # both mounts have looked every file up, as a user's would
+                wait_for(lambda d=d: len(os.listdir(d)) >= len(names), timeout=30,
+                         what=f"{len(names)} files on {d}")
+                for name in names:
+                    os.stat(d / name)
+            lat, misses = _event_latencies(a_dir, b_dir, st.event_writes, log)
+            rates = None
+            with watching(b_dir, events=("close_write",)) as w:
+                (a_dir / "cached").write_bytes(PAYLOAD)
+                try:
+                    w.wait_for("CLOSE_WRITE", b_dir / "cached", timeout=10)
+                    wait_for(lambda: (b_dir / "cached").read_bytes() == PAYLOAD, timeout=10,
+                             what="cached file content on B")
+                    rates = _cached_rates(b_dir / "cached", st.cached_iterations)
+                except AssertionError as e:
+                    res.add(EV_SECTION, CACHED[0], "ops/s", "a", None, f"mount: {e}"[:200],
+                            subject="mount", reference="tmpfs", better="higher")
+            _add_event_rows(res, "a", lat, misses, st.event_writes, rates, "mount")
+            if lat:
+                p50s.append(percentile(lat, 50) * 1e3)
+                log(f"  mount A->B run {run + 1}: {len(lat)} writes, p50 "
+                    f"{percentile(lat, 50) * 1e3:.2f} ms, p99 {percentile(lat, 99) * 1e3:.2f} ms"
+                    + (f"; cached stat {rates[0]:.0f}/s, cat {rates[1]:.0f}/s" if rates else ""))
+    return p50s
 
 
 def mount_vs_tmpfs(st: Settings, res: Results, tick_ms: int, log=print) -> None:
@@ -160,7 +275,11 @@ def mount_vs_tmpfs(st: Settings, res: Results, tick_ms: int, log=print) -> None:
         for m in metrics:
             res.note(SECTION, m, UNITS.get(m, "ms"), f"not available: {missing}",
                      subject="mount", reference="tmpfs")
+        for m, unit, _better in EV_METRICS:
+            res.note(EV_SECTION, m, unit, f"not available: {missing}", subject="mount",
+                     reference="tmpfs")
         return
+    no_inotify = None if INOTIFYWAIT else "inotifywait not installed (inotify-tools)"
     with tempfile.TemporaryDirectory(prefix="zkfs-bench-mount-") as tmp:
         tmp = Path(tmp)
         with tmpfs(tmp / "tmpfs") as t:
@@ -169,6 +288,8 @@ def mount_vs_tmpfs(st: Settings, res: Results, tick_ms: int, log=print) -> None:
                 for m, v in _fs_ops(t, st, run).items():
                     res.add(SECTION, m, UNITS.get(m, "ms"), "b", v, subject="mount",
                             reference="tmpfs", better="lower")
+            if not no_inotify:
+                event_reference_tmpfs(t, st, res, log)
         with ZkfsdStandalone(tmp / "srv", tick_ms) as shape:
             _populate_znodes(shape.addresses[0], "/m", st)
             with zkfs_mount(shape.hosts + "/m", tmp / "mnt", tmp / "mount.log") as mnt:
@@ -177,10 +298,17 @@ def mount_vs_tmpfs(st: Settings, res: Results, tick_ms: int, log=print) -> None:
                         res.add(SECTION, m, UNITS.get(m, "ms"), "a", v, subject="mount",
                                 reference="tmpfs", better="lower")
                     log(f"  mount run {run + 1} done")
-            value = write_to_event_latency(shape)
-    res.add(SECTION, "write on mount A -> inotify event on mount B", "ms", "a", value,
-            "not measured yet (hook: mount_bench.write_to_event_latency)" if value is None else "",
-            subject="mount", reference="tmpfs")
+            if no_inotify:
+                for m, unit, _better in EV_METRICS:
+                    res.note(EV_SECTION, m, unit, no_inotify, subject="mount", reference="tmpfs")
+            else:
+                try:
+                    write_to_event_latency(shape, st, res, tmp, log)
+                except Exception as e:  # noqa: BLE001 - keep the single-mount rows
+                    for m, unit, better in EV_METRICS:
+                        res.add(EV_SECTION, m, unit, "a", None,
+                                f"mount: {type(e).__name__}: {e}"[:300], subject="mount",
+                                reference="tmpfs", better=better)
 
 
 def ls_through_mount(shape, path: str, mnt_dir: Path, log_path: Path) -> tuple[float, float]:
@@ -196,4 +324,4 @@ def ls_through_mount(shape, path: str, mnt_dir: Path, log_path: Path) -> tuple[f
 
 
 __all__ = ["mount_vs_tmpfs", "ls_through_mount", "zkfs_mount", "tmpfs", "fuse_missing",
-           "write_to_event_latency"]
+           "write_to_event_latency", "event_reference_tmpfs"]

@@ -10,7 +10,8 @@
 - ephemeral expiry: kill -9 of a process holding an ephemeral node, until another session's
   watch fires NodeDeleted;
 - leader failover (ensembles): kill -9 of the leader, until the next successful write;
-- kazoo-user figures (bench/kazoo_load.py's run_ops).
+- kazoo-user figures (bench/kazoo_load.py's run_ops), and 16 kazoo sessions over 2-4 processes
+  (kazoo_load.run_sessions) against standalone servers and ensembles (section "kazoo, 16 sessions").
 """
 from __future__ import annotations
 
@@ -51,6 +52,12 @@ class Settings:
     mount_files: int = 200
     mount_dir_entries: int = 1000
     mount_iterations: int = 2000
+    kazoo_sessions: int = 16       # "kazoo, 16 sessions": KazooClients in all
+    kazoo_window: int = 8          # async requests in flight per kazoo session
+    kazoo_session_ops: int = 1000  # per session per phase (create, setData, getData)
+    kazoo_cap: float = 3.0         # seconds per phase at most
+    event_writes: int = 1000       # writes on mount A timed until inotify on mount B
+    cached_iterations: int = 20000  # cached stat / open+read+close on mount B (and tmpfs)
 
 
 class _Names:
@@ -281,3 +288,43 @@ def kazoo_figures(shape: Shape, st: Settings, res: Results, log=print) -> None:
                 for op, rate in run_ops(zk, st.kazoo_ops, window).items():
                     res.add(sec, f"{op} w={window}", "ops/s", side, rate, better="higher")
     log(f"  {shape.label} kazoo done")
+
+
+KAZOO_SECTION = "kazoo, 16 sessions"
+
+
+def kazoo_procs() -> int:
+    return max(2, min(4, os.cpu_count() or 2))
+
+
+def kazoo_metric(op: str, kind: str) -> str:
+    where = "ensemble, clients over all 3 members" if kind == "ensemble" else "standalone"
+    return f"{op} ({where})"
+
+
+def kazoo_sessions(shape: Shape, st: Settings, res: Results, log=print) -> None:
+    """16 KazooClients (full connect string, session k starting at member k) over 2-4 worker
+    processes: create, then setData, then getData, st.kazoo_window in flight per session."""
+    from bench.kazoo_load import KAZOO_PHASES, run_sessions
+
+    side = _side(shape)
+    address = shape.addresses[0]
+    for run in range(st.runs):
+        base = _fresh_prefix(address, "k16-")
+        r = run_sessions(shape.hosts, base, st.kazoo_sessions, kazoo_procs(), st.kazoo_window,
+                         st.kazoo_session_ops, st.kazoo_cap)
+        if r["error"]:
+            for op in KAZOO_PHASES:
+                res.add(KAZOO_SECTION, kazoo_metric(op, shape.kind), "ops/s", side, None,
+                        f"{shape.impl}: {r['error'][:200]}", better="higher")
+            log(f"  {shape.label} kazoo x{st.kazoo_sessions}: FAILED {r['error']}")
+            continue
+        for op in KAZOO_PHASES:
+            errs = r["errors"][op]
+            res.add(KAZOO_SECTION, kazoo_metric(op, shape.kind), "ops/s", side, r["rates"][op],
+                    f"{shape.impl}: {errs} errors" if errs else "", better="higher")
+        res.add(KAZOO_SECTION, f"kazoo processes CPU, busiest phase ({shape.kind})", "cores",
+                side, r["cpu"])
+        log(f"  {shape.label} run {run + 1} kazoo x{st.kazoo_sessions} w={st.kazoo_window}: "
+            + ", ".join(f"{op} {r['rates'][op] or 0:.0f}/s" for op in KAZOO_PHASES)
+            + f" (kazoo cpu {r['cpu']:.2f}; sessions per client port {r['per_host']})")

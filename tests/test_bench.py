@@ -49,5 +49,17 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     zkfsd_cells = [r for r in rows if r["section"] == "throughput (lean driver), standalone"]
     assert len(zkfsd_cells) == 16 and all(r["a"] for r in zkfsd_cells), zkfsd_cells
 
+    # kazoo, 16 sessions: standalone and ensemble rows for each phase; zkfsd standalone measured.
+    kazoo = {r["metric"]: r for r in rows if r["section"] == "kazoo, 16 sessions"}
+    for op in ("create", "setData", "getData"):
+        assert kazoo[f"{op} (standalone)"]["a"], kazoo
+        assert f"{op} (ensemble, clients over all 3 members)" in kazoo, sorted(kazoo)
+    # Mount A -> mount B: event latency p50/p99 and cached stat/cat rows, measured or explained.
+    ab = {r["metric"]: r for r in rows if r["section"].startswith("mount A -> mount B")}
+    for metric in ("write on A -> inotify CLOSE_WRITE on B, p50",
+                   "write on A -> inotify CLOSE_WRITE on B, p99",
+                   "cached stat on B (file written on A)", "cached open+read+close on B"):
+        assert metric in ab, sorted(ab)
+
     assert "| metric |" in out_md.read_text()
     assert "throughput (lean driver), standalone" in proc.stdout

@@ -4,6 +4,7 @@ The formats follow ZooKeeper's, since monitoring scripts parse them line by line
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
 import socket
@@ -25,7 +26,10 @@ def _latency(server: ZkServer) -> tuple[float, float, float]:
     s = server.stats
     if not s.latency_count:
         return 0.0, 0.0, 0.0
-    return s.latency_min, s.latency_total / s.latency_count, s.latency_max
+    # ZooKeeper reports whole milliseconds for min and max; rounding outwards keeps
+    # min <= avg <= max true for scripts that check it.
+    return (math.floor(s.latency_min), s.latency_total / s.latency_count,
+            math.ceil(s.latency_max))
 
 
 def _mode(server: ZkServer) -> str:
