@@ -198,7 +198,7 @@ COMMANDS: dict[str, Callable[["ZkServer"], str]] = {
     "isro": lambda server: "rw",
     "srst": _srst,
     "crst": lambda server: "Connection stats reset.\n",
-    "dirs": lambda server: f"datadir_size: 0\nlogdir_size: 0\n",
+    "dirs": lambda server: "datadir_size: 0\nlogdir_size: 0\n",
     "wchp": lambda server: "".join(f"{p}\n" for p in sorted(set(server.watches.data)
                                                             | set(server.watches.child))),
 }

@@ -1,15 +1,20 @@
-"""zkfsd's networking and request pipeline on trio.
+"""One zkfsd member on trio: the log loop around the consensus core, sessions, and listeners.
 
 Owner tree of tasks (one nursery each):
   ZkServer.run
-    ├─ the client listener → one ClientConnection per socket (reader, replier, writer tasks)
-    ├─ log loop: proposals → consensus core → storage (append + one fsync per batch) → apply
-    ├─ expiry loop: overdue sessions → closeSession transactions
-    ├─ reaper loop: empty containers and expired TTL nodes → deleteContainer transactions
+    ├─ log loop: Readys of the Raft core → snapshot install, storage (append + one fsync per
+    │  batch), peer messages, apply committed entries to the tree (watches fire here)
+    ├─ ticker: Raft ticks; followers report active sessions to the leader
+    ├─ peer transport (ensembles): msgpack frames to and from the other members (peers.py)
+    ├─ expiry loop (leader): overdue sessions → closeSession transactions
+    ├─ reaper loop (leader): empty containers and expired TTL nodes → deleteContainer
+    ├─ the client listener → one ClientConnection per socket (clients.py)
     └─ signal watcher: SIGTERM/SIGINT cancel everything; the log is fsync'd and closed on the way out
 
-Every state change, sessions included, is proposed to the log and applied to the tree only once
-committed; the reply to a write is sent only after that, so an acknowledged write is durable.
+Every state change, sessions included, is a transaction proposed through the leader and applied
+to the tree on every member in log order once committed; a write is answered only after this
+member applied it, so an acknowledged write is durable on a majority. A standalone server is an
+ensemble of one and takes the same path.
 """
 from __future__ import annotations
 
@@ -26,30 +31,20 @@ from typing import Any
 import msgpack
 import trio
 
-from zkfs import jute
-from zkfs.constants import Err, EventType, KeeperState, OpCode, Xid
+from zkfs.constants import Err, OpCode
 
-from zkfsd import fourlw, handlers, wire
+from zkfsd.clients import ClientConnection
 from zkfsd.config import ServerConfig
 from zkfsd.consensus import make_zxid
 from zkfsd.peers import PeerTransport
 from zkfsd.raft import Message, RaftNode
 from zkfsd.sessions import SessionIdGenerator, SessionTracker, new_password
 from zkfsd.storage import HardState, Snapshot, Storage
-from zkfsd.tree import ApplyResult, DataTree, digest_auth_id
+from zkfsd.tree import ApplyResult, DataTree
 from zkfsd.watches import WatchManager
 
 log = logging.getLogger("zkfsd.server")
 
-MAX_PENDING_REQUESTS = 1000   # per connection; past this we stop reading its socket
-MAX_OUTBOUND_MESSAGES = 20000  # per connection; a client that stops reading is disconnected
-# Also bound the *bytes* queued for one connection: 20000 replies of up to 1 MiB each would let
-# one client that never reads its socket make the server buffer gigabytes (test_faults).
-MAX_OUTBOUND_BYTES = 64 * 1024 * 1024
-# Errors a client connection can end with; none of them may reach the listener's nursery (an
-# exception escaping a connection handler would take the whole server down with it).
-_CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-PROTOCOL_VERSION = 0
 
 
 class Proposal:
@@ -119,7 +114,7 @@ class ZkServer:
         self.transport: PeerTransport | None = None
         self._pending: dict[int, Proposal] = {}  # by the sequence number in txn["origin"]
         self._next_seq = 0
-        # Fix (tests/test_ensemble.py, rebuilt/restarted member): sequence numbers restart at 1
+        # Sequence numbers restart at 1
         # with every process, so an entry proposed by an earlier run of this member (still in
         # the log, applied here while catching up) matched a *new* pending proposal of the same
         # number and completed it with the wrong transaction's result (e.g. "session
@@ -542,287 +537,6 @@ class ZkServer:
                 del self.by_session[conn.session_id]
             with trio.CancelScope(shield=True):
                 await conn.close_stream()
-
-
-class ClientConnection:
-    """One client socket: reader → (ordered replies) → writer."""
-
-    def __init__(self, server: ZkServer, stream: trio.SocketStream) -> None:
-        self.server = server
-        self.stream = stream
-        try:
-            self.peer = stream.socket.getpeername()
-        except OSError:
-            self.peer = ("?", 0)
-        self.session_id = 0
-        self.timeout_ms = 0
-        self.auth: list[tuple[str, str]] = [("ip", str(self.peer[0]))]
-        self.codec = wire.ServerConnection()
-        self._out_send, self._out_recv = trio.open_memory_channel[Any](MAX_OUTBOUND_MESSAGES)
-        self._pending_send, self._pending_recv = trio.open_memory_channel[Any](MAX_PENDING_REQUESTS)
-        self._scope: trio.CancelScope | None = None
-        self.received = 0
-        self.sent = 0
-        self.queued_bytes = 0  # replies handed to the writer but not yet written to the socket
-        self.connected_at = time.time()
-        self.last_zxid = 0
-
-    def __hash__(self) -> int:
-        return id(self)
-
-    # -- outbound --------------------------------------------------------------------------------
-    def _send(self, data: bytes | None) -> None:
-        if data is not None:
-            if self.queued_bytes + len(data) > MAX_OUTBOUND_BYTES:
-                self.abort("client is not reading its replies")
-                return
-            self.queued_bytes += len(data)
-        try:
-            self._out_send.send_nowait(data)
-        except trio.WouldBlock:
-            self.abort("client is not reading its replies")
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
-
-    def notify(self, event_type: EventType, path: str) -> None:
-        event = jute.WatcherEvent(int(event_type), int(KeeperState.SYNC_CONNECTED), path)
-        self._send(jute.encode_reply(Xid.NOTIFICATION, -1, 0, event))
-
-    def abort(self, reason: str) -> None:
-        if self._scope is not None and self._scope.cancel_called:
-            return  # already closing; a slow reader would otherwise log this once per reply
-        log.info("closing connection from %s:%s (session 0x%x): %s", self.peer[0], self.peer[1],
-                 self.session_id, reason)
-        if self._scope is not None:
-            self._scope.cancel()
-
-    async def close_stream(self) -> None:
-        try:
-            await self.stream.aclose()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
-
-    async def _writer(self) -> None:
-        async for first in self._out_recv:
-            batch = [first]
-            # Coalesce whatever else is queued into one send (fewer syscalls under load).
-            while len(batch) < 256:
-                try:
-                    batch.append(self._out_recv.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            closing = None in batch
-            data = b"".join(b for b in batch if b is not None)
-            if data:
-                try:
-                    await self.stream.send_all(data)
-                except _CONNECTION_ERRORS:
-                    # The peer is gone (e.g. reset while we wrote): end the whole connection.
-                    assert self._scope is not None
-                    self._scope.cancel()
-                    return
-                self.queued_bytes -= len(data)
-                self.sent += len(batch)
-                self.server.stats.packets_sent += len(batch)
-            if closing:
-                assert self._scope is not None
-                self._scope.cancel()
-                return
-
-    # -- main ------------------------------------------------------------------------------------
-    async def serve(self) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                self._scope = nursery.cancel_scope
-                nursery.start_soon(self._writer)
-                nursery.start_soon(self._replier)
-                await self._reader()
-                # The peer closed its side: nothing left to say to it.
-                nursery.cancel_scope.cancel()
-        except* _CONNECTION_ERRORS:
-            # trio wraps a child task's error in an ExceptionGroup, so a plain `except` never
-            # matched here and a reset connection crashed the server: match inside the group.
-            pass
-
-    async def _reader(self) -> None:
-        while True:
-            event = self.codec.next_event()
-            if event is wire.NEED_DATA:
-                try:
-                    data = await self.stream.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    return
-                if not data:
-                    return
-                self.codec.receive_data(data)
-                continue
-            if isinstance(event, wire.FourLetterWord):
-                text = fourlw.answer(event.command, self.server)
-                self._send(text.encode())
-                self._send(None)
-                await trio.sleep_forever()
-            if isinstance(event, wire.ProtocolError):
-                log.info("closing connection from %s:%s: %s", self.peer[0], self.peer[1],
-                         event.reason)
-                return
-            if isinstance(event, wire.Connect):
-                if not await self._connect(event.request):
-                    await trio.sleep_forever()  # the writer closes after the refusal is sent
-                continue
-            self.received += 1
-            self.server.stats.packets_received += 1
-            if self.session_id and not self.server.touch_session(self.session_id):
-                self.abort("session is no longer live")
-                await trio.sleep_forever()
-            if isinstance(event, wire.BadRequest):
-                log.info("bad request from %s:%s (xid %d, op %d): %s", self.peer[0],
-                         self.peer[1], event.xid, event.op, event.err.name)
-                await self._pending_send.send(("error", event.xid, event.op, event.err,
-                                               event.fatal))
-                if event.fatal:
-                    await trio.sleep_forever()
-                continue
-            await self._dispatch(event)
-
-    async def _connect(self, request: Any) -> bool:
-        server = self.server
-        if not server.serving and not request.read_only:
-            # Like a ZooKeeper member that is not in a quorum: close, so the client moves on
-            # to the next server in its list.
-            log.info("refusing session for %s:%s: this member has no leader", self.peer[0],
-                     self.peer[1])
-            self._send(None)
-            return False
-        if not server.serving:
-            log.info("refusing read-only session for %s:%s: read-only mode is not supported",
-                     self.peer[0], self.peer[1])
-            self._send(None)
-            return False
-        if request.last_zxid_seen > server.tree.last_zxid:
-            log.info("refusing session for %s:%s: it has seen zxid 0x%x, ours is 0x%x",
-                     self.peer[0], self.peer[1], request.last_zxid_seen, server.tree.last_zxid)
-            self._send(None)
-            return False
-        timeout = server.negotiate_timeout(request.timeout)
-        if request.session_id == 0:
-            created = await server.create_session(timeout)
-            if created is None:
-                self._send(None)
-                return False
-            session_id, password = created
-        else:
-            session_id, password = request.session_id, request.passwd
-            info = server.tree.sessions.get(session_id)
-            if (info is None or info.password != password
-                    or not server.touch_session(session_id)):
-                log.info("session 0x%x from %s:%s is unknown or expired", session_id,
-                         self.peer[0], self.peer[1])
-                self._send(jute.encode_connect_response(
-                    jute.ConnectResponse(PROTOCOL_VERSION, 0, 0, bytes(16), False)))
-                self._send(None)
-                return False
-            timeout = info.timeout
-            log.info("session 0x%x resumed from %s:%s", session_id, self.peer[0], self.peer[1])
-        previous = server.by_session.get(session_id)
-        if previous is not None and previous is not self:
-            previous.abort("session moved to another connection")
-        server.by_session[session_id] = self
-        self.session_id = session_id
-        self.timeout_ms = timeout
-        self._send(jute.encode_connect_response(
-            jute.ConnectResponse(PROTOCOL_VERSION, timeout, session_id, password, False)))
-        return True
-
-    async def _dispatch(self, event: wire.Request) -> None:
-        op, xid, record = event.op, event.xid, event.record
-        started = time.monotonic()
-        if self.session_id == 0:
-            return
-        if op in handlers.WRITE_OPS:
-            try:
-                txn = handlers.write_txn(op, record, self.session_id, self.auth)
-            except handlers.RequestError as exc:
-                await self._pending_send.send(("error", xid, op, exc.err, False))
-                return
-            proposal = self.server.propose(txn)
-            await self._pending_send.send(("write", xid, op, proposal, started))
-        elif op == OpCode.SYNC and not self.server.standalone:
-            # Through the leader: once this empty transaction is applied here, everything the
-            # leader had committed before it is too.
-            proposal = self.server.propose({"type": int(OpCode.SYNC), "session": self.session_id,
-                                            "auth": [], "path": record.path})
-            await self._pending_send.send(("write", xid, op, proposal, started))
-        else:
-            await self._pending_send.send(("read", xid, op, record, started))
-
-    async def _replier(self) -> None:
-        """Answers requests strictly in arrival order; a read waits for this session's writes."""
-        server = self.server
-        async for item in self._pending_recv:
-            kind = item[0]
-            if kind == "write":
-                _, xid, op, proposal, started = item
-                await proposal.done.wait()
-                if proposal.result is None:
-                    self.abort("its write could not be committed (leader lost)")
-                    return
-                if op == OpCode.SYNC:
-                    err, body = Err.OK, jute.SyncResponse(proposal.txn["path"])
-                else:
-                    err, body = handlers.write_response(op, proposal.result)
-                zxid = proposal.txn["zxid"]
-                self._send(jute.encode_reply(xid, zxid, err, body))
-                server.stats.record_latency(time.monotonic() - started)
-                if op == OpCode.CLOSE_SESSION:
-                    self._send(None)
-                    return
-            elif kind == "read":
-                _, xid, op, record, started = item
-                self._answer_read(xid, op, record)
-                server.stats.record_latency(time.monotonic() - started)
-            else:
-                _, xid, op, err, fatal = item
-                self._send(jute.encode_reply(xid, server.tree.last_zxid, err, None))
-                if fatal:
-                    self._send(None)
-                    return
-
-    def _answer_read(self, xid: int, op: int, record: Any) -> None:
-        server = self.server
-        zxid = server.tree.last_zxid
-        if op == OpCode.PING:
-            self._send(jute.encode_reply(Xid.PING, zxid, 0, None))
-            return
-        if op == OpCode.AUTH:
-            self._authenticate(record)
-            return
-        if op in (OpCode.SET_WATCHES, OpCode.SET_WATCHES2):
-            for event_type, path in handlers.set_watches(server.tree, server.watches, self, record):
-                self.notify(event_type, path)
-            self._send(jute.encode_reply(xid, zxid, 0, None))
-            return
-        ctx = handlers.ReadContext(self, self.session_id, self.auth)
-        err, body = handlers.execute_read(server.tree, server.watches, ctx, op, record)
-        self._send(jute.encode_reply(xid, zxid, err, body))
-
-    def _authenticate(self, record: Any) -> None:
-        zxid = self.server.tree.last_zxid
-        credential = record.auth or b""
-        if record.scheme == "digest":
-            try:
-                user, password = credential.decode("utf-8").split(":", 1)
-            except (UnicodeDecodeError, ValueError):
-                user = None
-            if user is not None:
-                ident = ("digest", digest_auth_id(user, password))
-                if ident not in self.auth:
-                    self.auth.append(ident)
-                self._send(jute.encode_reply(Xid.AUTH, zxid, 0, None))
-                return
-        log.info("authentication with scheme %r failed for session 0x%x", record.scheme,
-                 self.session_id)
-        self._send(jute.encode_reply(Xid.AUTH, zxid, Err.AUTH_FAILED, None))
-        self._send(None)
 
 
 async def serve(config: ServerConfig, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
