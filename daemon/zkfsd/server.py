@@ -114,12 +114,9 @@ class ZkServer:
         self.transport: PeerTransport | None = None
         self._pending: dict[int, Proposal] = {}  # by the sequence number in txn["origin"]
         self._next_seq = 0
-        # Sequence numbers restart at 1
-        # with every process, so an entry proposed by an earlier run of this member (still in
-        # the log, applied here while catching up) matched a *new* pending proposal of the same
-        # number and completed it with the wrong transaction's result (e.g. "session
-        # established" before the createSession was applied). A random id per process run in
-        # txn["origin"] keeps old entries from matching.
+        # Sequence numbers restart with every process run, and a member catching up applies
+        # entries its earlier runs proposed: a random id per run in txn["origin"] keeps such an
+        # entry from completing a new proposal that happens to have the same number.
         self._incarnation = int.from_bytes(os.urandom(8), "big") >> 1
         self._touched: set[int] = set()  # sessions active here since the last report to the leader
         self._leader = 0
