@@ -241,6 +241,22 @@ def test_rebuilding_member_neither_votes_nor_campaigns_until_caught_up() -> None
     assert not c.nodes[3].rebuilding and c.data(3) == c.data(1)
 
 
+def test_leader_lost_shortens_the_wait_and_a_live_leader_survives_it() -> None:
+    c = Cluster(3)
+    leader = c.elect(1)
+    # A follower that merely lost its connection: its pre-vote is refused by the other
+    # follower, which still hears the leader.
+    c.nodes[2].leader_lost(1)
+    c.tick(c.nodes[2].election_ticks // 3 + 1, only=[2])
+    assert leader.is_leader and c.leaders() == [1]
+    # The leader really died: both followers hear of it and one wins within a few ticks.
+    c.cut = {1}
+    for i in (2, 3):
+        c.nodes[i].leader_lost(1)
+    c.tick(c.nodes[2].election_ticks // 3 + 2, only=[2, 3])
+    assert [i for i in (2, 3) if c.nodes[i].is_leader]
+
+
 def test_messages_from_non_voters_and_other_destinations_are_ignored() -> None:
     node = RaftNode(2, [1, 2, 3], hard_state=HardState(), rng=random.Random(0))
     node.step(Message(MsgType.VOTE, 9, 2, 5))

@@ -66,10 +66,14 @@ def _frame(obj: Any) -> bytes:
 
 class PeerTransport:
     def __init__(self, member_id: int, addresses: dict[int, tuple[str, int]],
-                 on_message: Callable[[int, Any], None], secret: bytes | None = None) -> None:
+                 on_message: Callable[[int, Any], None], secret: bytes | None = None,
+                 on_lost: Callable[[int], None] | None = None) -> None:
         self.member_id = member_id
         self.addresses = addresses
         self.on_message = on_message
+        # Told when a member's connection to us ends: on one machine or a LAN that is how a
+        # crashed member shows itself long before any timeout.
+        self.on_lost = on_lost
         self.secret = secret or b""
         self._queues: dict[int, tuple[trio.MemorySendChannel[bytes],
                                       trio.MemoryReceiveChannel[bytes]]] = {
@@ -170,6 +174,8 @@ class PeerTransport:
         finally:
             if peer is not None:
                 self.connected_in.discard(peer)
+                if self.on_lost is not None:
+                    self.on_lost(peer)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 

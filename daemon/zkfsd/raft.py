@@ -586,6 +586,19 @@ class RaftNode:
             self._send(Message(MsgType.READ_INDEX, self.id, self.leader_id, self.term,
                                context=context))
 
+    def leader_lost(self, member: int) -> None:
+        """The transport saw `member`'s connection die (its process exited, say).
+
+        If that was our leader, stop honouring its lease and campaign after a short random
+        delay instead of waiting out the whole election timeout. Pre-vote keeps this safe: a
+        leader that is in fact alive keeps the other followers' leases, and they refuse.
+        """
+        if self.role != Role.FOLLOWER or self.leader_id != member:
+            return
+        self.leader_id = NONE
+        jitter = 1 + self._rng.randrange(max(1, self.election_ticks // 3))
+        self._election_elapsed = max(self._election_elapsed, self._randomized_timeout - jitter)
+
     def compact(self, snapshot_index: int, snapshot_term: int, data: bytes) -> None:
         """The application saved a snapshot of its state at `snapshot_index` (<= applied).
 

@@ -221,7 +221,8 @@ class ZkServer:
                     addresses = {sid: (host, port)
                                  for sid, (host, port, _election) in self.config.servers.items()}
                     self.transport = PeerTransport(self.member_id, addresses,
-                                                   self._on_peer_message, secret)
+                                                   self._on_peer_message, secret,
+                                                   on_lost=self._on_peer_lost)
                     await nursery.start(self.transport.run)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._expiry_loop)
@@ -322,6 +323,13 @@ class ZkServer:
         else:
             raise ValueError(f"unknown peer message kind {kind!r}")
         self._wakeup.set()
+
+    def _on_peer_lost(self, member: int) -> None:
+        assert self.core is not None
+        if member == self.core.leader_id:
+            log.info("member %d: connection from the leader (%d) ended", self.member_id, member)
+            self.core.leader_lost(member)
+            self._wakeup.set()
 
     # -- the log ---------------------------------------------------------------------------------
     async def _log_loop(self) -> None:
