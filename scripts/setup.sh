@@ -7,12 +7,14 @@ cd "$(dirname "$0")/.."
 
 # System packages: Python build tools, FUSE (for the mount), Apache ZooKeeper and a JRE (the
 # reference server the tests compare against, and zkCli.sh), inotify-tools/attr (filesystem
-# tests), man-db (to read man/zkfsd.8).
+# tests), man-db (to read man/zkfsd.8), vim (the mount tests edit a file with it, as users do),
+# strace (the benchmarks count fsync syscalls with it).
 APT_PACKAGES=(
     python3-venv python3-dev gcc
     fuse3 libfuse3-dev pkg-config
     zookeeper default-jre-headless
     inotify-tools attr man-db
+    vim strace
 )
 
 missing=()
