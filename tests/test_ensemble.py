@@ -630,3 +630,36 @@ def test_linearizable_history_across_leader_kill(ensembles):
     assert len(sets) > 30 and gets > 30
     result = check(ops, default="init")
     assert result.ok, result.explain()
+
+
+def test_session_from_a_snapshot_resumes_on_a_restarted_follower(ensembles):
+    """A follower restarted from a snapshot that holds a live session must let that session's
+    client resume there (the session is in the snapshot, not in the log after it)."""
+    import socket
+
+    from zkfs import jute
+
+    ens = ensembles(3, snap_count=20)
+    lead = ens.wait_stable()
+    follower = next(s for s in ens.ids if s != lead)
+    with ens.client(lead) as holder:
+        holder.create("/snapshot-session", b"", ephemeral=True)
+        session_id, passwd = holder.client_id
+        for i in range(60):  # well past snapCount: every member snapshots after the session
+            holder.create(f"/fill-{i}", b"x")
+        ens.stop(follower)
+        ens.start_member(follower)
+        ens.wait_stable()
+        with socket.create_connection(("127.0.0.1", ens.client_ports[follower]), timeout=10) as s:
+            s.sendall(jute.encode_connect_request(
+                jute.ConnectRequest(0, 0, 4000, session_id, passwd, False)))
+            decoder = jute.FrameDecoder()
+            frame = None
+            while frame is None:
+                data = s.recv(65536)
+                assert data, "the restarted follower closed the connection"
+                decoder.feed(data)
+                frame = decoder.next_frame()
+        resp = jute.decode_connect_response(frame)
+        assert resp.session_id == session_id and resp.timeout > 0, resp
+        assert "snapshot at index" in ens.members[follower].log_text()

@@ -175,6 +175,7 @@ class ZkServer:
         self._synced_vote = (loaded.hard_state.term, loaded.hard_state.vote)
         if loaded.snapshot is not None:
             self.tree = DataTree.from_snapshot(loaded.snapshot.data)
+            self._track_all_sessions()
         if self.standalone:
             # A majority of one: everything durable here is committed and replays at once.
             self._replay_target = loaded.entries[-1].index if loaded.entries else 0
@@ -430,9 +431,14 @@ class ZkServer:
         if leader == self.member_id:
             # A new leader has no idea when clients last spoke to the old one: every session
             # gets a fresh timeout before anything can expire.
-            now = trio.current_time()
-            for session_id, info in self.tree.sessions.items():
-                self.sessions.add(session_id, info.timeout / 1000.0, now)
+            self._track_all_sessions()
+
+    def _track_all_sessions(self) -> None:
+        """Every live session of the tree, with a fresh timeout (after loading a snapshot, or
+        on becoming leader): a client may be resuming its session here right now."""
+        now = trio.current_time()
+        for session_id, info in self.tree.sessions.items():
+            self.sessions.add(session_id, info.timeout / 1000.0, now)
 
     async def _install_snapshot(self, snap: Snapshot) -> None:
         started = time.monotonic()
@@ -440,9 +446,7 @@ class ZkServer:
             await trio.to_thread.run_sync(self.storage.save_snapshot, snap)
         self.tree = DataTree.from_snapshot(snap.data)
         self.sessions = SessionTracker()
-        now = trio.current_time()
-        for session_id, info in self.tree.sessions.items():
-            self.sessions.add(session_id, info.timeout / 1000.0, now)
+        self._track_all_sessions()
         self._since_snapshot = 0
         # Watches were set against the old tree; clients re-register them on reconnect and
         # setWatches reports what changed meanwhile.
