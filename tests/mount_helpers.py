@@ -24,6 +24,15 @@ _RUN = ("import sys; from zkfs.mount import run_mount, parse_options; "
         "sys.exit(run_mount(sys.argv[1], sys.argv[2], parse_options(sys.argv[3]), True))")
 
 
+def sh(script: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a bash script the way a user would (bounded); fail the test with its output."""
+    r = subprocess.run(["bash", "-c", script], cwd=cwd, capture_output=True, text=True,
+                       timeout=30, stdin=subprocess.DEVNULL)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{script!r} failed ({r.returncode}): {r.stdout}{r.stderr}")
+    return r
+
+
 def wait_for(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
              what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout

@@ -10,17 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mount_helpers import wait_for
+from mount_helpers import sh, wait_for
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def sh(script: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(["bash", "-c", script], cwd=cwd, capture_output=True, text=True,
-                       timeout=30, stdin=subprocess.DEVNULL)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{script!r} failed ({r.returncode}): {r.stdout}{r.stderr}")
-    return r
 
 
 @pytest.fixture

@@ -14,19 +14,11 @@ from pathlib import Path
 import pytest
 
 from helpers import kazoo_client
-from mount_helpers import ZKFS_BIN, force_unmount, is_mounted, wait_for
+from mount_helpers import ZKFS_BIN, force_unmount, is_mounted, sh, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
 SESSION = "session_timeout=2"
-
-
-def sh(script: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(["bash", "-c", script], cwd=cwd, capture_output=True, text=True,
-                       timeout=30, stdin=subprocess.DEVNULL)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{script!r} failed ({r.returncode}): {r.stdout}{r.stderr}")
-    return r
 
 
 def test_kill9_of_the_mount_takes_its_session_files_after_the_timeout(zkfsd, mount) -> None:  # type: ignore[no-untyped-def]

@@ -60,7 +60,6 @@ class ClientConnection:
         self.sent = 0
         self.queued_bytes = 0  # replies handed to the writer but not yet written to the socket
         self.connected_at = time.time()
-        self.last_zxid = 0
 
     def __hash__(self) -> int:
         return id(self)

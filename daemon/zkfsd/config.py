@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from zkfsd import wire
+
 log = logging.getLogger(__name__)
 
 # Four-letter words enabled unless 4lw.commands.whitelist says otherwise. ZooKeeper's own default
@@ -22,9 +24,7 @@ DEFAULT_FOUR_LETTER_WORDS: frozenset[str] = frozenset(
 # Every word ZooKeeper 3.8 defines: what "4lw.commands.whitelist=*" enables, and what a whitelist
 # may name. Whether zkfsd implements a word is the server's business (it answers unknown ones
 # like ZooKeeper does); the config only keeps out words that cannot be meant.
-ZOOKEEPER_FOUR_LETTER_WORDS: frozenset[str] = DEFAULT_FOUR_LETTER_WORDS | frozenset(
-    {"wchc", "wchp", "isro", "srst", "crst", "dirs", "gtmk", "stmk", "hash"}
-)
+ZOOKEEPER_FOUR_LETTER_WORDS: frozenset[str] = wire.FOUR_LETTER_WORDS
 
 # Standard ZooKeeper keys that zkfsd accepts but does not (yet) use: logged at INFO, not WARNING,
 # since they are expected in real-world files.

@@ -35,17 +35,12 @@ class SessionTracker:
         self._timeout.pop(session_id, None)
         self._expiring.discard(session_id)
 
-    def is_live(self, session_id: int) -> bool:
-        return session_id in self._deadline and session_id not in self._expiring
-
     def overdue(self, now: float) -> list[int]:
         """Sessions past their deadline, each reported once (they are then 'expiring')."""
         due = [sid for sid, dl in self._deadline.items() if dl <= now and sid not in self._expiring]
         self._expiring.update(due)
         return sorted(due)
 
-    def __len__(self) -> int:
-        return len(self._deadline)
 
 
 class SessionIdGenerator:

@@ -46,9 +46,6 @@ class WatchManager:
         table = self.recursive if mode == WatchMode.PERSISTENT_RECURSIVE else self.persistent
         table[path].add(watcher)
 
-    def has_recursive(self) -> bool:
-        return bool(self.recursive)
-
     def remove(self, path: str, watcher: Watcher, watcher_type: int, *, dry_run: bool = False) -> bool:
         """removeWatches/checkWatches: True if the watcher had a watch of that type on path."""
         # ZooKeeper 3.8 files persistent and recursive watches under both data and child

@@ -14,8 +14,10 @@ from typing import Any, Union
 from zkfs import jute
 from zkfs.constants import MAX_FRAME, Err
 
+# Every four-letter word ZooKeeper 3.8 defines; the config's whitelist is checked against it too.
 FOUR_LETTER_WORDS = frozenset({"ruok", "srvr", "stat", "mntr", "conf", "cons", "wchs", "dump",
-                               "envi", "isro", "wchc", "wchp", "crst", "srst", "dirs"})
+                               "envi", "isro", "wchc", "wchp", "crst", "srst", "dirs", "gtmk",
+                               "stmk", "hash"})
 
 
 class State(enum.Enum):
