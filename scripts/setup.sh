@@ -8,9 +8,9 @@ cd "$(dirname "$0")/.."
 # System packages: Python build tools, FUSE (for the mount), Apache ZooKeeper and a JRE (the
 # reference server the tests compare against, and zkCli.sh), inotify-tools/attr (filesystem
 # tests), man-db (to read man/zkfsd.8), vim (the mount tests edit a file with it, as users do),
-# strace (the benchmarks count fsync syscalls with it).
+# strace (the benchmarks count fsync syscalls with it), patch (pyfuse3's lock patch, below).
 APT_PACKAGES=(
-    python3-venv python3-dev gcc
+    python3-venv python3-dev gcc patch
     fuse3 libfuse3-dev pkg-config
     zookeeper default-jre-headless
     inotify-tools attr man-db
@@ -45,4 +45,28 @@ if [[ ! -x .venv/bin/python ]]; then
     "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet -e '.[test]'
+
+# pyfuse3 with FUSE's lock operations and interrupt delivery, which upstream lacks
+# (libfuse/pyfuse3#79): the pinned sdist from PyPI, patched with contrib/pyfuse3's patch and
+# built with Cython from PyPI. The installed version names the patch (3.5.0+zkfs.<hash>), so
+# a re-run with the same patch does nothing and a changed patch is rebuilt.
+PYFUSE3_VERSION=3.5.0
+PYFUSE3_PATCH=contrib/pyfuse3/pyfuse3-$PYFUSE3_VERSION-locks-interrupts.patch
+PYFUSE3_WANT="$PYFUSE3_VERSION+zkfs.$(sha256sum "$PYFUSE3_PATCH" | cut -c1-12)"
+PYFUSE3_HAVE=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("pyfuse3"))' \
+               2>/dev/null || true)
+if [[ "$PYFUSE3_HAVE" != "$PYFUSE3_WANT" ]]; then
+    echo "setup: building pyfuse3 $PYFUSE3_WANT (was ${PYFUSE3_HAVE:-not installed})" >&2
+    build=$(mktemp -d)
+    trap 'rm -rf "$build"' EXIT
+    .venv/bin/python -m pip download --quiet --no-deps --no-binary :all: -d "$build" \
+        "pyfuse3==$PYFUSE3_VERSION"
+    tar -xzf "$build/pyfuse3-$PYFUSE3_VERSION.tar.gz" -C "$build"
+    src="$build/pyfuse3-$PYFUSE3_VERSION"
+    patch -d "$src" -p1 --quiet < "$PYFUSE3_PATCH"
+    # Generated from the unpatched .pyx; Cython (a build requirement) generates it anew.
+    rm -f "$src/src/pyfuse3/__init__.c"
+    SETUPTOOLS_SCM_PRETEND_VERSION="$PYFUSE3_WANT" \
+        .venv/bin/python -m pip install --quiet --no-deps --force-reinstall "$src"
+fi
 echo "setup: done; .venv/bin/zkfsd is $(.venv/bin/zkfsd --version)" >&2

@@ -732,6 +732,97 @@ def watch(ctx: click.Context, path: str, recursive: bool, count: int | None, rea
     run_session(ctx, _conn(ctx, servers, timeout), label, body)
 
 
+# ---------------------------------------------------------------------------- lock
+
+# flock(1)'s exit status when the command cannot be executed (sysexits' EX_UNAVAILABLE).
+EXIT_EXEC_FAILED = 69
+
+
+@cli.command("lock", context_settings={**CONTEXT, "allow_interspersed_args": False})
+@click.argument("path")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("-s", "--shared", is_flag=True, help="Take a shared (read) lock.")
+@click.option("-x", "-e", "--exclusive", is_flag=True,
+              help="Take an exclusive (write) lock; the default.")
+@click.option("-n", "--nonblock", is_flag=True,
+              help="Fail (exit 1, or -E) instead of waiting if the lock is held.")
+@click.option("-w", "--wait", "--timeout", "wait", type=float, default=None, metavar="SECONDS",
+              help="Fail (exit 1, or -E) if the lock is not acquired within SECONDS.")
+@click.option("-E", "--conflict-exit-code", type=click.IntRange(0, 255), default=1,
+              metavar="N", help="Exit status for -n and -w failures [default: 1].")
+@click.option("-c", "--command", "shell_command", default=None, metavar="COMMAND",
+              help="Run COMMAND with /bin/sh -c instead of CMD ARGS.")
+@click.option("--servers", default=None, metavar="HOSTS",
+              help=f"Connect string h1:p1,h2:p2[/chroot] [default: {DEFAULT_SERVERS}; "
+                   "env ZKFS_SERVERS].")
+@click.pass_context
+def lock(ctx: click.Context, path: str, command: tuple[str, ...], shared: bool,
+         exclusive: bool, nonblock: bool, wait: float | None, conflict_exit_code: int,
+         shell_command: str | None, servers: str | None) -> None:
+    """Run CMD ARGS holding the cluster-wide lock of PATH, like flock(1): `zkfs lock PATH --
+    CMD ARGS...`. It is the lock that flock(1) and fcntl locks on the file PATH take through
+    a mount of the same SERVERS (and kazoo's WriteLock/ReadLock on /.zkfs/locks/ENCODED, PATH
+    percent-encoded); PATH need not exist. Exit status: the command's (128+N if killed by signal N), 1 (or -E) if -n or
+    -w gave up, 69 if the command could not be run."""
+    label = f"lock {path}"
+    _check_path(label, path)
+    if shared and exclusive:
+        _fail(f"{label}: -s and -x exclude each other", EXIT_USAGE)
+    if command[:1] == ("--",):
+        # Options end at PATH, so click hands a `--` after PATH through.
+        command = command[1:]
+    if shell_command is not None:
+        if command:
+            _fail(f"{label}: -c and CMD exclude each other", EXIT_USAGE)
+        argv = ["/bin/sh", "-c", shell_command]
+    else:
+        argv = list(command)
+    if not argv:
+        _fail(f"{label}: no command given (zkfs lock PATH -- CMD [ARGS...])", EXIT_USAGE)
+    if wait is not None and (wait < 0 or math.isnan(wait)):
+        _fail(f"{label}: -w needs a number of seconds >= 0", EXIT_USAGE)
+
+    async def body(zk: Any) -> int:
+        import socket
+
+        import trio
+
+        from zkfs.lock import LockMode, ZkLock, lock_dir
+
+        mode = LockMode.SHARED if shared else LockMode.EXCLUSIVE
+        data = f"{socket.gethostname()} pid {os.getpid()} (zkfs lock)".encode()
+        contender = ZkLock(zk, lock_dir(path), mode, data)
+        # -w 0 is -n, as in flock(1).
+        if not await contender.acquire(blocking=not nonblock and wait != 0, timeout=wait):
+            return conflict_exit_code
+        try:
+            # Ctrl-C reaches the command from the terminal itself; SIGTERM/SIGHUP sent to us
+            # are passed on. Either way we wait for the command, then release. (Receiving
+            # them from before the command starts, so none can end us with the lock held.)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
+                try:
+                    proc = await trio.lowlevel.open_process(argv, stdin=None, stdout=None,
+                                                            stderr=None)
+                except OSError as exc:
+                    print(f"zkfs: lock: failed to execute {argv[0]}: {exc.strerror}",
+                          file=sys.stderr)
+                    return EXIT_EXEC_FAILED
+                async with trio.open_nursery() as nursery:
+                    async def forward() -> None:
+                        async for signum in sigs:
+                            if signum != signal.SIGINT and proc.returncode is None:
+                                proc.send_signal(signum)
+                    nursery.start_soon(forward)
+                    code = await proc.wait()
+                    nursery.cancel_scope.cancel()
+            return 128 - code if code < 0 else code
+        finally:
+            with trio.CancelScope(shield=True):
+                await contender.release()
+    conn = _conn(ctx, servers, None)
+    run_session(ctx, conn, label, body)
+
+
 # ---------------------------------------------------------------------------- mount
 
 def filter_mount_options(option_strings: Iterable[str]) -> str:

@@ -22,6 +22,7 @@ choices made here where the design leaves room are listed in the man page:
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import logging
 import math
@@ -53,6 +54,7 @@ from zkfs.errors import (
     ZkError,
 )
 from zkfs.inodes import NO_DATA, Inode, InodeTable, Kind, base_name, join_path, parent_path
+from zkfs.lock import LockMode
 from zkfs.meta import (
     LIFETIMES,
     META_NAME,
@@ -63,6 +65,7 @@ from zkfs.meta import (
     meta_key_path,
     meta_path,
 )
+from zkfs.mountlocks import FlockKey, MountLocks, PosixKey, fatal_signal_pending
 
 __all__ = ["DATA_NAME", "STALE_ERRNO", "MountConfig", "ZkOperations", "errno_for"]
 
@@ -253,6 +256,12 @@ class ZkOperations(pyfuse3.Operations):
     #: (`Inode.view`), which events keep coherent: an unchanged file's open and read never
     #: reach the ensemble, only this process.
     use_page_cache = False
+    #: flock(2) and fcntl locks are cluster-wide ZooKeeper locks (zkfs.mountlocks); this
+    #: needs pyfuse3 with lock operations (contrib/pyfuse3, built by scripts/setup.sh).
+    enable_posix_locks = True
+    enable_flock_locks = True
+    #: How often a request waiting on the ensemble looks whether its process was killed.
+    KILL_CHECK_INTERVAL = 0.25
 
     def __init__(self, zk: ZkClient, config: MountConfig) -> None:
         super().__init__()
@@ -270,12 +279,40 @@ class ZkOperations(pyfuse3.Operations):
         self._replay_fhs: set[int] = set()
         # At the ensemble root (no chroot) /zookeeper is ZooKeeper's own reserved subtree.
         self._ensemble_root = zk.chroot is None
+        self.locks = MountLocks(lambda: self.zk, self._zk)
+        #: Requests now waiting on the ensemble: their cancel scope -> the requesting thread.
+        self._waits: dict[trio.CancelScope, int] = {}
 
     # ------------------------------------------------------------------ plumbing
 
     async def _zk(self, fn: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
         """Call the client, retrying through connection loss: until `timeout` (then EIO) on a
-        soft mount, forever on a hard one."""
+        soft mount, forever on a hard one; a request whose process is killed meanwhile ends
+        with EINTR (see `reap_killed_waits`)."""
+        ctx = pyfuse3.current_request_context()
+        if ctx is None:  # not for a request (the change follower)
+            return await self._zk_retrying(fn, *args, **kwargs)
+        with trio.CancelScope() as scope:
+            self._waits[scope] = ctx.pid
+            try:
+                return await self._zk_retrying(fn, *args, **kwargs)
+            finally:
+                del self._waits[scope]
+        raise _fail(errno.EINTR)
+
+    async def reap_killed_waits(self) -> None:
+        """Cancel the waits of requests whose process got SIGKILL. The kernel interrupts a
+        request only once, on the first signal, and then waits uninterruptibly for our answer;
+        so a killed process stays in D state until we answer, however long the ensemble is
+        away. Runs for the life of the mount; costs nothing while no request waits."""
+        while True:
+            await trio.sleep(self.KILL_CHECK_INTERVAL)
+            for scope, pid in list(self._waits.items()):
+                if fatal_signal_pending(pid):
+                    scope.cancel()
+
+    async def _zk_retrying(self, fn: Callable[..., Awaitable[_T]], *args: Any,
+                           **kwargs: Any) -> _T:
         deadline = math.inf if self.cfg.hard else trio.current_time() + self.cfg.timeout
         while True:
             if self.zk.state.is_terminal:
@@ -1258,3 +1295,58 @@ class ZkOperations(pyfuse3.Operations):
                 node.path, {"lifetime" if key == XATTR_LIFETIME else "sequential": None})
             return
         raise _fail(pyfuse3.ENOATTR)
+
+    # ------------------------------------------------------------------ locks
+
+    @staticmethod
+    def _whole_file(lock: pyfuse3.FileLock) -> None:
+        # ZooKeeper's recipe locks a whole file; a byte range cannot be honoured cluster-wide,
+        # and locking more than asked could deadlock programs that lock disjoint ranges.
+        if lock.start != 0 or lock.length != 0:
+            raise _fail(errno.ENOLCK)
+
+    @_translate
+    async def flock(self, inode: int, fh: int, owner: int, op: int,
+                    ctx: pyfuse3.RequestContext) -> None:
+        node = self._inode(inode)
+        key = FlockKey(fh)
+        if op & fcntl.LOCK_UN:
+            await self.locks.unlock(key)
+            return
+        mode = LockMode.EXCLUSIVE if op & fcntl.LOCK_EX else LockMode.SHARED
+        # A waiting flock() ends with EINTR on any signal its process handles (flock -w uses
+        # SIGALRM, Ctrl-C) or on SIGKILL: the kernel interrupts the request.
+        with pyfuse3.interruptible():
+            if not await self.locks.lock(key, node.path, mode,
+                                         blocking=not op & fcntl.LOCK_NB, pid=ctx.pid):
+                raise _fail(errno.EWOULDBLOCK)
+
+    @_translate
+    async def setlk(self, inode: int, fh: int, owner: int, lock: pyfuse3.FileLock,
+                    sleep: bool, ctx: pyfuse3.RequestContext) -> None:
+        key = PosixKey(owner, inode)
+        if lock.type == fcntl.F_UNLCK:
+            # Also every close() of the owner's descriptors (pyfuse3, before flush): cheap
+            # when nothing is held.
+            await self.locks.unlock(key)
+            return
+        self._whole_file(lock)
+        node = self._inode(inode)
+        mode = LockMode.EXCLUSIVE if lock.type == fcntl.F_WRLCK else LockMode.SHARED
+        with pyfuse3.interruptible():
+            if not await self.locks.lock(key, node.path, mode, blocking=sleep,
+                                         pid=_tgid(ctx.pid)):
+                raise _fail(errno.EAGAIN)
+
+    @_translate
+    async def getlk(self, inode: int, fh: int, owner: int, lock: pyfuse3.FileLock,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.FileLock:
+        self._whole_file(lock)
+        node = self._inode(inode)
+        mode = LockMode.EXCLUSIVE if lock.type == fcntl.F_WRLCK else LockMode.SHARED
+        holder = await self.locks.conflict(PosixKey(owner, inode), node.path, mode)
+        if holder is None:
+            return pyfuse3.FileLock(fcntl.F_UNLCK, 0, 0, 0)
+        # The holder's pid if it is a process on this host, else 0 (it is on another host).
+        return pyfuse3.FileLock(fcntl.F_WRLCK if holder.mode is LockMode.EXCLUSIVE
+                                else fcntl.F_RDLCK, 0, 0, self.locks.local_pid(holder.name))

@@ -219,6 +219,7 @@ async def _serve(servers: str, mountpoint: str, cfg: MountConfig, session_timeou
                 async def on_new(new_zk: ZkClient) -> None:
                     ops.zk = new_zk
                     ops._open_lifetime.clear()  # those files went with the old session
+                    ops.locks.forget_all()  # and so did its locks
                     await follower.attach(new_zk, new_session=True)
                 sessions.on_new = on_new
             try:
@@ -234,6 +235,7 @@ async def _serve(servers: str, mountpoint: str, cfg: MountConfig, session_timeou
                         inner.start_soon(follower.run)
                     report("ok")
                     inner.start_soon(_on_signals)
+                    inner.start_soon(ops.reap_killed_waits)
                     await pyfuse3.main()
                     inner.cancel_scope.cancel()
             finally:
