@@ -382,6 +382,16 @@ def test_zkfs_lock_exit_status_and_queue(target, tmp_path) -> None:
                                 f"touch {marker}; sleep 2"), marker)
         r = run("/l", "echo", "after")
         assert (r.returncode, r.stdout) == (0, "after\n"), r
+        # A waiter stopped by SIGTERM leaves the queue at once (not at its session's end).
+        marker.unlink()
+        hold(started, zkfs_lock(target.hosts, "/lockfile", "--", "bash", "-c",
+                                f"touch {marker}; exec sleep 60"), marker)
+        waiter = Proc(zkfs_lock(target.hosts, "/lockfile", "true"))
+        started.append(waiter)
+        wait_for(lambda: len(lock_nodes(target.hosts)) == 2, what="the waiter's node")
+        os.kill(waiter.p.pid, signal.SIGTERM)
+        assert waiter.wait(5) == 128 + signal.SIGTERM
+        assert len(lock_nodes(target.hosts)) == 1
 
 
 def test_kazoo_locks_on_the_documented_path_exclude_too(target, mount, tmp_path) -> None:

@@ -792,14 +792,28 @@ def lock(ctx: click.Context, path: str, command: tuple[str, ...], shared: bool,
         mode = LockMode.SHARED if shared else LockMode.EXCLUSIVE
         data = f"{socket.gethostname()} pid {os.getpid()} (zkfs lock)".encode()
         contender = ZkLock(zk, lock_dir(path), mode, data)
-        # -w 0 is -n, as in flock(1).
-        if not await contender.acquire(blocking=not nonblock and wait != 0, timeout=wait):
-            return conflict_exit_code
-        try:
-            # Ctrl-C reaches the command from the terminal itself; SIGTERM/SIGHUP sent to us
-            # are passed on. Either way we wait for the command, then release. (Receiving
-            # them from before the command starts, so none can end us with the lock held.)
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
+        # SIGINT/SIGTERM/SIGHUP are ours from the start, so none can end us with our node
+        # left behind: while waiting they end the wait (128+N), while the command runs
+        # SIGTERM/SIGHUP are passed on to it (Ctrl-C reaches it from the terminal itself).
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
+            stopped_by: list[int] = []
+            acquired = False
+            async with trio.open_nursery() as nursery:
+                async def stop_waiting() -> None:
+                    async for signum in sigs:
+                        stopped_by.append(signum)
+                        nursery.cancel_scope.cancel()
+                        return
+                nursery.start_soon(stop_waiting)
+                # -w 0 is -n, as in flock(1).
+                acquired = await contender.acquire(blocking=not nonblock and wait != 0,
+                                                   timeout=wait)
+                nursery.cancel_scope.cancel()
+            if stopped_by:
+                return 128 + stopped_by[0]
+            if not acquired:
+                return conflict_exit_code
+            try:
                 try:
                     proc = await trio.lowlevel.open_process(argv, stdin=None, stdout=None,
                                                             stderr=None)
@@ -815,10 +829,10 @@ def lock(ctx: click.Context, path: str, command: tuple[str, ...], shared: bool,
                     nursery.start_soon(forward)
                     code = await proc.wait()
                     nursery.cancel_scope.cancel()
-            return 128 - code if code < 0 else code
-        finally:
-            with trio.CancelScope(shield=True):
-                await contender.release()
+                return 128 - code if code < 0 else code
+            finally:
+                with trio.CancelScope(shield=True):
+                    await contender.release()
     conn = _conn(ctx, servers, None)
     run_session(ctx, conn, label, body)
 

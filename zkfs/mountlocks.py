@@ -66,6 +66,8 @@ class MountLocks:
         held = self._held.get(key)
         if held is not None and held.lock.zk is not self._zk():
             # Taken in a session that has ended since: its node (and the lock) went with it.
+            log.warning("lock %s of pid %d was lost with the session", held.lock.path,
+                        held.pid)
             del self._held[key]
             return None
         return held
@@ -109,6 +111,9 @@ class MountLocks:
 
     def forget_all(self) -> None:
         """The session ended: every lock went with it."""
+        for held in self._held.values():
+            log.warning("lock %s of pid %d was lost with the session", held.lock.path,
+                        held.pid)
         self._held.clear()
 
     def mine(self, key: LockKey) -> set[str]:
