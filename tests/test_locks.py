@@ -206,8 +206,9 @@ def test_a_waiting_flock_is_interrupted_by_a_handled_signal(zkfsd, mount, tmp_pa
         assert waiter.p.stdout.read() == "EINTR\n"
 
 
-def test_lock_is_released_when_the_holders_mount_goes(zkfsd, mount, tmp_path) -> None:
-    a = mount(zkfsd.hosts, name="a")
+@pytest.mark.parametrize("how", ["unmount", "crash"])
+def test_lock_is_released_when_the_holders_mount_goes(zkfsd, mount, tmp_path, how) -> None:
+    a = mount(zkfsd.hosts, "session_timeout=3", name="a")
     b = mount(zkfsd.hosts, name="b")
     sh(f"touch {a.mountpoint}/lockfile")
     marker = tmp_path / "held"
@@ -215,7 +216,10 @@ def test_lock_is_released_when_the_holders_mount_goes(zkfsd, mount, tmp_path) ->
         hold(started, ["flock", f"{a.mountpoint}/lockfile", "bash", "-c",
                        f"touch {marker}; exec sleep 60"], marker)
         assert sh(f"flock -n {b.mountpoint}/lockfile true", check=False).returncode == 1
-        a.kill9()  # the host crashes: its session expires, its lock goes with it
+        if how == "unmount":
+            a.stop()   # closes the session at once
+        else:
+            a.kill9()  # the host crashes: its session expires, its lock goes with it
         r = sh(f"flock -w 25 {b.mountpoint}/lockfile echo got", check=False)
         assert (r.returncode, r.stdout) == (0, "got\n"), r
 
