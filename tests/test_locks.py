@@ -334,6 +334,50 @@ def test_byte_range_locks_are_refused(zkfsd, mount) -> None:
     assert r.stdout == "ENOLCK\n", r
 
 
+# ----------------------------------------------------------------------------- the recipe
+
+def test_recipe_queues_in_order_and_a_waiter_notices_its_session_ending(zkfsd) -> None:
+    import trio
+
+    from zkfs.client import open_client
+    from zkfs.errors import NoNodeError
+    from zkfs.lock import LockMode, ZkLock, lock_dir
+
+    async def main() -> None:
+        async with open_client(zkfsd.hosts) as z1, open_client(zkfsd.hosts) as z2:
+            d = lock_dir("/job")
+            first = ZkLock(z1, d, LockMode.EXCLUSIVE)
+            assert await first.acquire()
+            reader = ZkLock(z2, d, LockMode.SHARED)
+            assert not await reader.acquire(blocking=False)
+            assert not await reader.acquire(timeout=0.3)
+            assert await z2.get_children(d) == [first.node]  # gave up: its node is gone
+            order: list[str] = []
+
+            async def take(lock: ZkLock, name: str) -> None:
+                assert await lock.acquire()
+                order.append(name)
+            async with trio.open_nursery() as n:
+                n.start_soon(take, ZkLock(z2, d, LockMode.SHARED), "r1")
+                await trio.sleep(0.2)
+                n.start_soon(take, ZkLock(z2, d, LockMode.SHARED), "r2")
+                await trio.sleep(0.2)
+                await first.release()
+            assert sorted(order) == ["r1", "r2"]  # readers share
+            # A waiter whose session ends stops waiting (no watch would ever fire).
+            async with open_client(zkfsd.hosts) as z3:
+                w = ZkLock(z3, d, LockMode.EXCLUSIVE)
+                async with trio.open_nursery() as n:
+                    async def wait_then_expect_gone() -> None:
+                        with pytest.raises(NoNodeError):
+                            await w.acquire()
+                    n.start_soon(wait_then_expect_gone)
+                    await trio.sleep(0.3)
+                    with trio.fail_after(5):
+                        await z3.close()
+    trio.run(main)
+
+
 # ----------------------------------------------------------------------------- zkfs lock
 
 def zkfs_lock(hosts: str, *args: str) -> list[str]:

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import trio
 
-from zkfs.client import WatchedEvent, ZkClient
+from zkfs.client import ClientState, WatchedEvent, ZkClient
 from zkfs.errors import ConnectionLossError, NodeExistsError, NoNodeError
 from zkfs.meta import META_ROOT
 
@@ -163,6 +163,9 @@ class ZkLock:
         deadline = trio.current_time() + timeout if timeout is not None else None
         try:
             while True:
+                if self.zk.state.is_terminal:
+                    # The session ended (expired or closed): our node went with it.
+                    raise NoNodeError(path=self.path)
                 queue = await contenders(self.zk, self.directory, self._call)
                 mine = next((c for c in queue if c.name == self.node), None)
                 if mine is None:
@@ -185,14 +188,23 @@ class ZkLock:
 
                 def wake(_event: WatchedEvent) -> None:
                     gone.set()
+
+                def session_ended(state: ClientState) -> None:
+                    # No watch fires any more: look again (and find our node gone).
+                    if state.is_terminal:
+                        gone.set()
                 stat = await self._call(self.zk.exists, f"{self.directory}/{ahead[-1].name}",
                                         watch=wake)
                 if stat is None:
                     continue
-                with trio.move_on_at(deadline if deadline is not None else float("inf")):
-                    await gone.wait()
+                self.zk.add_state_listener(session_ended)
+                try:
+                    with trio.move_on_at(deadline if deadline is not None else float("inf")):
+                        await gone.wait()
+                finally:
+                    self.zk.remove_state_listener(session_ended)
         except BaseException:
-            if not self.held:
+            if not self.held and not self.zk.state.is_terminal:
                 # Bounded: on a hard mount `call` would retry through an outage forever.
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + 10):
                     try:

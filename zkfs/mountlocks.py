@@ -23,6 +23,8 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import trio
+
 from zkfs.client import ZkClient
 from zkfs.errors import ConnectionLossError, NoNodeError
 from zkfs.lock import Caller, Contender, LockMode, ZkLock, contenders, holders, lock_dir
@@ -87,9 +89,19 @@ class MountLocks:
             elif current.lock.node is not None:
                 ignore = (current.lock.node,)
         data = f"{socket.gethostname()} pid {pid} (zkfs mount {os.getpid()})".encode()
-        contender = ZkLock(self._zk(), lock_dir(path), mode, data, call=self._call)
-        if not await contender.acquire(blocking=blocking, ignore=ignore):
-            return False
+        for attempt in range(3):
+            contender = ZkLock(self._zk(), lock_dir(path), mode, data, call=self._call)
+            try:
+                if not await contender.acquire(blocking=blocking, ignore=ignore):
+                    return False
+                break
+            except NoNodeError:
+                # Our node went with an expired session while we waited: the mount has a new
+                # session by now (or `call` waits for it); queue again there, as kazoo does.
+                if attempt == 2 or current is not None:
+                    raise
+                # `call` returns once the mount has a live session again (or fails).
+                await self._call(trio.sleep, 0)
         self._held[key] = HeldLock(contender, pid)
         if current is not None:
             await self._release(current)
