@@ -178,6 +178,24 @@ def test_blocked_waiter_dies_on_sigkill(zkfsd, mount, tmp_path) -> None:
         assert sh(f"flock -n {b.mountpoint}/lockfile true", check=False).returncode == 1
 
 
+def test_unmount_ends_although_a_process_waits_for_a_lock(zkfsd, mount, tmp_path) -> None:
+    a = mount(zkfsd.hosts, name="a")
+    b = mount(zkfsd.hosts, name="b")
+    sh(f"touch {a.mountpoint}/lockfile")
+    marker = tmp_path / "held"
+    with procs() as started:
+        hold(started, ["flock", f"{a.mountpoint}/lockfile", "bash", "-c",
+                       f"touch {marker}; exec sleep 60"], marker)
+        waiter = Proc(["flock", f"{b.mountpoint}/lockfile", "true"])
+        started.append(waiter)
+        wait_for(lambda: len(lock_nodes(zkfsd.hosts)) == 2, what="the waiter's node")
+        t0 = time.monotonic()
+        assert b.stop(timeout=30) == 0   # clean exit, not the SIGKILL fallback
+        assert time.monotonic() - t0 < 15
+        assert waiter.wait(10) != 0      # its flock() failed
+        wait_for(lambda: len(lock_nodes(zkfsd.hosts)) == 1, what="the waiter's node to go")
+
+
 def test_a_waiting_flock_is_interrupted_by_a_handled_signal(zkfsd, mount, tmp_path) -> None:
     a = mount(zkfsd.hosts, name="a")
     sh(f"touch {a.mountpoint}/lockfile")

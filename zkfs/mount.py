@@ -41,6 +41,11 @@ _KNOWN = frozenset({"session_timeout", "ro", "hard", "soft", "timeout", "allow_o
                     "entry_timeout", "attr_timeout", "debug", "logfile", "auto_unmount",
                     "watch"})
 FOLLOW_MODES = ("auto", "oneshot", "none")
+#: Requests served at once (pyfuse3 worker tasks). Each process waiting for a lock occupies
+#: one, and an unlock must still find one free: far above pyfuse3's default of 99.
+MAX_REQUESTS = 10_000
+#: How long an unmount by signal waits for requests in progress (lock waits never end).
+SHUTDOWN_GRACE = 2.0
 #: Kernel cache timeouts: long when the mount follows changes (they are invalidated on every
 #: event), short without (`watch=none`).
 FOLLOWED_CACHE_TIMEOUT = 60.0
@@ -234,9 +239,9 @@ async def _serve(servers: str, mountpoint: str, cfg: MountConfig, session_timeou
                         await follower.attach(zk, new_session=False)
                         inner.start_soon(follower.run)
                     report("ok")
-                    inner.start_soon(_on_signals)
+                    inner.start_soon(_on_signals, inner.cancel_scope)
                     inner.start_soon(ops.reap_killed_waits)
-                    await pyfuse3.main()
+                    await pyfuse3.main(max_tasks=MAX_REQUESTS)
                     inner.cancel_scope.cancel()
             finally:
                 # Unmounts if still mounted (signal); harmless after an outside umount.
@@ -257,11 +262,18 @@ async def _serve(servers: str, mountpoint: str, cfg: MountConfig, session_timeou
         raise
 
 
-async def _on_signals() -> None:
+async def _on_signals(serving: trio.CancelScope) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("signal %d: unmounting", signum)
             pyfuse3.terminate()
+            # pyfuse3.main() returns once every request in progress is answered; a process
+            # waiting for a lock (or on a hard mount for an absent ensemble) would keep it
+            # forever. After a grace period those requests are abandoned: unmounting then ends
+            # them in the kernel (the waiting process gets an error).
+            await trio.sleep(SHUTDOWN_GRACE)
+            log.warning("requests still waiting after %gs: abandoning them", SHUTDOWN_GRACE)
+            serving.cancel()
             return
 
 
