@@ -787,6 +787,7 @@ def lock(ctx: click.Context, path: str, command: tuple[str, ...], shared: bool,
 
         import trio
 
+        from zkfs.client import ClientState
         from zkfs.lock import LockMode, ZkLock, lock_dir
 
         mode = LockMode.SHARED if shared else LockMode.EXCLUSIVE
@@ -821,12 +822,23 @@ def lock(ctx: click.Context, path: str, command: tuple[str, ...], shared: bool,
                     print(f"zkfs: lock: failed to execute {argv[0]}: {exc.strerror}",
                           file=sys.stderr)
                     return EXIT_EXEC_FAILED
+                states = zk.subscribe_state()
                 async with trio.open_nursery() as nursery:
                     async def forward() -> None:
                         async for signum in sigs:
                             if signum != signal.SIGINT and proc.returncode is None:
                                 proc.send_signal(signum)
+
+                    async def warn_if_lost() -> None:
+                        # Cut off longer than the session timeout: the lock is gone and others
+                        # may take it while the command still runs (as with any ZooKeeper lock).
+                        async for state in states:
+                            if state is ClientState.EXPIRED:
+                                print(f"zkfs: lock {path}: lock lost: session expired",
+                                      file=sys.stderr)
+                                return
                     nursery.start_soon(forward)
+                    nursery.start_soon(warn_if_lost)
                     code = await proc.wait()
                     nursery.cancel_scope.cancel()
                 return 128 - code if code < 0 else code
