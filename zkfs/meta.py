@@ -6,6 +6,10 @@ ZooKeeper too, so they live in ordinary znodes: a reserved side tree `<mount roo
 is the directory's mount-relative path, percent-encoded into one path component
 (`/workers` → `%2Fworkers`); its data is a JSON object such as
 `{"lifetime": "session", "sequential": true}`.
+
+The same side tree holds the lock directories of the mount's file locks, under
+`<mount root>/.zkfs/locks` (zkfs.lock); that child's name never starts with `%2F`, so it is
+never taken for a directory's settings.
 """
 from __future__ import annotations
 
