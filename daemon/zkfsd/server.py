@@ -18,6 +18,7 @@ ensemble of one and takes the same path.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import math
@@ -110,6 +111,9 @@ class ZkServer:
         self.watches = WatchManager()
         self.stats = Stats()
         self.connections: set[ClientConnection] = set()
+        self._per_address: dict[str, int] = {}  # open client connections by remote address
+        self._refusals_logged: dict[str, float] = {}
+        self.reply_bytes = 0  # replies queued for all clients, not yet written
         self.by_session: dict[int, ClientConnection] = {}
         self.session_ids = SessionIdGenerator(self.member_id, int(time.time() * 1000))
         self.core: RaftNode | None = None
@@ -242,9 +246,10 @@ class ZkServer:
                     await nursery.start(self.transport.run)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._reaper_loop)
-                listeners = await nursery.start(functools.partial(
-                    trio.serve_tcp, self._handle_client, self.config.client_port,
-                    host=self.config.client_address))
+                listeners = await trio.open_tcp_listeners(self.config.client_port,
+                                                          host=self.config.client_address)
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, listener, nursery)
                 self.listen_port = listeners[0].socket.getsockname()[1]
                 log.info("serving clients on %s:%d (%s, member %d of %s, tickTime %d ms, "
                          "session timeout %d..%d ms)", self.config.client_address,
@@ -575,7 +580,59 @@ class ZkServer:
                               "path": path, "version": -1})
 
     # -- clients ---------------------------------------------------------------------------------
-    async def _handle_client(self, stream: trio.SocketStream) -> None:
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """Accept clients, within maxClientCnxns per address and the descriptor limit.
+
+        Out of descriptors (EMFILE and friends), the oldest connection that never sent a
+        handshake is dropped to make room, and accepting pauses briefly; this is logged once a
+        minute, not once per attempt, so a flood cannot fill the log."""
+        limit = self.config.max_client_cnxns
+        last_warning = -math.inf
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                if trio.current_time() - last_warning > 60:
+                    last_warning = trio.current_time()
+                    log.warning("cannot accept clients: %s; dropping connections that sent no "
+                                "handshake and backing off (next warning in a minute)",
+                                os.strerror(exc.errno))
+                self._drop_oldest_idle()
+                await trio.sleep(0.1)
+                continue
+            try:
+                address = stream.socket.getpeername()[0]
+            except OSError:
+                await stream.aclose()
+                continue
+            if limit and self._per_address.get(address, 0) >= limit:
+                if trio.current_time() - self._refusals_logged.get(address, -math.inf) > 60:
+                    self._refusals_logged[address] = trio.current_time()
+                    log.warning("too many connections from %s (maxClientCnxns is %d); refusing "
+                                "more (logged once a minute per address)", address, limit)
+                await stream.aclose()
+                continue
+            self._per_address[address] = self._per_address.get(address, 0) + 1
+            nursery.start_soon(self._handle_client, stream, address)
+
+    def _drop_oldest_idle(self) -> None:
+        idle = [c for c in self.connections if not c.introduced]
+        if idle:
+            min(idle, key=lambda c: c.connected_at).abort("making room: out of descriptors")
+
+    def reserve_reply_bytes(self, conn: ClientConnection, size: int) -> None:
+        """Account `size` bytes queued for `conn` against the budget shared by all clients.
+        Past the budget, the connection holding the most unsent replies is dropped: it is the
+        one not reading them."""
+        self.reply_bytes += size
+        if self.reply_bytes > self.config.max_client_reply_bytes:
+            hog = max(self.connections, key=lambda c: c.queued_bytes, default=conn)
+            hog.abort(f"client is not reading its replies ({hog.queued_bytes} bytes queued; "
+                      f"all clients together may queue {self.config.max_client_reply_bytes})")
+
+    async def _handle_client(self, stream: trio.SocketStream, address: str) -> None:
         conn = ClientConnection(self, stream)
         self.connections.add(conn)
         try:
@@ -585,6 +642,13 @@ class ZkServer:
                           conn.peer[1], conn.session_id)
         finally:
             self.connections.discard(conn)
+            self.reply_bytes -= conn.queued_bytes
+            conn.queued_bytes = 0
+            left = self._per_address[address] - 1
+            if left:
+                self._per_address[address] = left
+            else:
+                del self._per_address[address]
             self.watches.remove_watcher(conn)
             if conn.session_id and self.by_session.get(conn.session_id) is conn:
                 del self.by_session[conn.session_id]
