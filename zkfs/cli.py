@@ -732,6 +732,216 @@ def watch(ctx: click.Context, path: str, recursive: bool, count: int | None, rea
     run_session(ctx, _conn(ctx, servers, timeout), label, body)
 
 
+# ---------------------------------------------------------------------------- recipes
+
+class _CommandAfterDashes(click.Command):
+    """A command whose trailing `-- CMD [ARGS...]` is kept verbatim (options of CMD included)
+    in ctx.meta["zkfs.argv"]; everything before `--` is parsed as usual."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            i = args.index("--")
+            ctx.meta["zkfs.argv"] = args[i + 1:]
+            args = args[:i]
+        else:
+            ctx.meta["zkfs.argv"] = []
+        return super().parse_args(ctx, args)
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return super().collect_usage_pieces(ctx) + ["[-- CMD [ARGS]...]"]
+
+
+def _note(text: str) -> None:
+    """One line on stderr about what a recipe does (the journal under systemd)."""
+    click.echo(f"zkfs: {text}", err=True)
+
+
+async def _run_command(label: str, argv: list[str], signals: Any, wait_lost: Any,
+                       kill_deadline: Callable[[], float]) -> Any:
+    from zkfs import supervise
+
+    try:
+        child = supervise.start(argv)
+    except FileNotFoundError:
+        _fail(f"{label}: {argv[0]}: command not found", 127)
+    except PermissionError:
+        _fail(f"{label}: {argv[0]}: permission denied", 126)
+    return await supervise.run_supervised(
+        child, signals, wait_lost, kill_deadline,
+        on_lost=lambda reason: _note(f"{label}: lost ({reason}): stopping the command"))
+
+
+async def _session_alive(zk: Any) -> None:
+    """Raise once the session is over (expired, closed): a candidate's node went with it."""
+    states = zk.subscribe_state()
+    if not zk.state.is_terminal:
+        async for state in states:
+            if state.is_terminal:
+                break
+    raise SessionExpiredError()
+
+
+_RECIPE_CONTEXT = CONTEXT
+
+
+@cli.command(cls=_CommandAfterDashes, context_settings=_RECIPE_CONTEXT)
+@click.argument("path")
+@click.option("--id", "identifier", default=None, metavar="ID",
+              help="This candidate's identifier, the data of its node [default: hostname].")
+@click.option("--who", is_flag=True, help="Print the current leader's identifier and exit "
+                                          "(exit 3 if there is none); no CMD.")
+@connection_options
+@click.pass_context
+def elect(ctx: click.Context, path: str, identifier: str | None, who: bool,
+          servers: str | None, timeout: float | None) -> None:
+    """Run CMD (after --) only while this process leads PATH: zkfs elect PATH [--id ID] -- CMD.
+
+    Candidates wait in line (ZooKeeper's lock recipe, kazoo's Election layout:
+    PATH/<uuid>__lock__<seq>, data = ID). When the leader's CMD exits, zkfs elect exits
+    with CMD's status and the next candidate takes over. If leadership is lost (no answer
+    from the ensemble for half the session timeout, or the session expired), CMD gets SIGTERM
+    at once and SIGKILL at 0.8 x the session timeout, before the session can expire and
+    another candidate start; zkfs elect then exits 7. SIGTERM/SIGINT are passed on to CMD
+    (while waiting they end zkfs elect with 0); SIGHUP, SIGUSR1/2 are passed on.
+    """
+    from zkfs.leadership import Candidacy, LeadershipLost, Lease, default_identifier, leader
+
+    label = f"elect {path}"
+    _check_path(label, path)
+    argv: list[str] = ctx.meta.get("zkfs.argv", [])
+    if who:
+        if argv or identifier is not None:
+            _fail(f"{label}: --who takes no --id and no command", EXIT_USAGE)
+
+        async def show(zk: Any) -> int:
+            current = await leader(zk, path)
+            if current is None:
+                _fail(f"{label}: no leader", EXIT_NO_NODE)
+            _out(current.identifier + "\n")
+            return EXIT_OK
+        run_session(ctx, _conn(ctx, servers, timeout), label, show)
+        return
+    if not argv:
+        _fail(f"{label}: missing the command to run: zkfs elect PATH -- CMD [ARGS...]",
+              EXIT_USAGE)
+    ident = identifier if identifier is not None else default_identifier()
+
+    async def body(zk: Any) -> int:
+        import trio
+
+        from zkfs.supervise import FORWARDED, STOPPING
+
+        with trio.open_signal_receiver(*STOPPING, *FORWARDED) as signals:
+            candidacy = Candidacy(zk, path, ident)
+            await candidacy.join()
+            stopped = False
+            async with trio.open_nursery() as nursery:
+                async def lead() -> None:
+                    await candidacy.wait_leading()
+                    nursery.cancel_scope.cancel()
+
+                async def until_stopped() -> None:
+                    nonlocal stopped
+                    async for sig in signals:
+                        if sig in STOPPING:
+                            stopped = True
+                            nursery.cancel_scope.cancel()
+                            return
+                nursery.start_soon(lead)
+                nursery.start_soon(until_stopped)
+                nursery.start_soon(_session_alive, zk)
+            if stopped:
+                await candidacy.resign()
+                return EXIT_OK
+            lease = Lease(zk, candidacy.node_path, since=candidacy.checked_at)
+            _note(f"{label}: leading as {ident!r} ({candidacy.node}); running {argv[0]}")
+            outcome = await _run_command(label, argv, signals, lease.wait_lost,
+                                         lambda: lease.kill_deadline)
+            if outcome.lost is not None:
+                _fail(f"{label}: leadership lost ({outcome.lost}); the command was stopped",
+                      EXIT_CONNECTION)
+            await candidacy.resign()
+            return outcome.status
+
+    try:
+        run_session(ctx, _conn(ctx, servers, timeout), label, body)
+    except LeadershipLost as exc:
+        _fail(f"{label}: candidacy lost: {exc}", EXIT_CONNECTION)
+
+
+@cli.command(cls=_CommandAfterDashes, context_settings=_RECIPE_CONTEXT)
+@click.argument("directory")
+@click.argument("name", required=False)
+@click.option("--data", default=None, metavar="DATA",
+              help="The member node's data [default: empty]; - reads standard input.")
+@click.option("--party", is_flag=True,
+              help="Name the node as kazoo's Party does (<uuid>__party__, data = NAME), so "
+                   "kazoo's Party(DIRECTORY) counts this member.")
+@connection_options
+@click.pass_context
+def register(ctx: click.Context, directory: str, name: str | None, data: str | None,
+             party: bool, servers: str | None, timeout: float | None) -> None:
+    """Keep the ephemeral node DIRECTORY/NAME while CMD (after --) runs:
+    zkfs register DIRECTORY [NAME] [--data DATA] -- CMD.
+
+    NAME defaults to the hostname. The node goes when CMD exits (zkfs register exits with
+    CMD's status), when zkfs register is stopped, or when its session ends (kill -9: after
+    the session timeout). If the session expires or the node is deleted, CMD gets SIGTERM,
+    then SIGKILL, and zkfs register exits 7. A node of that name left by an earlier,
+    not yet expired session is waited for.
+    """
+    from zkfs.leadership import Lease, Registration, default_identifier
+
+    label = f"register {directory}"
+    _check_path(label, directory)
+    argv: list[str] = ctx.meta.get("zkfs.argv", [])
+    if not argv:
+        _fail(f"{label}: missing the command to run: zkfs register DIRECTORY [NAME] -- CMD",
+              EXIT_USAGE)
+    member = name if name is not None else default_identifier()
+    if not member or "/" in member or member in (".", ".."):
+        _fail(f"{label}: invalid member name {member!r}", EXIT_USAGE)
+    raw = _read_data(label, data)
+    payload = raw if raw is not None else (member.encode() if party else b"")
+
+    async def body(zk: Any) -> int:
+        import trio
+
+        from zkfs.supervise import FORWARDED, STOPPING
+
+        with trio.open_signal_receiver(*STOPPING, *FORWARDED) as signals:
+            registration = Registration(zk, directory, member, payload, party=party)
+            stopped = False
+            async with trio.open_nursery() as nursery:
+                async def join() -> None:
+                    await registration.join(on_wait=lambda owner: _note(
+                        f"{label}: {registration.node_path} is still held by session "
+                        f"0x{owner:x}; waiting for it to go"))
+                    nursery.cancel_scope.cancel()
+
+                async def until_stopped() -> None:
+                    nonlocal stopped
+                    async for sig in signals:
+                        if sig in STOPPING:
+                            stopped = True
+                            nursery.cancel_scope.cancel()
+                            return
+                nursery.start_soon(join)
+                nursery.start_soon(until_stopped)
+            if stopped:
+                return EXIT_OK
+            lease = Lease(zk, registration.node_path, strict=False)
+            _note(f"{label}: registered {registration.node_path}; running {argv[0]}")
+            outcome = await _run_command(label, argv, signals, lease.wait_lost,
+                                         lambda: lease.kill_deadline)
+            if outcome.lost is not None:
+                _fail(f"{label}: registration lost ({outcome.lost}); the command was stopped",
+                      EXIT_CONNECTION)
+            await registration.leave()
+            return outcome.status
+    run_session(ctx, _conn(ctx, servers, timeout), label, body)
+
+
 # ---------------------------------------------------------------------------- mount
 
 def filter_mount_options(option_strings: Iterable[str]) -> str:
