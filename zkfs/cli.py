@@ -221,6 +221,36 @@ def format_stat(stat: Any) -> str:
     return "".join(f"{name}={values[name]}\n" for name in STAT_FIELDS)
 
 
+def stat_dict(stat: Any) -> dict[str, int]:
+    """The Stat as a JSON object, ZooKeeper's field names, plain integers."""
+    return {"czxid": stat.czxid, "mzxid": stat.mzxid, "pzxid": stat.pzxid,
+            "ctime": stat.ctime, "mtime": stat.mtime, "version": stat.version,
+            "cversion": stat.cversion, "aversion": stat.aversion,
+            "ephemeralOwner": stat.ephemeral_owner, "dataLength": stat.data_length,
+            "numChildren": stat.num_children}
+
+
+def data_fields(data: bytes | None) -> dict[str, Any]:
+    """`data` as JSON: text if it is UTF-8, else base64 in `data_base64`; null stays null."""
+    if data is None:
+        return {"data": None}
+    try:
+        return {"data": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        import base64
+        return {"data": None, "data_base64": base64.b64encode(data).decode()}
+
+
+def _json_line(obj: Any) -> None:
+    import json
+    _out(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print JSON instead (see zkfs(1), JSON OUTPUT).")(f)
+
+
 def format_time(ms: int) -> str:
     t = _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
@@ -371,9 +401,10 @@ def cli(servers: str, timeout: float) -> None:
 @click.argument("path")
 @click.option("--stat", "show_stat", is_flag=True,
               help="Print the node's Stat (name=value lines) instead of its data.")
+@json_option
 @connection_options
 @click.pass_context
-def get(ctx: click.Context, path: str, show_stat: bool, servers: str | None,
+def get(ctx: click.Context, path: str, show_stat: bool, as_json: bool, servers: str | None,
         timeout: float | None) -> None:
     """Print the data of PATH as it is (no newline added; null data prints nothing)."""
     label = f"get {path}"
@@ -381,7 +412,9 @@ def get(ctx: click.Context, path: str, show_stat: bool, servers: str | None,
 
     async def body(zk: Any) -> None:
         data, stat = await zk.get(path)
-        if show_stat:
+        if as_json:
+            _json_line({"path": path, **data_fields(data), "stat": stat_dict(stat)})
+        elif show_stat:
             _out(format_stat(stat))
         elif data:
             sys.stdout.buffer.write(data)
@@ -432,10 +465,11 @@ def set_(ctx: click.Context, path: str, data: str, version: int, create_missing:
                    "mtime (UTC), name.")
 @click.option("-R", "--recursive", is_flag=True,
               help="List all descendants, as paths relative to PATH.")
+@json_option
 @connection_options
 @click.pass_context
-def ls(ctx: click.Context, path: str, long: bool, recursive: bool, servers: str | None,
-       timeout: float | None) -> None:
+def ls(ctx: click.Context, path: str, long: bool, recursive: bool, as_json: bool,
+       servers: str | None, timeout: float | None) -> None:
     """List the children of PATH, one per line, sorted."""
     label = f"ls {path}"
     _check_path(label, path)
@@ -455,10 +489,18 @@ def ls(ctx: click.Context, path: str, long: bool, recursive: bool, servers: str 
             await walk("", path, names)
         else:
             entries = names
+        if as_json and not long:
+            _json_line({"path": path, "children": entries})
+            return
         if not long:
             _out("".join(f"{e}\n" for e in entries))
             return
         stats = await _gather([lambda e=e: _stat_or_none(zk, _join(path, e)) for e in entries])
+        if as_json:
+            _json_line({"path": path, "children": [
+                {"name": e, "stat": stat_dict(st)} for e, st in zip(entries, stats)
+                if st is not None]})
+            return
         rows = [(("e" if s.ephemeral_owner else "-"), str(s.version), str(s.data_length),
                  format_time(s.mtime), e) for e, s in zip(entries, stats) if s is not None]
         wv = max((len(r[1]) for r in rows), default=0)
@@ -574,9 +616,11 @@ def rm(ctx: click.Context, path: str, recursive: bool, force: bool, version: int
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("path")
+@json_option
 @connection_options
 @click.pass_context
-def stat(ctx: click.Context, path: str, servers: str | None, timeout: float | None) -> None:
+def stat(ctx: click.Context, path: str, as_json: bool, servers: str | None,
+         timeout: float | None) -> None:
     """Print every Stat field of PATH as name=value lines (zxids and ephemeralOwner in hex,
     times in milliseconds since the epoch)."""
     label = f"stat {path}"
@@ -586,7 +630,10 @@ def stat(ctx: click.Context, path: str, servers: str | None, timeout: float | No
         st = await zk.exists(path)
         if st is None:
             raise NoNodeError(path=path)
-        _out(format_stat(st))
+        if as_json:
+            _json_line({"path": path, "stat": stat_dict(st)})
+        else:
+            _out(format_stat(st))
     run_session(ctx, _conn(ctx, servers, timeout), label, body)
 
 
@@ -673,10 +720,12 @@ class _Done(Exception):
               help="Print 'READY PATH' once the watch is set (not counted by --count).")
 @click.option("--one-shot", is_flag=True,
               help="Use re-armed one-shot watches even if the server has persistent ones.")
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON object per line instead: {"event": "CREATED", "path": "/a"}.')
 @connection_options
 @click.pass_context
 def watch(ctx: click.Context, path: str, recursive: bool, count: int | None, ready: bool,
-          one_shot: bool, servers: str | None, timeout: float | None) -> None:
+          one_shot: bool, as_json: bool, servers: str | None, timeout: float | None) -> None:
     """Print one line per change of PATH until interrupted: CREATED, DELETED, CHANGED (data)
     or CHILD (children of PATH changed), then the path. PATH need not exist yet."""
     label = f"watch {path}"
@@ -695,7 +744,10 @@ def watch(ctx: click.Context, path: str, recursive: bool, count: int | None, rea
 
         def emit(kind: str, p: str) -> None:
             nonlocal printed
-            _out(f"{kind} {p}\n")
+            if as_json:
+                _json_line({"event": kind, "path": p})
+            else:
+                _out(f"{kind} {p}\n")
             printed += 1
             if count is not None and printed >= count:
                 raise _Done()
@@ -715,7 +767,10 @@ def watch(ctx: click.Context, path: str, recursive: bool, count: int | None, rea
         async def consume(cancel: Any) -> None:
             fallback = await arm()
             if ready:
-                _out(f"READY {path}\n")
+                if as_json:
+                    _json_line({"event": "READY", "path": path})
+                else:
+                    _out(f"READY {path}\n")
             try:
                 async for event in receive:
                     if fallback is not None:
