@@ -157,8 +157,10 @@ def parse_connect_string(connect: str) -> tuple[list[tuple[str, int]], str | Non
         if not item:
             continue
         if item.startswith("["):
-            host, _, rest = item[1:].partition("]")
-            port_text = rest[1:] if rest.startswith(":") else ""
+            host, bracket, rest = item[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise ValueError(f"invalid host in connect string: {item!r}")
+            port_text = rest[1:]
         elif item.count(":") == 1:
             host, _, port_text = item.partition(":")
         else:
