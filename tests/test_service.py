@@ -304,3 +304,31 @@ def test_units_security_exposure(tmp_path, unit, limit):  # type: ignore[no-unty
     m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
     assert m, (r.stdout[-2000:], r.stderr)
     assert float(m.group(1)) <= limit, r.stdout
+
+
+def test_background_mount_logs_to_syslog(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """Without -f and without logfile=, the mount's stderr is /dev/null: it logs to the syslog
+    socket (journald's /dev/log under systemd) instead, one datagram per line."""
+    import logging
+
+    from zkfs import mount, sdnotify
+
+    address = str(tmp_path / "log.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(address)
+    server.settimeout(5)
+    monkeypatch.setattr(sdnotify, "SYSLOG_ADDRESS", address)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        mount._setup_logging({}, foreground=False)
+        logging.getLogger("zkfs.fs").warning("lost the connection")
+        line = server.recv(4096).decode()
+    finally:
+        for h in root.handlers:
+            h.close()
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+        server.close()
+    # <28> is facility daemon (3 * 8) + priority warning (4).
+    assert line.startswith(f"<28>zkfs-mount[{os.getpid()}]: zkfs.fs: lost the connection"), line

@@ -153,13 +153,17 @@ def log_handler(stream_format: str, body_format: str = "%(name)s: %(message)s"
     return handler
 
 
+#: The local syslog socket; journald listens on it under systemd.
+SYSLOG_ADDRESS = "/dev/log"
+
+
 def syslog_handler(ident: str) -> logging.Handler | None:
-    """A handler writing to the local syslog socket (/dev/log, which journald serves), or None
-    when there is none (a container without syslog)."""
-    if not os.path.exists("/dev/log"):
+    """A handler writing to the local syslog socket (SYSLOG_ADDRESS), or None when there is
+    none (a container without syslog)."""
+    if not os.path.exists(SYSLOG_ADDRESS):
         return None
     try:
-        handler = logging.handlers.SysLogHandler(address="/dev/log",
+        handler = logging.handlers.SysLogHandler(address=SYSLOG_ADDRESS,
                                                  facility=logging.handlers.SysLogHandler.LOG_DAEMON)
     except OSError:
         return None
