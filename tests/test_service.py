@@ -217,6 +217,8 @@ def test_journal_stream_gives_priority_prefixes_and_no_timestamps(tmp_path):  # 
     ["--data-dir", "/dev/null/x"],
     ["--config", "/nonexistent/zoo.cfg"],
     ["--data-dir", "/tmp", "--log-file", "/proc/nope/log"],
+    ["--data-dir", "/tmp", "--client-port", "abc"],
+    ["--bogus-option"],
 ])
 def test_bad_configuration_is_one_line_and_exit_2(args):  # type: ignore[no-untyped-def]
     r = subprocess.run([str(ZKFSD_BIN), *args], capture_output=True, text=True, timeout=20)

@@ -170,5 +170,22 @@ def main(
     sys.exit(EXIT_OK)
 
 
+def run(argv: list[str] | None = None) -> None:
+    """Console script `zkfsd`: `main`, with click's usage errors as one line and exit 2, like
+    every other configuration error (systemd's journal shows one clear line)."""
+    try:
+        status = main.main(args=argv, prog_name="zkfsd", standalone_mode=False)
+    except click.UsageError as e:
+        message = " ".join(e.format_message().split())
+        click.echo(f"zkfsd: {message} (see 'zkfsd --help')", err=True)
+        status = EXIT_CONFIG
+    except click.ClickException as e:
+        click.echo(f"zkfsd: {' '.join(e.format_message().split())}", err=True)
+        status = e.exit_code
+    except click.Abort:
+        status = EXIT_INTERRUPTED
+    sys.exit(status if isinstance(status, int) else EXIT_OK)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run()
