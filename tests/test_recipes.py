@@ -197,8 +197,8 @@ def test_elect_candidate_stopped_while_waiting_leaves_the_line(zkfsd, procs):  #
 def test_elect_partitioned_leader_stops_its_command_before_the_next_one_starts(zkfsd, procs):  # type: ignore[no-untyped-def]
     proxy = FaultProxy(zkfsd.port, name="host-a")
     try:
-        procs.start(f"127.0.0.1:{proxy.port}", "elect", "/svc/cut", "--id", "a", "--",
-                    *procs.worker("A"))
+        a = procs.start(f"127.0.0.1:{proxy.port}", "elect", "/svc/cut", "--id", "a", "--",
+                        *procs.worker("A"))
         wait_for(lambda: started(procs), 15, "the leader")
         b = procs.start(zkfsd.hosts, "elect", "/svc/cut", "--id", "b", "--",
                         *procs.worker("B"))
@@ -214,6 +214,10 @@ def test_elect_partitioned_leader_stops_its_command_before_the_next_one_starts(z
         assert stop_a[0].at < second.at, lines
         assert cut_at + 0.25 * SESSION <= stop_a[0].at, (cut_at, lines)
         assert b.poll() is None
+        # A gave up: status 7, one line saying why.
+        assert a.wait(timeout=20) == 7
+        err = a.stderr.read().decode() if a.stderr else ""
+        assert "leadership lost (no answer from the ensemble" in err, err
     finally:
         proxy.close()
 

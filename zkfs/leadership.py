@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -272,7 +273,7 @@ class Registration:
         self.data = data
         self.node_path = f"{self.directory.rstrip('/')}/{self.name}"
 
-    async def join(self, on_wait: Any = None) -> str:
+    async def join(self, on_wait: Callable[[int], None] | None = None) -> str:
         """Create the member node. If an ephemeral node of that name is still there from an
         earlier session (a restart after a crash, before that session expired), wait for it
         to go; a persistent one is an error (NodeExistsError)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,9 +147,3 @@ async def run(config: ServerConfig, reloader: Reloader) -> None:
     finally:
         notify.stopping("stopping")
         notify.close()
-
-
-def exit_config_error(message: str) -> None:
-    """One line on stderr and exit status 2: a configuration a restart will not fix."""
-    print(f"zkfsd: configuration error: {message}", file=sys.stderr)
-    sys.exit(2)
