@@ -836,10 +836,7 @@ async def _session_alive(zk: Any) -> None:
     raise SessionExpiredError()
 
 
-_RECIPE_CONTEXT = CONTEXT
-
-
-@cli.command(cls=_CommandAfterDashes, context_settings=_RECIPE_CONTEXT)
+@cli.command(cls=_CommandAfterDashes, context_settings=CONTEXT)
 @click.argument("path")
 @click.option("--id", "identifier", default=None, metavar="ID",
               help="This candidate's identifier, the data of its node [default: hostname].")
@@ -924,7 +921,7 @@ def elect(ctx: click.Context, path: str, identifier: str | None, who: bool,
         _fail(f"{label}: candidacy lost: {exc}", EXIT_CONNECTION)
 
 
-@cli.command(cls=_CommandAfterDashes, context_settings=_RECIPE_CONTEXT)
+@cli.command(cls=_CommandAfterDashes, context_settings=CONTEXT)
 @click.argument("directory")
 @click.argument("name", required=False)
 @click.option("--data", default=None, metavar="DATA",
