@@ -101,16 +101,16 @@ async def _track_status(server: Any, notify: Notifier) -> None:
     ready = False
     last = ""
     while True:
+        line = status_line(server)
         if server.serving and not ready:
             ready = True
-            last = status_line(server)
-            notify.ready(last)
-            log.info("ready: %s", last)
-        elif ready:
-            line = status_line(server)
-            if line != last:
-                last = line
-                notify.status(line)
+            last = line
+            notify.ready(line)
+            log.info("ready: %s", line)
+        elif line != last:
+            # Before READY too: `systemctl status` shows a member waiting for a majority.
+            last = line
+            notify.status(line)
         await trio.sleep(STATUS_INTERVAL)
 
 
