@@ -165,6 +165,11 @@ class ClientConnection:
                 continue
             self.received += 1
             self.server.stats.packets_received += 1
+            if self.session_id and not self.server.serving:
+                # Cut off from the leader: the client must take its session to a member that
+                # can vouch for it, before the leader could expire it.
+                self.abort("this member is not serving")
+                await trio.sleep_forever()
             if self.session_id and not self.server.touch_session(self.session_id):
                 self.abort("session is no longer live")
                 await trio.sleep_forever()
@@ -206,6 +211,10 @@ class ClientConnection:
             session_id, password = created
         else:
             session_id, password = request.session_id, request.passwd
+            if session_id not in server.tree.sessions and not server.is_leader:
+                # This member may simply lag behind the createSession: only after applying
+                # everything the leader has committed may it call the session expired.
+                await server.sync_barrier()
             info = server.tree.sessions.get(session_id)
             if (info is None or info.password != password
                     or not server.touch_session(session_id)):
