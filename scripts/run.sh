@@ -29,8 +29,11 @@ cfg="$RUN_DIR/zoo.cfg"
 } > "$cfg"
 
 pids=()
+demo_pids=()
 cleanup() {
     trap - INT TERM EXIT
+    for pid in "${demo_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${demo_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     if grep -qs " $MOUNTPOINT fuse" /proc/mounts; then
         fusermount3 -u "$MOUNTPOINT" 2>/dev/null || umount -l "$MOUNTPOINT" 2>/dev/null || true
     fi
@@ -73,6 +76,29 @@ fi
 mkdir -p "$MOUNTPOINT"
 .venv/bin/zkfs mount -o session_timeout=10 "$SERVERS" "$MOUNTPOINT"
 
+# The election recipe at work: two candidates for /services/demo, as two hosts would run it
+# (`zkfs elect PATH -- CMD` in a unit's ExecStart=). One runs its command; when it stops, the
+# other takes over. Their output goes to $RUN_DIR/logs/elect-demo-N.log.
+export ZKFS_SERVERS=$SERVERS
+for n in 1 2; do
+    .venv/bin/zkfs --timeout 4 elect /services/demo --id "demo-$n" -- \
+        sh -c 'echo "$(date +%T) demo-'"$n"' leads; running until stopped"; exec sleep infinity' \
+        >"$RUN_DIR/logs/elect-demo-$n.log" 2>&1 &
+    demo_pids+=($!)
+    sleep 0.5   # demo-1 joins first, so it leads
+done
+who_leads() {
+    local who=""
+    for _ in $(seq 1 50); do
+        who=$(.venv/bin/zkfs elect --who /services/demo 2>/dev/null) && [[ $who == "$1" ]] && break
+        sleep 0.2
+    done
+    echo "$who"
+}
+echo "run: election demo: zkfs elect --who /services/demo -> $(who_leads demo-1)" >&2
+kill -TERM "${demo_pids[0]}" && wait "${demo_pids[0]}" 2>/dev/null || true
+echo "run: demo-1 stopped (SIGTERM); zkfs elect --who /services/demo -> $(who_leads demo-2)" >&2
+
 cat >&2 <<HINTS
 zkfs: a 3-member ensemble ($SERVERS, member $leader leads) with the tree mounted at $MOUNTPOINT.
 Logs in $RUN_DIR/logs; Ctrl-C stops everything. Try, from another terminal:
@@ -83,6 +109,11 @@ Logs in $RUN_DIR/logs; Ctrl-C stops everything. Try, from another terminal:
   getfattr -d $MOUNTPOINT/master-1                  # every Stat field as user.zk.*
   ZKFS_SERVERS=$SERVERS .venv/bin/zkfs ls -l /
   ZKFS_SERVERS=$SERVERS .venv/bin/zkfs watch -r /workers
+  ZKFS_SERVERS=$SERVERS .venv/bin/zkfs elect --who /services/demo       # demo-2 leads now
+  ZKFS_SERVERS=$SERVERS .venv/bin/zkfs elect /services/demo --id me -- sh -c 'echo I lead; sleep 60'
+                                                    # waits in line behind demo-2 (kill ${demo_pids[1]} to let it in)
+  ZKFS_SERVERS=$SERVERS .venv/bin/zkfs register /workers -- sleep 60   # /workers/\$(hostname) while it runs
+  ZKFS_SERVERS=$SERVERS .venv/bin/zkfs ls --json /services/demo
   /usr/share/zookeeper/bin/zkCli.sh -server $SERVERS get /master-1
   bash -c 'exec 3<>/dev/tcp/127.0.0.1/$BASE_PORT; printf srvr >&3; cat <&3'
 HINTS

@@ -8,13 +8,14 @@ cd "$(dirname "$0")/.."
 # System packages: Python build tools, FUSE (for the mount), Apache ZooKeeper and a JRE (the
 # reference server the tests compare against, and zkCli.sh), inotify-tools/attr (filesystem
 # tests), man-db (to read man/zkfsd.8), vim (the mount tests edit a file with it, as users do),
-# strace (the benchmarks count fsync syscalls with it), patch (pyfuse3's lock patch, below).
+# strace (the benchmarks count fsync syscalls with it), systemd (systemd-analyze checks the
+# units in contrib/systemd; nothing is started), patch (pyfuse3's lock patch, below).
 APT_PACKAGES=(
     python3-venv python3-dev gcc patch
     fuse3 libfuse3-dev pkg-config
     zookeeper default-jre-headless
     inotify-tools attr man-db
-    vim strace
+    vim strace systemd
 )
 
 missing=()
@@ -69,4 +70,13 @@ if [[ "$PYFUSE3_HAVE" != "$PYFUSE3_WANT" ]]; then
     SETUPTOOLS_SCM_PRETEND_VERSION="$PYFUSE3_WANT" \
         .venv/bin/python -m pip install --quiet --no-deps --force-reinstall "$src"
 fi
+
+# A regular `pip install .` puts the man pages in .venv/share/man (pyproject.toml data-files);
+# an editable install does not, so link them there: with .venv/bin on PATH, `man zkfs` finds
+# them (man-db looks in ../share/man of every PATH entry).
+for page in man/*.[158]; do
+    section=${page##*.}
+    mkdir -p ".venv/share/man/man$section"
+    ln -sfn "$PWD/$page" ".venv/share/man/man$section/$(basename "$page")"
+done
 echo "setup: done; .venv/bin/zkfsd is $(.venv/bin/zkfsd --version)" >&2

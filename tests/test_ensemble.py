@@ -663,3 +663,129 @@ def test_session_from_a_snapshot_resumes_on_a_restarted_follower(ensembles):
         resp = jute.decode_connect_response(frame)
         assert resp.session_id == session_id and resp.timeout > 0, resp
         assert "snapshot at index" in ens.members[follower].log_text()
+
+
+# ===================== live sessions through leader changes (sessions.py) =====================
+# A session whose client keeps pinging must never expire, whatever the members go through.
+# Rounds are bounded: ZKFS_SESSION_ROUNDS raises the count for a soak.
+PAUSE_ROUNDS = int(os.environ.get("ZKFS_SESSION_ROUNDS", 100))
+SESSION_TIMEOUT = 4.0  # the largest a tickTime of 200 ms allows (20 ticks)
+
+
+class _PingedSessions:
+    """One kazoo client per member, each holding an ephemeral; records every state change."""
+
+    def __init__(self, ens: Ensemble) -> None:
+        self.ens = ens
+        self.clients: dict[int, KazooClient] = {}
+        self.states: dict[int, list[str]] = {}
+        for sid in ens.ids:
+            k = _client_pinned(ens, sid, timeout=SESSION_TIMEOUT)
+            self.clients[sid] = k
+            self.states[sid] = []
+            k.add_listener(lambda st, sid=sid: self.states[sid].append(st))
+            k.create(f"/live/m{sid}", b"x", ephemeral=True, makepath=True)
+        self.ids = {sid: k.client_id[0] for sid, k in self.clients.items()}
+
+    def assert_alive(self, when: str) -> None:
+        for sid, states in self.states.items():
+            assert KazooState.LOST not in states, f"session of client {sid} expired {when}"
+
+    def assert_intact(self) -> None:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(k.state != KazooState.CONNECTED
+                                                  for k in self.clients.values()):
+            time.sleep(0.05)
+        self.assert_alive("at the end")
+        for sid, k in self.clients.items():
+            assert k.state == KazooState.CONNECTED, (sid, self.states[sid])
+            assert k.client_id[0] == self.ids[sid], "session changed"
+        self.ens.wait_stable()
+        expected = ["/live"] + [f"/live/m{s}" for s in sorted(self.ens.ids)]
+        for sid, tree in trees_by_member(self.ens, "/live").items():
+            assert sorted(tree) == expected, (sid, tree)
+        for sid, k in self.clients.items():
+            assert k.exists(f"/live/m{sid}").ephemeralOwner == self.ids[sid]
+
+    def close(self) -> None:
+        for k in self.clients.values():
+            k.stop()
+            k.close()
+
+
+def _paused(ens: Ensemble, sid: int, seconds: float) -> None:
+    """SIGSTOP the member for `seconds`, then SIGCONT (always)."""
+    pid = ens.members[sid].pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+@pytest.mark.timeout(60 + 4 * PAUSE_ROUNDS)
+def test_pinged_sessions_survive_paused_leaders(ensembles):
+    """The issue's scenario: the leader is paused long enough for an election (0.6 s; the
+    election timeout is 0.2-0.4 s) and far shorter than the sessions' 4 s, then continued, over
+    and over. Before sessions.py a new leader (or the continued old one) sometimes judged live
+    sessions by stale deadlines and expired them."""
+    ens = ensembles(3)
+    sessions = _PingedSessions(ens)
+    try:
+        elections = 0
+        for round_no in range(PAUSE_ROUNDS):
+            if round_no % 10 == 9:
+                # Now and then nobody changes leadership for longer than a session timeout:
+                # the next leader then has not led for a whole timeout (the case where the
+                # deadlines a member kept as a follower were stale enough to bite).
+                time.sleep(SESSION_TIMEOUT + 0.2)
+            lead = ens.wait_stable(timeout=15)
+            epoch = ens.srvr(lead).get("Epoch")
+            _paused(ens, lead, 0.6)
+            new = ens.wait_stable(timeout=15)
+            elections += ens.srvr(new).get("Epoch") != epoch
+            sessions.assert_alive(f"in round {round_no} (leader {lead} paused)")
+        # Nearly every pause must really have moved the leadership, or this tests nothing.
+        assert elections >= PAUSE_ROUNDS * 3 // 4, f"only {elections} elections"
+        sessions.assert_intact()
+    finally:
+        sessions.close()
+
+
+@pytest.mark.timeout(240)
+def test_pinged_sessions_survive_kills_partitions_restarts_and_snapshots(ensembles):
+    """The other paths to a leader change, mixed: the leader killed and restarted, the leader
+    cut off by a partition and healed, a follower paused, a member restarted from a snapshot
+    (snapCount is small and writes keep flowing)."""
+    ens = ensembles(3, proxied=True, snap_count=30)
+    assert ens.mesh is not None
+    sessions = _PingedSessions(ens)
+    rng = random.Random(9)
+    try:
+        with ens.client(timeout=SESSION_TIMEOUT) as writer:
+            for round_no in range(12):
+                lead = ens.wait_stable(timeout=15)
+                follower = rng.choice([s for s in ens.ids if s != lead])
+                fault = ("kill-leader", "isolate-leader", "pause-follower",
+                         "restart-follower")[round_no % 4]
+                if fault == "kill-leader":
+                    ens.kill9(lead)
+                    ens.wait_stable([s for s in ens.ids if s != lead], timeout=15)
+                    ens.start_member(lead)
+                elif fault == "isolate-leader":
+                    ens.mesh.isolate(lead)
+                    time.sleep(1.0)
+                    ens.mesh.heal()
+                elif fault == "pause-follower":
+                    _paused(ens, follower, 0.6)
+                else:
+                    ens.stop(follower)
+                    ens.start_member(follower)
+                for i in range(40):  # past snapCount: restarted members load snapshots
+                    write_until(writer, f"/fill/r{round_no}-{i}", b"x", within=15)
+                sessions.assert_alive(f"in round {round_no} ({fault})")
+        sessions.assert_intact()
+        assert any("snapshot at index" in ens.members[s].log_text() for s in ens.ids)
+    finally:
+        sessions.close()

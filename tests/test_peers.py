@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 import trio
@@ -75,3 +76,74 @@ def test_a_member_without_any_secret_is_refused_by_one_that_has_it() -> None:
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+# -- an unauthenticated peer connection is bounded (real zkfsd member) ---------------------------
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _lone_member(tmp_path):  # type: ignore[no-untyped-def]
+    from ensemble_helpers import Ensemble
+
+    secret = tmp_path / "secret"
+    secret.write_text("peer-secret\n")
+    ens = Ensemble(tmp_path / "ens", 3, extra_cfg=[f"peerSecretFile={secret}"])
+    ens.start_member(1)  # alone: it listens on its peer port and waits for the others
+    return ens
+
+
+@pytest.mark.timeout(60)
+def test_an_oversized_frame_before_authentication_is_refused_without_buffering(tmp_path) -> None:
+    ens = _lone_member(tmp_path)
+    try:
+        pid = ens.members[1].pid
+        assert pid is not None
+        before = _rss_kib(pid)
+        with socket.create_connection(("127.0.0.1", ens.peer_ports[1]), timeout=10) as s:
+            s.recv(4096)  # the challenge
+            s.sendall((300 << 20).to_bytes(4, "big"))  # "a 300 MB frame follows"
+            sent = 0
+            closed = False
+            try:
+                while sent < 64 << 20:
+                    s.sendall(b"\0" * (1 << 20))
+                    sent += 1 << 20
+            except OSError:
+                closed = True
+            if not closed:
+                s.settimeout(10)
+                assert s.recv(1) == b"", "the member kept reading an oversized frame"
+        assert _rss_kib(pid) - before < 20 * 1024, "the member buffered an unauthenticated frame"
+        assert "over the limit" in ens.members[1].log_text()
+    finally:
+        ens.stop_all()
+
+
+@pytest.mark.timeout(60)
+def test_endless_small_frames_before_authentication_end_at_the_handshake_deadline(tmp_path) -> None:
+    ens = _lone_member(tmp_path)
+    try:
+        pid = ens.members[1].pid
+        assert pid is not None
+        before = _rss_kib(pid)
+        frame = (8).to_bytes(4, "big") + b"\xa4junk" + b"\0" * 3
+        with socket.create_connection(("127.0.0.1", ens.peer_ports[1]), timeout=15) as s:
+            s.recv(4096)
+            start = time.monotonic()
+            ended = False
+            while time.monotonic() - start < 12:
+                try:
+                    s.sendall(frame * 512)
+                except OSError:
+                    ended = True
+                    break
+                time.sleep(0.01)
+        assert ended, "the member kept an unauthenticated connection open past its deadline"
+        assert _rss_kib(pid) - before < 20 * 1024
+    finally:
+        ens.stop_all()

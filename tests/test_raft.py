@@ -596,8 +596,8 @@ WIRE_SAMPLES = [
     Message(MsgType.APPEND, 1, 2, 5, log_term=4, index=10,
             entries=(Entry(11, 4, b"a"), Entry(12, 5, b"")), commit=9),
     Message(MsgType.APPEND_RESP, 2, 1, 5, index=10, reject=True, reject_hint=7, log_term=3),
-    Message(MsgType.HEARTBEAT, 1, 2, 5, commit=9, context=b"ctx"),
-    Message(MsgType.HEARTBEAT_RESP, 2, 1, 5, context=b"ctx"),
+    Message(MsgType.HEARTBEAT, 1, 2, 5, commit=9, context=b"ctx", sent_tick=77),
+    Message(MsgType.HEARTBEAT_RESP, 2, 1, 5, context=b"ctx", sent_tick=77),
     Message(MsgType.SNAPSHOT, 1, 2, 5, snapshot=Snapshot(100, 4, b"\x00state")),
     Message(MsgType.READ_INDEX, 2, 1, 5, context=b"r"),
     Message(MsgType.READ_INDEX_RESP, 1, 2, 5, index=12, context=b"r"),
@@ -614,7 +614,7 @@ def test_wire_round_trip(msg: Message) -> None:
 def _wire(**changes: object) -> list[object]:
     w = WIRE_SAMPLES[4].to_wire()
     names = ["type", "frm", "to", "term", "log_term", "index", "entries", "commit", "reject",
-             "reject_hint", "snapshot", "context"]
+             "reject_hint", "snapshot", "context", "sent_tick"]
     for k, v in changes.items():
         w[names.index(k)] = v
     return w
@@ -635,6 +635,7 @@ def _wire(**changes: object) -> list[object]:
     _wire(index="10"),
     _wire(reject=1),
     _wire(context="text"),
+    _wire(sent_tick=-1),
     _wire(entries="nope"),
     _wire(entries=[[11, 4]]),
     _wire(entries=[[11, 4, "str"]]),
@@ -730,3 +731,74 @@ def test_read_index_waits_for_quorum_and_for_own_term_commit() -> None:
     node.step(Message(MsgType.HEARTBEAT_RESP, 3, 1, 3, context=b"early"))
     rd = node.ready()
     assert [(r.index, r.context) for r in rd.read_states] == [(3, b"early")]
+
+
+# -- leader lease (what session expiry relies on) ---------------------------------------------
+def test_lease_needs_a_majority_that_heard_us_recently() -> None:
+    c = Cluster(3)
+    lead = c.elect(1)
+    c.tick(1)
+    assert lead.has_lease()
+    assert not c.nodes[2].has_lease()  # followers never hold one
+    c.cut = {2, 3}
+    # The last answered message was sent at most election_ticks - 2 ticks ago: still ours.
+    c.tick(lead.election_ticks - 2, only=[1])
+    assert lead.has_lease()
+    c.tick(1, only=[1])
+    assert not lead.has_lease() and lead.is_leader  # not deposed yet, but proves nothing
+
+
+def test_one_member_answering_is_enough_in_three() -> None:
+    c = Cluster(3)
+    lead = c.elect(1)
+    c.cut = {3}
+    c.tick(3 * lead.election_ticks)
+    assert lead.is_leader and lead.has_lease()
+
+
+def test_time_that_passed_in_one_call_ends_the_lease_and_the_leadership() -> None:
+    c = Cluster(3)
+    lead = c.elect(1)
+    c.tick(1)
+    before = lead.ticks
+    lead.tick(1000)  # back from a long pause: the clock jumps, the work is bounded
+    assert lead.ticks == before + 1000
+    assert not lead.has_lease()
+    assert not lead.is_leader  # check-quorum: nobody answered within an election timeout
+
+
+def test_an_answer_cannot_stretch_the_lease_into_the_future() -> None:
+    c = Cluster(3)
+    lead = c.elect(1)
+    c.cut = {2, 3}
+    c.tick(lead.election_ticks, only=[1])
+    assert not lead.has_lease()
+    forged = Message(MsgType.HEARTBEAT_RESP, 2, 1, lead.term, sent_tick=lead.ticks + 10_000)
+    lead.step(forged)
+    assert lead.has_lease()  # counted as heard now, no later
+    c.tick(lead.election_ticks - 1, only=[1])
+    assert not lead.has_lease()
+
+
+def test_a_follower_learns_the_leaders_tick() -> None:
+    c = Cluster(3)
+    lead = c.elect(1)
+    c.tick(2)
+    assert c.nodes[2].leader_tick == lead.ticks
+
+
+def test_the_lease_drops_a_member_whose_connection_died() -> None:
+    c = Cluster(3)
+    lead = c.elect(1)
+    c.tick(1)
+    c.cut = {3}
+    c.tick(lead.election_ticks)  # member 3's answers are too old to count by now
+    assert lead.has_lease()
+    lead.peer_lost(2)  # member 2 may now campaign early (leader_lost on its side)
+    assert not lead.has_lease()
+
+
+def test_single_member_always_holds_its_lease() -> None:
+    node = single()
+    node.tick(500)
+    assert node.has_lease()

@@ -16,7 +16,11 @@ persisted, a tick, a crash):
   - leader completeness: a member that becomes leader holds every entry committed so far;
   - state machine safety: each member applies indexes 1, 2, 3, ... (or jumps by installing a
     snapshot) and what it applies at an index is what everybody applies there;
-  - commit never goes backwards within one incarnation of a member.
+  - commit never goes backwards within one incarnation of a member;
+  - sessions (zkfsd.sessions on every member, with the server's rules): clients ping their
+    sessions through random members; no session's expiry commits while its client had a ping
+    accepted by some member within the session's timeout. Members are also paused (they stop
+    for a while, then tick for all the time that passed, as the server does after SIGSTOP).
 Then liveness: the network heals, crashed members restart, and within a bounded number of
 ticks a leader must be elected and a fresh proposal applied on every member.
 
@@ -37,6 +41,7 @@ import pytest
 
 from zkfsd.consensus import NotLeader
 from zkfsd.raft import Message, RaftNode, RaftReady, Role
+from zkfsd.sessions import ReportAck, SessionKeeper, SessionReport
 from zkfsd.storage import Entry, HardState, Snapshot
 
 CHAOS_STEPS = 250  # ticks of faults per seed in the default run
@@ -89,6 +94,33 @@ class Disk:
         self.snapshot = s
 
 
+@dataclass
+class Client:
+    """One ZooKeeper client and its session, pinging through whichever member it is on."""
+
+    session: int
+    timeout: int  # ticks
+    member: int
+    live: bool = False  # its createSession committed and no expiry has
+    last_ok: int = -1  # tick of the last ping a member accepted (or of the create's commit)
+    accepted: list[int] = field(default_factory=list)  # ticks of every accepted ping
+    last_try: int = -1
+    silent_until: int = -1  # the client stops pinging (its host hangs) until then
+
+
+def session_entry(kind: bytes, session: int, arg: int = 0) -> bytes:
+    """S<session>:<timeout> creates a session; X<session>:<tick> expires it, as judged by the
+    leader at that (global) tick."""
+    return kind + b"%d:%d" % (session, arg)
+
+
+def parse_session_entry(data: bytes) -> tuple[bytes, int, int] | None:
+    if data[:1] not in (b"S", b"X"):
+        return None
+    sid, timeout = data[1:].split(b":")
+    return data[:1], int(sid), int(timeout)
+
+
 class Member:
     def __init__(self, sim: Sim, mid: int) -> None:
         self.sim = sim
@@ -99,10 +131,83 @@ class Member:
         self.app_index = 0
         self.seen_commit = 0
         self.last_leader_term = -1
+        self.keeper: SessionKeeper | None = None
+        self.paused_until = -1
+        self.last_ticked = 0
 
     @property
     def alive(self) -> bool:
         return self.node is not None
+
+    @property
+    def running(self) -> bool:
+        return self.node is not None and self.paused_until < 0
+
+    def sync_role(self) -> None:
+        node, keeper = self.node, self.keeper
+        assert node is not None and keeper is not None
+        keeper.set_role(node.term if node.is_leader else None, node.ticks)
+
+    def serving(self) -> bool:
+        """ZkServer.serving: a leader while it leads, a follower while its reports are acked."""
+        node, keeper = self.node, self.keeper
+        if node is None or keeper is None or not self.running or node.leader_id == 0:
+            return False
+        return node.is_leader or keeper.follower_serving(node.ticks)
+
+    def tick(self) -> None:
+        node, keeper = self.node, self.keeper
+        assert node is not None and keeper is not None
+        node.tick()
+        self.last_ticked = self.sim.now
+        self.session_round()
+
+    def resume(self) -> None:
+        """Back from a pause: first tick for all the time that passed (ZkServer._catch_up)."""
+        node = self.node
+        assert node is not None
+        missed = self.sim.now - 1 - self.last_ticked
+        self.paused_until = -1
+        if missed > 0:
+            node.tick(missed)
+            self.last_ticked = self.sim.now - 1
+        self.sync_role()
+
+    def session_round(self) -> None:
+        node, keeper = self.node, self.keeper
+        assert node is not None and keeper is not None
+        self.sync_role()
+        if node.ticks % keeper.report_every:
+            return
+        if node.is_leader:
+            for sid in keeper.expired(node.ticks, lease=node.has_lease()):
+                self.sim.expiry_proposed(self, sid)
+                node.propose(session_entry(b"X", sid, self.sim.now))
+        elif node.leader_id:
+            report = keeper.report(node.term, node.leader_tick, node.ticks)
+            self.sim.net.send_session(self.id, node.leader_id, "touch", report.to_wire())
+
+    def on_session_message(self, frm: int, kind: str, body: object) -> None:
+        node, keeper = self.node, self.keeper
+        assert node is not None and keeper is not None
+        self.sync_role()
+        if kind == "touch":
+            ack = keeper.on_report(frm, SessionReport.from_wire(body), node.ticks,
+                                   lease=node.has_lease())
+            if ack is not None:
+                self.sim.net.send_session(self.id, frm, "touched", ack.to_wire())
+        else:
+            keeper.acknowledged(ReportAck.from_wire(body))
+
+    def ping(self, sid: int) -> bool:
+        """A client's ping arrives here; True if it was accepted (ClientConnection)."""
+        node, keeper = self.node, self.keeper
+        if node is None or keeper is None or not self.running:
+            return False
+        self.sync_role()
+        if not self.serving():
+            return False
+        return keeper.touch(sid, node.ticks)
 
     def start(self) -> None:
         sim = self.sim
@@ -119,6 +224,10 @@ class Member:
         )
         self.outstanding = None
         self.app_index = 0
+        self.paused_until = -1
+        self.last_ticked = sim.now
+        self.keeper = SessionKeeper(self.id, sim.ids, cutoff=sim.session_cutoff,
+                                    report_every=sim.report_every)
         if d.snapshot is not None:
             self.install_app_snapshot(d.snapshot)
         # What survived the crash must agree with what was ever committed.
@@ -140,6 +249,8 @@ class Member:
             self.persist(records[: self.sim.rng.randint(0, len(records))])
         self.node = None
         self.outstanding = None
+        self.keeper = None
+        self.paused_until = -1
 
     def persist(self, records: list[object]) -> None:
         ents: list[Entry] = []
@@ -191,6 +302,8 @@ class Member:
         if idx < self.app_index:
             raise SimFailure(f"m{self.id}: snapshot {idx} behind applied {self.app_index}")
         self.app_index = idx
+        assert self.keeper is not None and self.node is not None
+        self.keeper.reset(self.sim.sessions_at(idx), self.node.ticks)
 
     def apply(self, e: Entry) -> None:
         sim = self.sim
@@ -210,6 +323,14 @@ class Member:
             sim.chain.append((e.term, e.data, digest))
         self.app_index = e.index
         sim.applied_events += 1
+        parsed = parse_session_entry(e.data)
+        if parsed is not None:
+            assert self.keeper is not None and self.node is not None
+            kind, sid, timeout = parsed
+            if kind == b"S":
+                self.keeper.opened(sid, timeout, self.node.ticks)
+            elif self.keeper.is_live(sid):
+                self.keeper.closed(sid)
 
     def compact(self) -> None:
         node = self.node
@@ -227,7 +348,7 @@ class Member:
 class Network:
     def __init__(self, sim: Sim) -> None:
         self.sim = sim
-        self.queue: list[tuple[int, bytes]] = []  # (deliver at tick, encoded frame)
+        self.queue: list[tuple[int, int, bytes]] = []  # (deliver at tick, to, encoded frame)
         self.blocked: set[tuple[int, int]] = set()
         self.drop = 0.0
         self.dup = 0.0
@@ -235,31 +356,46 @@ class Network:
         self.sent = 0
 
     def send(self, m: Message) -> None:
+        self._send(m.frm, m.to, ["raft", m.to_wire()])
+
+    def send_session(self, frm: int, to: int, kind: str, body: object) -> None:
+        """The server's "touch"/"touched" peer messages, with the same faults as Raft's."""
+        self._send(frm, to, [kind, frm, body])
+
+    def _send(self, frm: int, to: int, obj: object) -> None:
         self.sent += 1
         rng = self.sim.rng
-        if (m.frm, m.to) in self.blocked or rng.random() < self.drop:
+        if (frm, to) in self.blocked or rng.random() < self.drop:
             return
-        frame = msgpack.packb(m.to_wire(), use_bin_type=True)
+        frame = msgpack.packb(obj, use_bin_type=True)
         copies = 2 if rng.random() < self.dup else 1
         for _ in range(copies):
             at = self.sim.now
             if rng.random() < self.delay:
                 at += rng.randint(1, self.sim.max_delay)
-            self.queue.append((at, frame))
+            self.queue.append((at, to, frame))
 
     def due(self) -> list[int]:
-        now = self.sim.now
-        return [i for i, (at, _) in enumerate(self.queue) if at <= now]
+        # A paused member reads nothing: its messages wait in the socket buffers.
+        now, members = self.sim.now, self.sim.members
+        return [i for i, (at, to, _) in enumerate(self.queue)
+                if at <= now and members[to].paused_until < 0]
 
     def deliver(self, i: int) -> None:
-        _, frame = self.queue.pop(i)
-        m = Message.from_wire(msgpack.unpackb(frame, raw=False))
-        # A partition that starts while the message is in flight swallows it too.
-        if (m.frm, m.to) in self.blocked:
-            return
-        member = self.sim.members[m.to]
-        if member.node is not None:
+        _, to, frame = self.queue.pop(i)
+        kind, *rest = msgpack.unpackb(frame, raw=False)
+        member = self.sim.members[to]
+        if kind == "raft":
+            m = Message.from_wire(rest[0])
+            # A partition that starts while the message is in flight swallows it too.
+            if (m.frm, m.to) in self.blocked or member.node is None:
+                return
             member.node.step(m)
+        else:
+            frm, body = rest
+            if (frm, to) in self.blocked or member.node is None:
+                return
+            member.on_session_message(frm, kind, body)
 
     def heal(self) -> None:
         self.blocked.clear()
@@ -286,6 +422,16 @@ class Sim:
         self.partition_rate = rng.choice((0.0, 0.02, 0.1))
         self.max_delay = rng.choice((3, 3, 20))
         self.propose_rate = rng.choice((0.3, 0.8))
+        self.pause_rate = rng.choice((0.0, 0.02, 0.05))
+        # Sessions with the server's proportions: reports every half tickTime (half an election
+        # timeout), timeouts of two to five election timeouts (ZooKeeper's 2..20 tickTimes).
+        self.report_every = max(1, self.election_ticks // 2)
+        self.session_cutoff = 2 * self.election_ticks + 2 * self.report_every
+        self.clients: dict[int, Client] = {}
+        self.session_ops: list[tuple[int, bytes, int, int]] = []  # committed (index, kind, sid, t)
+        self.expiries = 0
+        self.expiries_proposed = 0
+        self.pings_ok = 0
         self.now = 0
         self.net = Network(self)
         self.members = {i: Member(self, i) for i in self.ids}
@@ -330,10 +476,93 @@ class Sim:
                               f"{self.committed[i - 1]} was committed there before")
             elif i == len(self.committed) + 1:
                 self.committed.append((e.term, e.data))
+                self.session_committed(i, e.data)
             else:
                 # Only reachable when the entries in between were compacted here; they were
                 # committed (and recorded) elsewhere first.
                 self.fail(f"m{mem.id} committed {i} past the known prefix {len(self.committed)}")
+
+    # -- sessions ----------------------------------------------------------------------------
+    def sessions_at(self, index: int) -> dict[int, int]:
+        """The live sessions (id -> timeout) once the log is applied up to `index`."""
+        live: dict[int, int] = {}
+        for i, kind, sid, timeout in self.session_ops:
+            if i > index:
+                break
+            if kind == b"S":
+                live[sid] = timeout
+            else:
+                live.pop(sid, None)
+        return live
+
+    def session_committed(self, index: int, data: bytes) -> None:
+        parsed = parse_session_entry(data)
+        if parsed is None:
+            return
+        kind, sid, arg = parsed
+        self.session_ops.append((index, kind, sid, arg))
+        client = self.clients[sid]
+        if kind == b"S":
+            client.live, client.last_ok = True, self.now
+            client.accepted.append(self.now)
+            return
+        if not client.live:
+            return  # a second expiry of the same session is a no-op
+        self.check_timed_out(client, judged=arg, what=f"committed at tick {self.now}")
+        client.live = False
+        self.expiries += 1
+
+    def check_timed_out(self, client: Client, judged: int, what: str) -> None:
+        """THE session invariant: a session is expired only if, before the leader judged it,
+        it once went unpinged for its whole timeout. (A ping that a follower accepts after that
+        does not revive it, as in ZooKeeper: the session had already timed out; the leader's
+        rules make sure no member serving it knew better when it judged.)"""
+        pings = [t for t in client.accepted if t < judged] + [judged]
+        if all(b - a < client.timeout for a, b in zip(pings, pings[1:])):
+            self.fail(f"session {client.session} expired (judged at tick {judged}, {what}), "
+                      f"but it was never unpinged for its timeout of {client.timeout} ticks: "
+                      f"pings accepted at {pings[-8:-1]}")
+
+    def expiry_proposed(self, mem: Member, sid: int) -> None:
+        client = self.clients[sid]
+        if client.live:
+            self.check_timed_out(client, judged=self.now, what=f"by m{mem.id}")
+        self.expiries_proposed += 1
+
+    def new_session(self) -> None:
+        leaders = [m for m in self.members.values() if m.running and m.node.is_leader]  # type: ignore[union-attr]
+        if not leaders:
+            return
+        sid = len(self.clients) + 1
+        timeout = self.rng.choice((2, 3, 5)) * self.election_ticks
+        self.clients[sid] = Client(sid, timeout, leaders[0].id)
+        try:
+            leaders[0].node.propose(session_entry(b"S", sid, timeout))  # type: ignore[union-attr]
+        except NotLeader:
+            pass
+
+    def pings(self, chaos: bool) -> None:
+        rng = self.rng
+        for client in self.clients.values():
+            if not client.live or self.now < client.silent_until:
+                continue
+            if chaos and rng.random() < 0.003:
+                # The client's host hangs for a while, sometimes past its session timeout.
+                client.silent_until = self.now + rng.randint(1, 2 * client.timeout)
+                continue
+            # ZooKeeper clients ping after a third of the timeout without traffic, and retry
+            # at once elsewhere when their server is gone.
+            if self.now - client.last_try < max(1, client.timeout // 3):
+                continue
+            client.last_try = self.now
+            member = self.members[client.member]
+            if member.ping(client.session):
+                client.last_ok = self.now
+                client.accepted.append(self.now)
+                self.pings_ok += 1
+            else:
+                client.member = rng.choice(self.ids)
+                client.last_try = self.now - client.timeout  # try the next one next tick
 
     def check_read(self, mem: Member, index: int, context: bytes) -> None:
         # Linearizable reads: the read index covers every write committed before the request.
@@ -404,17 +633,22 @@ class Sim:
         if chaos:
             self.faults()
         for mem in members:
-            if mem.node is not None and (not chaos or rng.random() < 0.95):
-                self.act(mem.node.tick)
+            if mem.node is not None and 0 <= mem.paused_until <= self.now:
+                self.act(mem.resume)
+            if mem.running:
+                self.act(mem.tick)
+        if len([c for c in self.clients.values() if c.live]) < 3 and rng.random() < 0.05:
+            self.act(self.new_session)
+        self.act(self.pings, chaos)
         if rng.random() < (self.propose_rate if chaos else 0.5):
-            alive = [m for m in members if m.node is not None]
+            alive = [m for m in members if m.running]
             if alive:
                 leaders = [m for m in alive if m.node.is_leader]  # type: ignore[union-attr]
                 # Clients mostly find the leader, sometimes knock at the wrong door.
                 target = rng.choice(leaders if leaders and rng.random() < 0.8 else alive)
                 self.act(self.propose, target)
         if rng.random() < 0.2:
-            alive = [m for m in members if m.node is not None]
+            alive = [m for m in members if m.running]
             if alive:
                 self.act(self.read, rng.choice(alive))
         # Work within the tick in random order: deliveries, Ready handling (possibly with
@@ -422,7 +656,7 @@ class Sim:
         for _ in range(400):
             options: list[tuple[str, int]] = [("msg", i) for i in self.net.due()]
             for mem in members:
-                if mem.node is None:
+                if not mem.running:
                     continue
                 if mem.outstanding is not None:
                     options.append(("done", mem.id))
@@ -452,6 +686,13 @@ class Sim:
         rng = self.rng
         if rng.random() < self.crash_rate:
             self.crash_one()
+        if rng.random() < self.pause_rate:
+            # SIGSTOP: mostly the leader, for up to a few election timeouts.
+            running = [m for m in self.members.values() if m.running]
+            leaders = [m for m in running if m.node.is_leader]  # type: ignore[union-attr]
+            if running:
+                victim = rng.choice(leaders if leaders and rng.random() < 0.7 else running)
+                victim.paused_until = self.now + rng.randint(1, 3 * self.election_ticks)
         for mem in self.members.values():
             if mem.node is None and rng.random() < 0.1:
                 self.act(mem.start)
@@ -480,6 +721,8 @@ class Sim:
         for mem in self.members.values():
             if mem.node is None:
                 self.act(mem.start)
+            elif mem.paused_until >= 0:
+                mem.paused_until = self.now
         healed_at = self.now
         marker = None
         while self.now - healed_at < LIVENESS_TICKS:
@@ -507,6 +750,8 @@ class Sim:
             "ticks": self.now, "actions": self.actions, "heal_ticks": self.now - healed_at,
             "committed": len(self.committed), "terms": len(self.leaders),
             "messages": self.net.sent, "reads": self.reads_answered,
+            "sessions": len(self.clients), "expiries": self.expiries,
+            "pings": self.pings_ok,
         }
 
     def fingerprint(self) -> str:
@@ -522,11 +767,17 @@ def run_seed(seed: int, steps: int = CHAOS_STEPS, n: int | None = None) -> dict[
 
 @pytest.mark.parametrize("chunk", range(SEEDS // CHUNK))
 def test_simulation_seeds(chunk: int) -> None:
-    committed = 0
+    committed = expiries = pings = 0
     for seed in range(chunk * CHUNK, (chunk + 1) * CHUNK):
-        committed += run_seed(seed)["committed"]
-    # The scenarios must actually exercise replication, not just elections.
+        stats = run_seed(seed)
+        committed += stats["committed"]
+        expiries += stats["expiries"]
+        pings += stats["pings"]
+    # The scenarios must actually exercise replication, not just elections, and sessions must
+    # both live (pings accepted) and die (a silent client's session expires).
     assert committed > CHUNK * 10
+    assert pings > CHUNK * 10
+    assert expiries > 0
 
 
 @pytest.mark.parametrize("n", [3, 5])

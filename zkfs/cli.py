@@ -221,6 +221,36 @@ def format_stat(stat: Any) -> str:
     return "".join(f"{name}={values[name]}\n" for name in STAT_FIELDS)
 
 
+def stat_dict(stat: Any) -> dict[str, int]:
+    """The Stat as a JSON object, ZooKeeper's field names, plain integers."""
+    return {"czxid": stat.czxid, "mzxid": stat.mzxid, "pzxid": stat.pzxid,
+            "ctime": stat.ctime, "mtime": stat.mtime, "version": stat.version,
+            "cversion": stat.cversion, "aversion": stat.aversion,
+            "ephemeralOwner": stat.ephemeral_owner, "dataLength": stat.data_length,
+            "numChildren": stat.num_children}
+
+
+def data_fields(data: bytes | None) -> dict[str, Any]:
+    """`data` as JSON: text if it is UTF-8, else base64 in `data_base64`; null stays null."""
+    if data is None:
+        return {"data": None}
+    try:
+        return {"data": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        import base64
+        return {"data": None, "data_base64": base64.b64encode(data).decode()}
+
+
+def _json_line(obj: Any) -> None:
+    import json
+    _out(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print JSON instead (see zkfs(1), JSON OUTPUT).")(f)
+
+
 def format_time(ms: int) -> str:
     t = _dt.datetime.fromtimestamp(ms / 1000, tz=_dt.timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
@@ -371,9 +401,10 @@ def cli(servers: str, timeout: float) -> None:
 @click.argument("path")
 @click.option("--stat", "show_stat", is_flag=True,
               help="Print the node's Stat (name=value lines) instead of its data.")
+@json_option
 @connection_options
 @click.pass_context
-def get(ctx: click.Context, path: str, show_stat: bool, servers: str | None,
+def get(ctx: click.Context, path: str, show_stat: bool, as_json: bool, servers: str | None,
         timeout: float | None) -> None:
     """Print the data of PATH as it is (no newline added; null data prints nothing)."""
     label = f"get {path}"
@@ -381,7 +412,9 @@ def get(ctx: click.Context, path: str, show_stat: bool, servers: str | None,
 
     async def body(zk: Any) -> None:
         data, stat = await zk.get(path)
-        if show_stat:
+        if as_json:
+            _json_line({"path": path, **data_fields(data), "stat": stat_dict(stat)})
+        elif show_stat:
             _out(format_stat(stat))
         elif data:
             sys.stdout.buffer.write(data)
@@ -432,10 +465,11 @@ def set_(ctx: click.Context, path: str, data: str, version: int, create_missing:
                    "mtime (UTC), name.")
 @click.option("-R", "--recursive", is_flag=True,
               help="List all descendants, as paths relative to PATH.")
+@json_option
 @connection_options
 @click.pass_context
-def ls(ctx: click.Context, path: str, long: bool, recursive: bool, servers: str | None,
-       timeout: float | None) -> None:
+def ls(ctx: click.Context, path: str, long: bool, recursive: bool, as_json: bool,
+       servers: str | None, timeout: float | None) -> None:
     """List the children of PATH, one per line, sorted."""
     label = f"ls {path}"
     _check_path(label, path)
@@ -455,10 +489,18 @@ def ls(ctx: click.Context, path: str, long: bool, recursive: bool, servers: str 
             await walk("", path, names)
         else:
             entries = names
+        if as_json and not long:
+            _json_line({"path": path, "children": entries})
+            return
         if not long:
             _out("".join(f"{e}\n" for e in entries))
             return
         stats = await _gather([lambda e=e: _stat_or_none(zk, _join(path, e)) for e in entries])
+        if as_json:
+            _json_line({"path": path, "children": [
+                {"name": e, "stat": stat_dict(st)} for e, st in zip(entries, stats)
+                if st is not None]})
+            return
         rows = [(("e" if s.ephemeral_owner else "-"), str(s.version), str(s.data_length),
                  format_time(s.mtime), e) for e, s in zip(entries, stats) if s is not None]
         wv = max((len(r[1]) for r in rows), default=0)
@@ -574,9 +616,11 @@ def rm(ctx: click.Context, path: str, recursive: bool, force: bool, version: int
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("path")
+@json_option
 @connection_options
 @click.pass_context
-def stat(ctx: click.Context, path: str, servers: str | None, timeout: float | None) -> None:
+def stat(ctx: click.Context, path: str, as_json: bool, servers: str | None,
+         timeout: float | None) -> None:
     """Print every Stat field of PATH as name=value lines (zxids and ephemeralOwner in hex,
     times in milliseconds since the epoch)."""
     label = f"stat {path}"
@@ -586,7 +630,10 @@ def stat(ctx: click.Context, path: str, servers: str | None, timeout: float | No
         st = await zk.exists(path)
         if st is None:
             raise NoNodeError(path=path)
-        _out(format_stat(st))
+        if as_json:
+            _json_line({"path": path, "stat": stat_dict(st)})
+        else:
+            _out(format_stat(st))
     run_session(ctx, _conn(ctx, servers, timeout), label, body)
 
 
@@ -673,10 +720,12 @@ class _Done(Exception):
               help="Print 'READY PATH' once the watch is set (not counted by --count).")
 @click.option("--one-shot", is_flag=True,
               help="Use re-armed one-shot watches even if the server has persistent ones.")
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON object per line instead: {"event": "CREATED", "path": "/a"}.')
 @connection_options
 @click.pass_context
 def watch(ctx: click.Context, path: str, recursive: bool, count: int | None, ready: bool,
-          one_shot: bool, servers: str | None, timeout: float | None) -> None:
+          one_shot: bool, as_json: bool, servers: str | None, timeout: float | None) -> None:
     """Print one line per change of PATH until interrupted: CREATED, DELETED, CHANGED (data)
     or CHILD (children of PATH changed), then the path. PATH need not exist yet."""
     label = f"watch {path}"
@@ -695,7 +744,10 @@ def watch(ctx: click.Context, path: str, recursive: bool, count: int | None, rea
 
         def emit(kind: str, p: str) -> None:
             nonlocal printed
-            _out(f"{kind} {p}\n")
+            if as_json:
+                _json_line({"event": kind, "path": p})
+            else:
+                _out(f"{kind} {p}\n")
             printed += 1
             if count is not None and printed >= count:
                 raise _Done()
@@ -715,7 +767,10 @@ def watch(ctx: click.Context, path: str, recursive: bool, count: int | None, rea
         async def consume(cancel: Any) -> None:
             fallback = await arm()
             if ready:
-                _out(f"READY {path}\n")
+                if as_json:
+                    _json_line({"event": "READY", "path": path})
+                else:
+                    _out(f"READY {path}\n")
             try:
                 async for event in receive:
                     if fallback is not None:
@@ -732,13 +787,221 @@ def watch(ctx: click.Context, path: str, recursive: bool, count: int | None, rea
     run_session(ctx, _conn(ctx, servers, timeout), label, body)
 
 
+# ---------------------------------------------------------------------------- recipes
+
+class _CommandAfterDashes(click.Command):
+    """A command whose trailing `-- CMD [ARGS...]` is kept verbatim (options of CMD included)
+    in ctx.meta["zkfs.argv"]; everything before `--` is parsed as usual."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            i = args.index("--")
+            ctx.meta["zkfs.argv"] = args[i + 1:]
+            args = args[:i]
+        else:
+            ctx.meta["zkfs.argv"] = []
+        return super().parse_args(ctx, args)
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return super().collect_usage_pieces(ctx) + ["[-- CMD [ARGS]...]"]
+
+
+def _note(text: str) -> None:
+    """One line on stderr about what a recipe does (the journal under systemd)."""
+    click.echo(f"zkfs: {text}", err=True)
+
+
+async def _run_command(label: str, argv: list[str], signals: Any, wait_lost: Any,
+                       kill_deadline: Callable[[], float]) -> Any:
+    from zkfs import supervise
+
+    try:
+        child = supervise.start(argv)
+    except FileNotFoundError:
+        _fail(f"{label}: {argv[0]}: command not found", 127)
+    except PermissionError:
+        _fail(f"{label}: {argv[0]}: permission denied", 126)
+    return await supervise.run_supervised(
+        child, signals, wait_lost, kill_deadline,
+        on_lost=lambda reason: _note(f"{label}: lost ({reason}): stopping the command"))
+
+
+async def _session_alive(zk: Any) -> None:
+    """Raise once the session is over (expired, closed): a candidate's node went with it."""
+    states = zk.subscribe_state()
+    if not zk.state.is_terminal:
+        async for state in states:
+            if state.is_terminal:
+                break
+    raise SessionExpiredError()
+
+
+@cli.command(cls=_CommandAfterDashes, context_settings=CONTEXT)
+@click.argument("path")
+@click.option("--id", "identifier", default=None, metavar="ID",
+              help="This candidate's identifier, the data of its node [default: hostname].")
+@click.option("--who", is_flag=True, help="Print the current leader's identifier and exit "
+                                          "(exit 3 if there is none); no CMD.")
+@connection_options
+@click.pass_context
+def elect(ctx: click.Context, path: str, identifier: str | None, who: bool,
+          servers: str | None, timeout: float | None) -> None:
+    """Run CMD (after --) only while this process leads PATH: zkfs elect PATH [--id ID] -- CMD.
+
+    Candidates wait in line (ZooKeeper's lock recipe, kazoo's Election layout:
+    PATH/<uuid>__lock__<seq>, data = ID). When the leader's CMD exits, zkfs elect exits
+    with CMD's status and the next candidate takes over. If leadership is lost (no answer
+    from the ensemble for half the session timeout, or the session expired), CMD gets SIGTERM
+    at once and SIGKILL at 0.8 x the session timeout, before the session can expire and
+    another candidate start; zkfs elect then exits 7. SIGTERM/SIGINT are passed on to CMD
+    (while waiting they end zkfs elect with 0); SIGHUP, SIGUSR1/2 are passed on.
+    """
+    from zkfs.leadership import Candidacy, LeadershipLost, Lease, default_identifier, leader
+
+    label = f"elect {path}"
+    _check_path(label, path)
+    argv: list[str] = ctx.meta.get("zkfs.argv", [])
+    if who:
+        if argv or identifier is not None:
+            _fail(f"{label}: --who takes no --id and no command", EXIT_USAGE)
+
+        async def show(zk: Any) -> int:
+            current = await leader(zk, path)
+            if current is None:
+                _fail(f"{label}: no leader", EXIT_NO_NODE)
+            _out(current.identifier + "\n")
+            return EXIT_OK
+        run_session(ctx, _conn(ctx, servers, timeout), label, show)
+        return
+    if not argv:
+        _fail(f"{label}: missing the command to run: zkfs elect PATH -- CMD [ARGS...]",
+              EXIT_USAGE)
+    ident = identifier if identifier is not None else default_identifier()
+
+    async def body(zk: Any) -> int:
+        import trio
+
+        from zkfs.supervise import FORWARDED, STOPPING
+
+        with trio.open_signal_receiver(*STOPPING, *FORWARDED) as signals:
+            candidacy = Candidacy(zk, path, ident)
+            await candidacy.join()
+            stopped = False
+            async with trio.open_nursery() as nursery:
+                async def lead() -> None:
+                    await candidacy.wait_leading()
+                    nursery.cancel_scope.cancel()
+
+                async def until_stopped() -> None:
+                    nonlocal stopped
+                    async for sig in signals:
+                        if sig in STOPPING:
+                            stopped = True
+                            nursery.cancel_scope.cancel()
+                            return
+                nursery.start_soon(lead)
+                nursery.start_soon(until_stopped)
+                nursery.start_soon(_session_alive, zk)
+            if stopped:
+                await candidacy.resign()
+                return EXIT_OK
+            lease = Lease(zk, candidacy.node_path, since=candidacy.checked_at)
+            _note(f"{label}: leading as {ident!r} ({candidacy.node}); running {argv[0]}")
+            outcome = await _run_command(label, argv, signals, lease.wait_lost,
+                                         lambda: lease.kill_deadline)
+            if outcome.lost is not None:
+                _fail(f"{label}: leadership lost ({outcome.lost}); the command was stopped",
+                      EXIT_CONNECTION)
+            await candidacy.resign()
+            return outcome.status
+
+    try:
+        run_session(ctx, _conn(ctx, servers, timeout), label, body)
+    except LeadershipLost as exc:
+        _fail(f"{label}: candidacy lost: {exc}", EXIT_CONNECTION)
+
+
+@cli.command(cls=_CommandAfterDashes, context_settings=CONTEXT)
+@click.argument("directory")
+@click.argument("name", required=False)
+@click.option("--data", default=None, metavar="DATA",
+              help="The member node's data [default: empty]; - reads standard input.")
+@click.option("--party", is_flag=True,
+              help="Name the node as kazoo's Party does (<uuid>__party__, data = NAME), so "
+                   "kazoo's Party(DIRECTORY) counts this member.")
+@connection_options
+@click.pass_context
+def register(ctx: click.Context, directory: str, name: str | None, data: str | None,
+             party: bool, servers: str | None, timeout: float | None) -> None:
+    """Keep the ephemeral node DIRECTORY/NAME while CMD (after --) runs:
+    zkfs register DIRECTORY [NAME] [--data DATA] -- CMD.
+
+    NAME defaults to the hostname. The node goes when CMD exits (zkfs register exits with
+    CMD's status), when zkfs register is stopped, or when its session ends (kill -9: after
+    the session timeout). If the session expires or the node is deleted, CMD gets SIGTERM,
+    then SIGKILL, and zkfs register exits 7. A node of that name left by an earlier,
+    not yet expired session is waited for.
+    """
+    from zkfs.leadership import Lease, Registration, default_identifier
+
+    label = f"register {directory}"
+    _check_path(label, directory)
+    argv: list[str] = ctx.meta.get("zkfs.argv", [])
+    if not argv:
+        _fail(f"{label}: missing the command to run: zkfs register DIRECTORY [NAME] -- CMD",
+              EXIT_USAGE)
+    member = name if name is not None else default_identifier()
+    if not member or "/" in member or member in (".", ".."):
+        _fail(f"{label}: invalid member name {member!r}", EXIT_USAGE)
+    raw = _read_data(label, data)
+    payload = raw if raw is not None else (member.encode() if party else b"")
+
+    async def body(zk: Any) -> int:
+        import trio
+
+        from zkfs.supervise import FORWARDED, STOPPING
+
+        with trio.open_signal_receiver(*STOPPING, *FORWARDED) as signals:
+            registration = Registration(zk, directory, member, payload, party=party)
+            stopped = False
+            async with trio.open_nursery() as nursery:
+                async def join() -> None:
+                    await registration.join(on_wait=lambda owner: _note(
+                        f"{label}: {registration.node_path} is still held by session "
+                        f"0x{owner:x}; waiting for it to go"))
+                    nursery.cancel_scope.cancel()
+
+                async def until_stopped() -> None:
+                    nonlocal stopped
+                    async for sig in signals:
+                        if sig in STOPPING:
+                            stopped = True
+                            nursery.cancel_scope.cancel()
+                            return
+                nursery.start_soon(join)
+                nursery.start_soon(until_stopped)
+            if stopped:
+                return EXIT_OK
+            lease = Lease(zk, registration.node_path, strict=False)
+            _note(f"{label}: registered {registration.node_path}; running {argv[0]}")
+            outcome = await _run_command(label, argv, signals, lease.wait_lost,
+                                         lambda: lease.kill_deadline)
+            if outcome.lost is not None:
+                _fail(f"{label}: registration lost ({outcome.lost}); the command was stopped",
+                      EXIT_CONNECTION)
+            await registration.leave()
+            return outcome.status
+    run_session(ctx, _conn(ctx, servers, timeout), label, body)
+
+
 # ---------------------------------------------------------------------------- lock
 
 # flock(1)'s exit status when the command cannot be executed (sysexits' EX_UNAVAILABLE).
 EXIT_EXEC_FAILED = 69
 
 
-@cli.command("lock", context_settings={**CONTEXT, "allow_interspersed_args": False})
+@cli.command("lock", cls=_CommandAfterDashes,
+             context_settings={**CONTEXT, "allow_interspersed_args": False})
 @click.argument("path")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.option("-s", "--shared", is_flag=True, help="Take a shared (read) lock.")
@@ -759,18 +1022,20 @@ EXIT_EXEC_FAILED = 69
 def lock(ctx: click.Context, path: str, command: tuple[str, ...], shared: bool,
          exclusive: bool, nonblock: bool, wait: float | None, conflict_exit_code: int,
          shell_command: str | None, servers: str | None) -> None:
-    """Run CMD ARGS holding the cluster-wide lock of PATH, like flock(1): `zkfs lock PATH --
-    CMD ARGS...`. It is the lock that flock(1) and fcntl locks on the file PATH take through
-    a mount of the same SERVERS (and kazoo's WriteLock/ReadLock on /.zkfs/locks/ENCODED, PATH
-    percent-encoded); PATH need not exist. Exit status: the command's (128+N if killed by signal N), 1 (or -E) if -n or
-    -w gave up, 69 if the command could not be run."""
+    """Run CMD holding the cluster-wide lock of PATH, like flock(1):
+    zkfs lock PATH -- CMD [ARGS...].
+
+    It is the lock that flock(1) and fcntl locks on the file PATH take through a mount of the
+    same SERVERS (and kazoo's WriteLock/ReadLock on /.zkfs/locks/ENCODED, PATH
+    percent-encoded); PATH need not exist. Exit status: CMD's (128+N if killed by signal N),
+    1 (or -E) if -n or -w gave up, 69 if CMD could not be run, 7 if the lock was lost while
+    CMD ran (CMD was then stopped, as under zkfs elect)."""
     label = f"lock {path}"
     _check_path(label, path)
     if shared and exclusive:
         _fail(f"{label}: -s and -x exclude each other", EXIT_USAGE)
-    if command[:1] == ("--",):
-        # Options end at PATH, so click hands a `--` after PATH through.
-        command = command[1:]
+    # `PATH -- CMD` (after --, verbatim) or, as with flock(1), `PATH CMD ARGS`.
+    command = tuple(ctx.meta.get("zkfs.argv") or ()) or command
     if shell_command is not None:
         if command:
             _fail(f"{label}: -c and CMD exclude each other", EXIT_USAGE)
@@ -787,16 +1052,17 @@ def lock(ctx: click.Context, path: str, command: tuple[str, ...], shared: bool,
 
         import trio
 
-        from zkfs.client import ClientState
+        from zkfs import supervise
+        from zkfs.leadership import Lease
         from zkfs.lock import LockMode, ZkLock, lock_dir
 
         mode = LockMode.SHARED if shared else LockMode.EXCLUSIVE
         data = f"{socket.gethostname()} pid {os.getpid()} (zkfs lock)".encode()
         contender = ZkLock(zk, lock_dir(path), mode, data)
-        # SIGINT/SIGTERM/SIGHUP are ours from the start, so none can end us with our node
-        # left behind: while waiting they end the wait (128+N), while the command runs
-        # SIGTERM/SIGHUP are passed on to it (Ctrl-C reaches it from the terminal itself).
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as sigs:
+        # The signals are ours from the start, so none can end us with our node left behind:
+        # while waiting they end the wait (128+N, as flock(1) dies of them), while the
+        # command runs they are passed on to it (zkfs.supervise).
+        with trio.open_signal_receiver(*supervise.STOPPING, *supervise.FORWARDED) as sigs:
             stopped_by: list[int] = []
             acquired = False
             async with trio.open_nursery() as nursery:
@@ -816,32 +1082,24 @@ def lock(ctx: click.Context, path: str, command: tuple[str, ...], shared: bool,
                 return conflict_exit_code
             try:
                 try:
-                    proc = await trio.lowlevel.open_process(argv, stdin=None, stdout=None,
-                                                            stderr=None)
+                    child = supervise.start(argv)
                 except OSError as exc:
                     print(f"zkfs: lock: failed to execute {argv[0]}: {exc.strerror}",
                           file=sys.stderr)
                     return EXIT_EXEC_FAILED
-                states = zk.subscribe_state()
-                async with trio.open_nursery() as nursery:
-                    async def forward() -> None:
-                        async for signum in sigs:
-                            if signum != signal.SIGINT and proc.returncode is None:
-                                proc.send_signal(signum)
-
-                    async def warn_if_lost() -> None:
-                        # Cut off longer than the session timeout: the lock is gone and others
-                        # may take it while the command still runs (as with any ZooKeeper lock).
-                        async for state in states:
-                            if state is ClientState.EXPIRED:
-                                print(f"zkfs: lock {path}: lock lost: session expired",
-                                      file=sys.stderr)
-                                return
-                    nursery.start_soon(forward)
-                    nursery.start_soon(warn_if_lost)
-                    code = await proc.wait()
-                    nursery.cancel_scope.cancel()
-                return 128 - code if code < 0 else code
+                # As for zkfs elect: a lock is a claim that can go stale. Cut off from the
+                # ensemble, the command is stopped before the session can expire and another
+                # host take the lock.
+                assert contender.path is not None
+                lease = Lease(zk, contender.path, since=contender.checked_at)
+                outcome = await supervise.run_supervised(
+                    child, sigs, lease.wait_lost, lambda: lease.kill_deadline,
+                    on_lost=lambda reason: _note(f"{label}: lost ({reason}): stopping the "
+                                                 "command"))
+                if outcome.lost is not None:
+                    _fail(f"{label}: lock lost ({outcome.lost}); the command was stopped",
+                          EXIT_CONNECTION)
+                return outcome.status
             finally:
                 with trio.CancelScope(shield=True):
                     await contender.release()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import enum
 import hashlib
+import ipaddress
 import logging
 import math
 import random
@@ -131,6 +132,14 @@ WatchCallback = Callable[[WatchedEvent], None]
 StateCallback = Callable[[ClientState], None]
 
 
+def _is_ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host.partition("%")[0])  # a zone (fe80::1%eth0) is allowed
+        return True
+    except ValueError:
+        return False
+
+
 def parse_connect_string(connect: str) -> tuple[list[tuple[str, int]], str | None]:
     """Split `h1:p1,h2:p2/chroot` into ([(host, port), ...], chroot or None).
 
@@ -148,8 +157,10 @@ def parse_connect_string(connect: str) -> tuple[list[tuple[str, int]], str | Non
         if not item:
             continue
         if item.startswith("["):
-            host, _, rest = item[1:].partition("]")
-            port_text = rest[1:] if rest.startswith(":") else ""
+            host, bracket, rest = item[1:].partition("]")
+            if not bracket or (rest and not rest.startswith(":")):
+                raise ValueError(f"invalid host in connect string: {item!r}")
+            port_text = rest[1:]
         elif item.count(":") == 1:
             host, _, port_text = item.partition(":")
         else:
@@ -159,6 +170,10 @@ def parse_connect_string(connect: str) -> tuple[list[tuple[str, int]], str | Non
         except ValueError:
             raise ValueError(f"invalid port in connect string: {item!r}") from None
         if not host or not 0 < port < 65536:
+            raise ValueError(f"invalid host in connect string: {item!r}")
+        if ":" in host and not _is_ipv6(host):
+            # `::::` or `a:b:c`: not an address, and no DNS name has colons. Failing here
+            # makes it a usage error at once instead of a connect timeout.
             raise ValueError(f"invalid host in connect string: {item!r}")
         hosts.append((host, port))
     if not hosts:

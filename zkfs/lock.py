@@ -1,5 +1,6 @@
 """ZooKeeper's lock recipe (shared and exclusive), on the trio client; used by the mount's
-flock/fcntl locks and by `zkfs lock`.
+flock/fcntl locks and by `zkfs lock`. (`zkfs elect`'s candidacy, zkfs.leadership, is the
+exclusive half of the same recipe on the same names.)
 
 The recipe (ZooKeeper's "Locks" and "Shared Locks" recipes, as kazoo implements them): every
 contender creates one ephemeral sequential znode in the lock directory and then waits for the
@@ -29,7 +30,8 @@ from urllib.parse import quote
 import trio
 
 from zkfs.client import ClientState, WatchedEvent, ZkClient
-from zkfs.errors import ConnectionLossError, NodeExistsError, NoNodeError
+from zkfs.errors import ConnectionLossError, NoNodeError
+from zkfs.leadership import LOCK_MARK, ensure_path
 from zkfs.meta import META_ROOT
 
 __all__ = ["LOCKS_ROOT", "LockMode", "Contender", "ZkLock", "lock_dir", "contenders",
@@ -51,7 +53,7 @@ async def _direct(fn: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -
 class LockMode(enum.Enum):
     """A contender's kind; the value is the marker in its node's name (kazoo's names)."""
     SHARED = "__rlock__"
-    EXCLUSIVE = "__lock__"
+    EXCLUSIVE = LOCK_MARK
 
     def conflicts_with(self, other: LockMode) -> bool:
         return self is LockMode.EXCLUSIVE or other is LockMode.EXCLUSIVE
@@ -119,19 +121,13 @@ class ZkLock:
         #: Our node's name in the directory, once created.
         self.node: str | None = None
         self.held = False
+        #: When the request that showed us holding was sent (trio clock): the ensemble heard
+        #: from our session no earlier than that (zkfs.leadership.Lease counts from it).
+        self.checked_at = 0.0
 
     @property
     def path(self) -> str | None:
         return None if self.node is None else f"{self.directory}/{self.node}"
-
-    async def _ensure_directory(self) -> None:
-        partial = ""
-        for part in self.directory.strip("/").split("/"):
-            partial += "/" + part
-            try:
-                await self._call(self.zk.create, partial, None)
-            except NodeExistsError:
-                pass
 
     async def _create(self) -> None:
         base = f"{self.directory}/{self._prefix}{self.mode.value}"
@@ -140,7 +136,7 @@ class ZkLock:
                 created = await self._call(self.zk.create, base, self.data, ephemeral=True,
                                            sequential=True)
             except NoNodeError:
-                await self._ensure_directory()
+                await self._call(ensure_path, self.zk, self.directory)
                 continue
             except ConnectionLossError:
                 # The create may have happened: our unique prefix finds it (kazoo does the same).
@@ -166,6 +162,7 @@ class ZkLock:
                 if self.zk.state.is_terminal:
                     # The session ended (expired or closed): our node went with it.
                     raise NoNodeError(path=self.path)
+                sent = trio.current_time()
                 queue = await contenders(self.zk, self.directory, self._call)
                 mine = next((c for c in queue if c.name == self.node), None)
                 if mine is None:
@@ -178,6 +175,7 @@ class ZkLock:
                          and c.name not in ignore and c.mode.conflicts_with(self.mode)]
                 if not ahead:
                     self.held = True
+                    self.checked_at = sent
                     return True
                 if not blocking or (deadline is not None and trio.current_time() >= deadline):
                     await self.release()

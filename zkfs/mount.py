@@ -138,14 +138,20 @@ def build_config(options: dict[str, str], servers: str = "zkfs"
 
 
 def _setup_logging(options: dict[str, str], foreground: bool) -> None:
+    """logfile= if given; else stderr in the foreground (journal style under systemd), and
+    syslog (/dev/log, i.e. the journal) in the background, where stderr is /dev/null."""
+    from zkfs.sdnotify import log_handler, syslog_handler
+
     level = logging.DEBUG if "debug" in options else logging.WARNING
-    handler: logging.Handler
+    stream_format = "%(asctime)s zkfs[%(process)d] %(levelname)s %(name)s: %(message)s"
+    handler: logging.Handler | None = None
     if options.get("logfile"):
         handler = logging.FileHandler(options["logfile"])
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s zkfs[%(process)d] %(levelname)s "
-                                           "%(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(stream_format))
+    elif not foreground:
+        handler = syslog_handler("zkfs-mount")
+    if handler is None:
+        handler = log_handler(stream_format)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -284,19 +290,44 @@ def run_mount(servers: str, mountpoint: str, options: dict[str, str], foreground
     except MountOptionError as exc:
         print(f"zkfs mount: {exc}", file=sys.stderr)
         return 2
+    if not (hasattr(pyfuse3, "interruptible") and hasattr(pyfuse3.Operations, "setlk")):
+        # Without lock operations the kernel would lock on this host only: flock on the mount
+        # would seem to work and exclude nobody elsewhere.
+        print("zkfs mount: the installed pyfuse3 lacks lock operations (cluster-wide locks "
+              "would be host-local); install the patched build: scripts/setup.sh, "
+              "contrib/pyfuse3", file=sys.stderr)
+        return 1
     if not os.path.isdir(mountpoint):
         print(f"zkfs mount: {mountpoint}: not a directory", file=sys.stderr)
         return 2
     mountpoint = os.path.abspath(mountpoint)
 
     if foreground:
+        from zkfs.sdnotify import notifier, run_watchdog, watchdog_interval
+
         _setup_logging(options, foreground=True)
+        # systemd (Type=notify): READY=1 once mounted, WATCHDOG=1, STOPPING=1 on the way out.
+        notify = notifier()
+        interval = watchdog_interval()
 
         def report_fg(message: str) -> None:
-            if message != "ok":
+            if message == "ok":
+                notify.ready(f"mounted {servers} on {mountpoint}")
+            else:
                 print(f"zkfs mount: {message}", file=sys.stderr)
-        return trio.run(_serve, servers, mountpoint, cfg, session_timeout, fuse_options,
-                        report_fg)
+
+        async def serve_fg() -> int:
+            async with trio.open_nursery() as nursery:
+                if interval is not None:
+                    nursery.start_soon(run_watchdog, notify, interval)
+                code = await _serve(servers, mountpoint, cfg, session_timeout, fuse_options,
+                                    report_fg)
+                nursery.cancel_scope.cancel()
+            return code
+        try:
+            return trio.run(serve_fg)
+        finally:
+            notify.stopping(f"unmounted {mountpoint}")
 
     read_fd, write_fd = os.pipe()
     pid = os.fork()

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import signal
 import sys
 
 import click
 
 from zkfsd.config import ConfigError, build_config
+from zkfsd.service import LOG_FORMAT, Logging, Reloader
 
 log = logging.getLogger("zkfsd")
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Exit status, also documented in man/zkfsd.8.
 EXIT_OK = 0
@@ -20,14 +21,24 @@ EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130
 
 
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root = logging.getLogger()
-    # Replace rather than add handlers, so calling main() twice in one process (tests) does not
-    # print every line twice.
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+def setup_logging(level: str, log_file: str | None = None) -> Logging:
+    """stderr (journal style under systemd) or --log-file; see zkfsd.service.Logging."""
+    logs = Logging(level=level, log_file=log_file)
+    logs.install()
+    return logs
+
+
+def _check_dir(what: str, path: str) -> str | None:
+    """Why `path` cannot hold zkfsd's files (one line), or None if it can."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        return f"{what} {path}: {exc.strerror or exc}"
+    if not os.path.isdir(path):
+        return f"{what} {path}: not a directory"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"{what} {path}: not writable"
+    return None
 
 
 def _single_os_error(exc: BaseException) -> OSError | None:
@@ -48,7 +59,7 @@ _STARTUP_ERRNOS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.ER
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog=(
         "Options given on the command line override the same setting in --config. "
-        "SIGTERM (or SIGINT) stops the server cleanly. Exit status: 0 clean stop, 1 failure, "
+        "SIGTERM (or SIGINT) stops the server cleanly; SIGHUP reopens --log-file and re-reads --config. Exit status: 0 clean stop, 1 failure, "
         "2 bad configuration. See zkfsd(8) for zoo.cfg keys and four-letter words."
     ),
 )
@@ -75,6 +86,8 @@ _STARTUP_ERRNOS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.ER
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
               help="Least severe log messages written to stderr.")
+@click.option("--log-file", metavar="FILE",
+              help="Append the log to FILE instead of stderr; SIGHUP reopens it (logrotate).")
 @click.version_option(package_name="zkfs", prog_name="zkfsd")
 def main(
     config_file: str | None,
@@ -87,6 +100,7 @@ def main(
     max_session_timeout: int | None,
     my_id: int | None,
     log_level: str,
+    log_file: str | None,
 ) -> None:
     """Run zkfsd, a server that speaks ZooKeeper's client protocol.
 
@@ -98,28 +112,41 @@ def main(
       zkfsd --data-dir /var/lib/zkfs --client-port 2181
       zkfsd --config /etc/zkfs/zoo.cfg
     """
-    setup_logging(log_level)
+    # SIGHUP (a closed terminal, `systemctl reload`) must never kill zkfsd: ignored until the
+    # service loop handles it (zkfsd.service).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        config = build_config(
-            config_file,
-            data_dir=data_dir,
-            data_log_dir=data_log_dir,
-            client_port=client_port,
-            client_address=client_address,
-            tick_time=tick_time,
-            min_session_timeout=min_session_timeout,
-            max_session_timeout=max_session_timeout,
-            my_id=my_id,
-        )
-    except ConfigError as e:
+        logs = setup_logging(log_level, log_file)
+    except OSError as e:
+        click.echo(f"zkfsd: configuration error: --log-file {log_file}: {e.strerror or e}",
+                   err=True)
+        sys.exit(EXIT_CONFIG)
+    overrides = dict(
+        data_dir=data_dir,
+        data_log_dir=data_log_dir,
+        client_port=client_port,
+        client_address=client_address,
+        tick_time=tick_time,
+        min_session_timeout=min_session_timeout,
+        max_session_timeout=max_session_timeout,
+        my_id=my_id,
+    )
+    try:
+        config = build_config(config_file, **overrides)
+    except (ConfigError, OSError) as e:
         # One line, no traceback: the message is for the operator, not a bug report.
         click.echo(f"zkfsd: configuration error: {e}", err=True)
         sys.exit(EXIT_CONFIG)
+    for what, path in (("data directory", config.data_dir), ("log directory", config.log_dir)):
+        problem = _check_dir(what, path)
+        if problem is not None:
+            click.echo(f"zkfsd: configuration error: {problem}", err=True)
+            sys.exit(EXIT_CONFIG)
 
     # Imported here so `zkfsd --help` and config errors do not pay for (or depend on) the server.
     import trio
 
-    from zkfsd import server
+    from zkfsd import service
 
     log.info(
         "starting: data_dir=%s log_dir=%s client=%s:%d tick=%dms session timeout %d-%dms%s",
@@ -128,7 +155,7 @@ def main(
         f" my_id={config.my_id} servers={sorted(config.servers)}" if config.servers else " standalone",
     )
     try:
-        trio.run(server.serve, config)
+        trio.run(service.run, config, Reloader(logs, config_file, overrides))
     except KeyboardInterrupt:
         # Only reachable before serve() installs its own SIGINT handling (during start-up).
         log.info("interrupted, exiting")
@@ -143,5 +170,22 @@ def main(
     sys.exit(EXIT_OK)
 
 
+def run(argv: list[str] | None = None) -> None:
+    """Console script `zkfsd`: `main`, with click's usage errors as one line and exit 2, like
+    every other configuration error (systemd's journal shows one clear line)."""
+    try:
+        status = main.main(args=argv, prog_name="zkfsd", standalone_mode=False)
+    except click.UsageError as e:
+        message = " ".join(e.format_message().split())
+        click.echo(f"zkfsd: {message} (see 'zkfsd --help')", err=True)
+        status = EXIT_CONFIG
+    except click.ClickException as e:
+        click.echo(f"zkfsd: {' '.join(e.format_message().split())}", err=True)
+        status = e.exit_code
+    except click.Abort:
+        status = EXIT_INTERRUPTED
+    sys.exit(status if isinstance(status, int) else EXIT_OK)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run()

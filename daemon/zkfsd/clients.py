@@ -60,6 +60,9 @@ class ClientConnection:
         self.sent = 0
         self.queued_bytes = 0  # replies handed to the writer but not yet written to the socket
         self.connected_at = time.time()
+        # Set by the first frame (a handshake or a four-letter word): a connection that says
+        # nothing is closed after the sessionless-connection timeout.
+        self.introduced = False
 
     def __hash__(self) -> int:
         return id(self)
@@ -71,6 +74,7 @@ class ClientConnection:
                 self.abort("client is not reading its replies")
                 return
             self.queued_bytes += len(data)
+            self.server.reserve_reply_bytes(self, len(data))
         try:
             self._out_send.send_nowait(data)
         except trio.WouldBlock:
@@ -116,6 +120,7 @@ class ClientConnection:
                     self._scope.cancel()
                     return
                 self.queued_bytes -= len(data)
+                self.server.reply_bytes -= len(data)
                 self.sent += len(batch)
                 self.server.stats.packets_sent += len(batch)
             if closing:
@@ -128,6 +133,7 @@ class ClientConnection:
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
+                nursery.start_soon(self._handshake_deadline)
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._replier)
                 await self._reader()
@@ -137,6 +143,13 @@ class ClientConnection:
             # trio wraps a child task's error in an ExceptionGroup, so a plain `except` never
             # matched here and a reset connection crashed the server: match inside the group.
             pass
+
+    async def _handshake_deadline(self) -> None:
+        # ZooKeeper closes connections that establish no session within 10 s (its
+        # sessionlessCnxnTimeout); idle sockets would otherwise hold descriptors for ever.
+        await trio.sleep(self.server.config.sessionless_timeout / 1000.0)
+        if not self.introduced:
+            self.abort("no handshake within the sessionless-connection timeout")
 
     async def _reader(self) -> None:
         while True:
@@ -150,6 +163,7 @@ class ClientConnection:
                     return
                 self.codec.receive_data(data)
                 continue
+            self.introduced = True
             if isinstance(event, wire.FourLetterWord):
                 text = fourlw.answer(event.command, self.server)
                 self._send(text.encode())
@@ -165,6 +179,11 @@ class ClientConnection:
                 continue
             self.received += 1
             self.server.stats.packets_received += 1
+            if self.session_id and not self.server.serving:
+                # Cut off from the leader: the client must take its session to a member that
+                # can vouch for it, before the leader could expire it.
+                self.abort("this member is not serving")
+                await trio.sleep_forever()
             if self.session_id and not self.server.touch_session(self.session_id):
                 self.abort("session is no longer live")
                 await trio.sleep_forever()
@@ -206,6 +225,10 @@ class ClientConnection:
             session_id, password = created
         else:
             session_id, password = request.session_id, request.passwd
+            if session_id not in server.tree.sessions and not server.is_leader:
+                # This member may simply lag behind the createSession: only after applying
+                # everything the leader has committed may it call the session expired.
+                await server.sync_barrier()
             info = server.tree.sessions.get(session_id)
             if (info is None or info.password != password
                     or not server.touch_session(session_id)):

@@ -32,7 +32,6 @@ _KNOWN_UNUSED_KEYS = frozenset(
     {
         "initLimit",
         "syncLimit",
-        "maxClientCnxns",
         "autopurge.snapRetainCount",
         "autopurge.purgeInterval",
         "admin.enableServer",
@@ -83,6 +82,12 @@ class ServerConfig:
     snap_count: int = 10000
     peer_secret_file: str | None = None
     four_letter_words: set[str] = field(default_factory=lambda: set(DEFAULT_FOUR_LETTER_WORDS))
+    # Connections from one address at a time (ZooKeeper's maxClientCnxns; 0 = no limit).
+    max_client_cnxns: int = 60
+    # A connection that sends no handshake is closed after this (ZooKeeper's 10 s).
+    sessionless_timeout: int = 10000
+    # Replies queued for all clients together; past it the slowest reader is dropped.
+    max_client_reply_bytes: int = 128 << 20
     # Keys from zoo.cfg that zkfsd does not interpret, kept so tools can still see them.
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -133,6 +138,11 @@ class ServerConfig:
                 f"minSessionTimeout ({self.min_timeout} ms) must not be larger than "
                 f"maxSessionTimeout ({self.max_timeout} ms)"
             )
+        for name, value, low in (("maxClientCnxns", self.max_client_cnxns, 0),
+                                 ("sessionlessCnxnTimeout", self.sessionless_timeout, 1),
+                                 ("maxClientReplyBytes", self.max_client_reply_bytes, 1 << 20)):
+            if not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an integer of at least {low}, got {value!r}")
         if not isinstance(self.snap_count, int) or self.snap_count <= 0:
             raise ConfigError(f"snapCount must be a positive integer, got {self.snap_count!r}")
         self.four_letter_words = set(self.four_letter_words)
@@ -176,6 +186,10 @@ _INT_KEYS = {
     "minSessionTimeout": "min_session_timeout",
     "maxSessionTimeout": "max_session_timeout",
     "snapCount": "snap_count",
+    "maxClientCnxns": "max_client_cnxns",
+    # zkfs-specific (ZooKeeper has these as system properties or fixed values).
+    "sessionlessCnxnTimeout": "sessionless_timeout",
+    "maxClientReplyBytes": "max_client_reply_bytes",
 }
 _STR_KEYS = {
     "dataDir": "data_dir",

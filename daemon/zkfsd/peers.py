@@ -25,6 +25,9 @@ import trio
 log = logging.getLogger("zkfsd.peers")
 
 MAX_PEER_FRAME = 512 << 20  # a snapshot of a large tree travels as one frame
+# Until the other side has proved it knows the secret, it gets no more than this: the challenge
+# and the hello are a few dozen bytes, and nobody unauthenticated may make us buffer more.
+MAX_HANDSHAKE_FRAME = 4096
 QUEUE_DEPTH = 4096
 _LEN = struct.Struct(">I")
 HANDSHAKE_TIMEOUT = 5.0
@@ -35,17 +38,22 @@ def _mac(secret: bytes, nonce: bytes, member_id: int) -> bytes:
 
 
 class _FrameReader:
+    """Frames from one peer connection. `limit` starts at the handshake bound and is raised
+    only once the peer has authenticated."""
+
     def __init__(self, stream: trio.abc.ReceiveStream) -> None:
         self._stream = stream
         self._buf = bytearray()
+        self.limit = MAX_HANDSHAKE_FRAME
 
     async def read(self) -> Any:
         """The next decoded frame, or None at end of stream."""
         while True:
             if len(self._buf) >= 4:
                 (length,) = _LEN.unpack_from(self._buf)
-                if length > MAX_PEER_FRAME:
-                    raise ValueError(f"peer frame of {length} bytes is over the limit")
+                if length > self.limit:
+                    raise ValueError(f"peer frame of {length} bytes is over the limit "
+                                     f"({self.limit})")
                 if len(self._buf) >= 4 + length:
                     payload = bytes(self._buf[4:4 + length])
                     del self._buf[:4 + length]
@@ -53,10 +61,13 @@ class _FrameReader:
                         return msgpack.unpackb(payload, raw=False, strict_map_key=False)
                     except Exception as exc:  # msgpack raises several types on garbage
                         raise ValueError(f"undecodable peer frame: {exc}") from None
-            data = await self._stream.receive_some(1 << 20)
+            # Never hold more than one frame's worth beyond the limit in the buffer.
+            data = await self._stream.receive_some(min(1 << 20, self.limit + 4))
             if not data:
                 return None
             self._buf += data
+            if len(self._buf) > self.limit + 4 + (1 << 20):
+                raise ValueError("peer sent more than its frame limit allows")
 
 
 def _frame(obj: Any) -> bytes:
@@ -162,6 +173,7 @@ class PeerTransport:
             if not hmac.compare_digest(hello["mac"], _mac(self.secret, nonce, claimed)):
                 raise ValueError(f"bad credentials for member id {claimed}")
             peer = claimed
+            reader.limit = MAX_PEER_FRAME
             self.connected_in.add(peer)
             while True:
                 obj = await reader.read()

@@ -86,6 +86,10 @@ class Message:
     HEARTBEAT_RESP     context echoed; index = the follower's last index
     SNAPSHOT           snapshot (index, term, data)
     READ_INDEX(_RESP)  context = caller's request id; index = the read index in the response
+
+    sent_tick: on APPEND and HEARTBEAT, the leader's tick count when it sent them; echoed in
+    APPEND_RESP and HEARTBEAT_RESP. An answer thus proves the follower heard the leader no
+    earlier than that tick, which is what the leader's lease is measured from (see has_lease).
     """
 
     type: MsgType
@@ -100,6 +104,7 @@ class Message:
     reject_hint: int = 0
     snapshot: Snapshot | None = None
     context: bytes = b""
+    sent_tick: int = 0
 
     def to_wire(self) -> list[Any]:
         snap = None
@@ -108,17 +113,18 @@ class Message:
         return [
             int(self.type), self.frm, self.to, self.term, self.log_term, self.index,
             [[e.index, e.term, e.data] for e in self.entries],
-            self.commit, self.reject, self.reject_hint, snap, self.context,
+            self.commit, self.reject, self.reject_hint, snap, self.context, self.sent_tick,
         ]
 
     @classmethod
     def from_wire(cls, obj: Any) -> Message:
         """Decode what `to_wire` produced (after msgpack). Peer frames are untrusted: anything
         malformed raises ValueError rather than reaching the state machine."""
-        if not isinstance(obj, (list, tuple)) or len(obj) != 12:
-            raise ValueError("message: expected a 12-element array")
-        (typ, frm, to, term, log_term, index, ents, commit, reject, hint, snap, ctx) = obj
-        _uints("message", typ, frm, to, term, log_term, index, commit, hint)
+        if not isinstance(obj, (list, tuple)) or len(obj) != 13:
+            raise ValueError("message: expected a 13-element array")
+        (typ, frm, to, term, log_term, index, ents, commit, reject, hint, snap, ctx,
+         sent_tick) = obj
+        _uints("message", typ, frm, to, term, log_term, index, commit, hint, sent_tick)
         try:
             mtype = MsgType(typ)
         except ValueError:
@@ -157,7 +163,7 @@ class Message:
         if frm == NONE or to == NONE:
             raise ValueError("message: member ids must be positive")
         return cls(mtype, frm, to, term, log_term, index, tuple(entries), commit, reject, hint,
-                   snapshot, ctx)
+                   snapshot, ctx, sent_tick)
 
 
 def _uints(what: str, *values: Any) -> None:
@@ -193,7 +199,7 @@ class _Progress:
     """The leader's view of one member's log (etcd's tracker.Progress, trimmed)."""
 
     __slots__ = ("match", "next", "state", "paused", "inflight", "recent_active",
-                 "pending_snapshot", "snapshot_ticks")
+                 "pending_snapshot", "snapshot_ticks", "heard_tick")
 
     def __init__(self, next_index: int) -> None:
         self.match = 0
@@ -204,6 +210,8 @@ class _Progress:
         self.recent_active = True
         self.pending_snapshot = 0
         self.snapshot_ticks = 0
+        # The newest sent_tick this member echoed in this term: it heard us no earlier.
+        self.heard_tick = -1
 
     def _reset(self, state: _PState) -> None:
         self.state = state
@@ -365,6 +373,11 @@ class RaftNode:
 
         self.role = Role.FOLLOWER
         self.leader_id = NONE
+        # Ticks since this node was created: the clock of the leader lease and of the session
+        # rules built on it (sessions.py). Only ever grows within one incarnation.
+        self.ticks = 0
+        # On a follower: the newest sent_tick heard from the current leader in this term.
+        self.leader_tick = -1
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = election_ticks
@@ -455,6 +468,7 @@ class RaftNode:
             self.term = term
             self.vote = NONE
         self.leader_id = NONE
+        self.leader_tick = -1
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = self.election_ticks + self._rng.randrange(self.election_ticks)
@@ -526,7 +540,18 @@ class RaftNode:
         return 0
 
     # -- inputs ----------------------------------------------------------------------------
-    def tick(self) -> None:
+    def tick(self, n: int = 1) -> None:
+        """`n` ticks of time passed (more than one after the caller was paused or starved).
+        Past a few election timeouts more ticks change nothing but the clock: by then a leader
+        has stepped down or a follower campaigned, so the rest is skipped."""
+        for i in range(n):
+            if i == 4 * self.election_ticks:
+                self.ticks += n - i
+                return
+            self._tick_one()
+
+    def _tick_one(self) -> None:
+        self.ticks += 1
         if self.role == Role.LEADER:
             self._tick_leader()
             return
@@ -562,6 +587,37 @@ class RaftNode:
         if self._heartbeat_elapsed >= self.heartbeat_ticks:
             self._heartbeat_elapsed = 0
             self._bcast_heartbeat(self._reads[-1].context if self._reads else b"")
+
+    def has_lease(self) -> bool:
+        """True while no other member can have become leader: a majority (us included) answered
+        a message we sent within the last `election_ticks - 1` ticks.
+
+        Followers refuse votes for `election_ticks` of their ticks after hearing from us
+        (step(): the check-quorum lease), and a message sent at our tick s reached them no
+        earlier than s; one tick of margin covers tick phases differing between members. The
+        caller must keep ticks in step with real time (the server ticks for time that passed
+        while it was paused), or the lease would outlive a pause. Without check-quorum
+        followers do not honour leases, so there is none.
+        """
+        if self.role != Role.LEADER:
+            return False
+        if len(self.voters) == 1:
+            return True
+        if not self.check_quorum:
+            return False
+        heard = sorted((self.ticks if v == self.id else self._progress[v].heard_tick
+                        for v in self.voters), reverse=True)
+        oldest = heard[self._quorum - 1]
+        return oldest >= 0 and self.ticks - oldest < self.election_ticks - 1
+
+    def peer_lost(self, member: int) -> None:
+        """The transport saw `member`'s connection die. A follower campaigns early when that
+        was its leader (leader_lost); a leader stops counting the member towards its lease at
+        once, since that follower may now vote before its election timeout."""
+        if self.role == Role.LEADER and member in self._progress:
+            self._progress[member].heard_tick = -1
+        else:
+            self.leader_lost(member)
 
     def propose(self, data: bytes) -> Entry:
         if self.role != Role.LEADER:
@@ -684,6 +740,7 @@ class RaftNode:
         if m.type in (MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT):
             self._election_elapsed = 0
             self.leader_id = m.frm
+            self.leader_tick = max(self.leader_tick, m.sent_tick)
             self._handle_from_leader(m)
         elif m.type == MsgType.READ_INDEX_RESP:
             self._read_states.append(ReadState(m.index, m.context))
@@ -692,6 +749,7 @@ class RaftNode:
         if m.type in (MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT):
             # Someone won this term.
             self._become_follower(m.term, m.frm)
+            self.leader_tick = m.sent_tick
             self._handle_from_leader(m)
         elif ((m.type == MsgType.PRE_VOTE_RESP and self.role == Role.PRE_CANDIDATE)
               or (m.type == MsgType.VOTE_RESP and self.role == Role.CANDIDATE)):
@@ -709,7 +767,7 @@ class RaftNode:
             # Our last index lets the leader notice a member that lost its log even when
             # there is nothing new to append (see _step_leader).
             self._send(Message(MsgType.HEARTBEAT_RESP, self.id, m.frm, self.term,
-                               index=self.last_index, context=m.context))
+                               index=self.last_index, context=m.context, sent_tick=m.sent_tick))
         else:
             self._handle_snapshot(m)
         if (self.rebuilding and self._rebuild_target is not None
@@ -726,7 +784,8 @@ class RaftNode:
     def _handle_append(self, m: Message) -> None:
         if m.index < self.commit:
             # Already committed here: tell the leader where we really are.
-            self._send(Message(MsgType.APPEND_RESP, self.id, m.frm, self.term, index=self.commit))
+            self._send(Message(MsgType.APPEND_RESP, self.id, m.frm, self.term, index=self.commit,
+                               sent_tick=m.sent_tick))
             return
         if self.term_at(m.index) == m.log_term:
             last_new = m.index + len(m.entries)
@@ -735,11 +794,13 @@ class RaftNode:
                     self._truncate_append(m.entries[e.index - m.index - 1 :])
                     break
             self._commit_to(min(m.commit, last_new))
-            self._send(Message(MsgType.APPEND_RESP, self.id, m.frm, self.term, index=last_new))
+            self._send(Message(MsgType.APPEND_RESP, self.id, m.frm, self.term, index=last_new,
+                               sent_tick=m.sent_tick))
             return
         hint, hint_term = self._find_conflict_by_term(min(m.index, self.last_index), m.log_term)
         self._send(Message(MsgType.APPEND_RESP, self.id, m.frm, self.term, index=m.index,
-                           reject=True, reject_hint=hint, log_term=hint_term))
+                           reject=True, reject_hint=hint, log_term=hint_term,
+                           sent_tick=m.sent_tick))
 
     def _handle_snapshot(self, m: Message) -> None:
         s = m.snapshot
@@ -767,6 +828,10 @@ class RaftNode:
         pr = self._progress.get(m.frm)
         if pr is None:
             return
+        if m.type in (MsgType.APPEND_RESP, MsgType.HEARTBEAT_RESP):
+            # Same term as ours (step() filtered the others), so we stamped sent_tick ourselves;
+            # the clamp keeps a bad peer from stretching our lease into the future.
+            pr.heard_tick = max(pr.heard_tick, min(m.sent_tick, self.ticks))
         if m.type == MsgType.APPEND_RESP:
             pr.recent_active = True
             self._handle_append_resp(m, pr)
@@ -848,7 +913,8 @@ class RaftNode:
         if not ents and not send_if_empty:
             return False
         self._send(Message(MsgType.APPEND, self.id, to, self.term, log_term=prev_term,
-                           index=prev, entries=tuple(ents), commit=self.commit))
+                           index=prev, entries=tuple(ents), commit=self.commit,
+                           sent_tick=self.ticks))
         if pr.state == _PState.REPLICATE:
             if ents:
                 pr.next = ents[-1].index + 1
@@ -861,7 +927,8 @@ class RaftNode:
         for peer in self._peers:
             pr = self._progress[peer]
             self._send(Message(MsgType.HEARTBEAT, self.id, peer, self.term,
-                               commit=min(pr.match, self.commit), context=context))
+                               commit=min(pr.match, self.commit), context=context,
+                               sent_tick=self.ticks))
 
     def _flush(self) -> None:
         """Send the appends that proposals and commit advances asked for."""

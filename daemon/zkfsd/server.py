@@ -4,9 +4,9 @@ Owner tree of tasks (one nursery each):
   ZkServer.run
     ├─ log loop: Readys of the Raft core → snapshot install, storage (append + one fsync per
     │  batch), peer messages, apply committed entries to the tree (watches fire here)
-    ├─ ticker: Raft ticks; followers report active sessions to the leader
+    ├─ ticker: Raft ticks for the time that passed; followers report active sessions to the
+    │  leader; the leader turns sessions that sessions.py says are expired into closeSession
     ├─ peer transport (ensembles): msgpack frames to and from the other members (peers.py)
-    ├─ expiry loop (leader): overdue sessions → closeSession transactions
     ├─ reaper loop (leader): empty containers and expired TTL nodes → deleteContainer
     ├─ the client listener → one ClientConnection per socket (clients.py)
     └─ signal watcher: SIGTERM/SIGINT cancel everything; the log is fsync'd and closed on the way out
@@ -18,6 +18,7 @@ ensemble of one and takes the same path.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import math
@@ -38,12 +39,15 @@ from zkfsd.config import ServerConfig
 from zkfsd.consensus import make_zxid
 from zkfsd.peers import PeerTransport
 from zkfsd.raft import Message, RaftNode
-from zkfsd.sessions import SessionIdGenerator, SessionTracker, new_password
+from zkfsd.sessions import ReportAck, SessionIdGenerator, SessionKeeper, SessionReport, new_password
 from zkfsd.storage import HardState, Snapshot, Storage
 from zkfsd.tree import ApplyResult, DataTree
 from zkfsd.watches import WatchManager
 
 log = logging.getLogger("zkfsd.server")
+
+# Raft election timeout in raft ticks (randomized up to twice that).
+ELECTION_TICKS = 10
 
 
 
@@ -105,9 +109,11 @@ class ZkServer:
         self._rebuild_marker = Path(config.data_dir) / "REBUILDING"
         self.tree = DataTree()
         self.watches = WatchManager()
-        self.sessions = SessionTracker()
         self.stats = Stats()
         self.connections: set[ClientConnection] = set()
+        self._per_address: dict[str, int] = {}  # open client connections by remote address
+        self._refusals_logged: dict[str, float] = {}
+        self.reply_bytes = 0  # replies queued for all clients, not yet written
         self.by_session: dict[int, ClientConnection] = {}
         self.session_ids = SessionIdGenerator(self.member_id, int(time.time() * 1000))
         self.core: RaftNode | None = None
@@ -118,7 +124,6 @@ class ZkServer:
         # entries its earlier runs proposed: a random id per run in txn["origin"] keeps such an
         # entry from completing a new proposal that happens to have the same number.
         self._incarnation = int.from_bytes(os.urandom(8), "big") >> 1
-        self._touched: set[int] = set()  # sessions active here since the last report to the leader
         self._leader = 0
         self._replayed = False
         self._synced_vote: tuple[int, int] | None = None  # (term, vote) as last fsync'd
@@ -127,6 +132,15 @@ class ZkServer:
         # Raft ticks are finer than ZooKeeper's tickTime: an election timeout of 10-20 raft ticks
         # is one to two tickTimes, well inside the smallest session timeout (two tickTimes).
         self.raft_tick = max(0.02, config.tick_time / 1000.0 / 10)
+        self._ticks_due = 0  # raft ticks of real time since _tick_origin
+        self._tick_origin = 0.0
+        # Followers report every half tickTime; a follower whose reports stop being
+        # acknowledged stops serving after `cutoff` ticks, which must cover a cut-off leader's
+        # check-quorum step-down (two election timeouts) as well; see sessions.py.
+        report_every = max(1, round(config.tick_time / 1000.0 / 2 / self.raft_tick))
+        self.keeper = SessionKeeper(self.member_id, self.voters, report_every=report_every,
+                                    cutoff=2 * ELECTION_TICKS + 2 * report_every)
+        self._was_serving = False
         self.listen_port: int | None = None
 
     @property
@@ -139,8 +153,12 @@ class ZkServer:
 
     @property
     def serving(self) -> bool:
-        """Clients get sessions only while this member has a leader and has replayed its log."""
-        return self._replayed and self.core is not None and self.core.leader_id != 0
+        """Clients are served only while this member has replayed its log, has a leader and,
+        as a follower, gets its session reports acknowledged by that leader (sessions.py)."""
+        core = self.core
+        if not self._replayed or core is None or core.leader_id == 0:
+            return False
+        return core.is_leader or self.keeper.follower_serving(core.ticks)
 
     @property
     def outstanding(self) -> int:
@@ -175,7 +193,7 @@ class ZkServer:
         self._synced_vote = (loaded.hard_state.term, loaded.hard_state.vote)
         if loaded.snapshot is not None:
             self.tree = DataTree.from_snapshot(loaded.snapshot.data)
-            self._track_all_sessions()
+            self._reset_sessions(0)
         if self.standalone:
             # A majority of one: everything durable here is committed and replays at once.
             self._replay_target = loaded.entries[-1].index if loaded.entries else 0
@@ -199,7 +217,8 @@ class ZkServer:
                         "campaigns until a leader has brought it up to date")
         self.core = RaftNode(self.member_id, self.voters, hard_state=loaded.hard_state,
                              snapshot=loaded.snapshot, entries=loaded.entries,
-                             rng=random.Random(), election_ticks=10, heartbeat_ticks=1,
+                             rng=random.Random(), election_ticks=ELECTION_TICKS,
+                             heartbeat_ticks=1,
                              rebuilding=rebuilding)
         self._since_snapshot = len(loaded.entries)
         log.info("loaded snapshot at index %d and %d log entries (commit %d) in %.3fs",
@@ -226,11 +245,11 @@ class ZkServer:
                                                    on_lost=self._on_peer_lost)
                     await nursery.start(self.transport.run)
                 nursery.start_soon(self._ticker)
-                nursery.start_soon(self._expiry_loop)
                 nursery.start_soon(self._reaper_loop)
-                listeners = await nursery.start(functools.partial(
-                    trio.serve_tcp, self._handle_client, self.config.client_port,
-                    host=self.config.client_address))
+                listeners = await trio.open_tcp_listeners(self.config.client_port,
+                                                          host=self.config.client_address)
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, listener, nursery)
                 self.listen_port = listeners[0].socket.getsockname()[1]
                 log.info("serving clients on %s:%d (%s, member %d of %s, tickTime %d ms, "
                          "session timeout %d..%d ms)", self.config.client_address,
@@ -260,15 +279,46 @@ class ZkServer:
 
     async def _ticker(self) -> None:
         assert self.core is not None
-        report_every = max(1, int(self.config.tick_time / 1000.0 / 2 / self.raft_tick))
-        ticks = 0
+        self._tick_origin = trio.current_time()
+        last_round = 0
         while True:
             await trio.sleep(self.raft_tick)
-            self.core.tick()
-            ticks += 1
-            if ticks % report_every == 0:
-                self._report_sessions()
+            self._catch_up()
+            if self.core.ticks - last_round >= self.keeper.report_every:
+                last_round = self.core.ticks
+                self._session_round()
+
+    def _catch_up(self) -> None:
+        """Tick the core for all the time that passed. After a pause (SIGSTOP, a stalled VM, a
+        starved loop) that is many ticks at once, so leases, election timeouts and session
+        rules see the real elapsed time before this member acts on anything again; client
+        activity calls this first too."""
+        assert self.core is not None
+        due = int((trio.current_time() - self._tick_origin) / self.raft_tick)
+        if due > self._ticks_due and self._tick_origin:
+            self.core.tick(due - self._ticks_due)
+            self._ticks_due = due
             self._wakeup.set()
+        self.keeper.set_role(self.core.term if self.core.is_leader else None, self.core.ticks)
+
+    def _session_round(self) -> None:
+        """Every report interval: followers report, the leader expires, and a member that
+        stopped serving lets its clients go find one that serves."""
+        core = self.core
+        assert core is not None
+        if core.is_leader:
+            for session_id in self.keeper.expired(core.ticks, lease=core.has_lease()):
+                log.info("session 0x%x timed out", session_id)
+                self.close_session(session_id, expired=True)
+        elif core.leader_id and self.transport is not None:
+            self._report_sessions()
+        serving = self.serving
+        if self._was_serving and not serving:
+            log.warning("member %d: no acknowledged contact with the leader for %d ticks; "
+                        "closing client connections", self.member_id, self.keeper.cutoff)
+            for conn in list(self.connections):
+                conn.abort("this member lost contact with the leader")
+        self._was_serving = serving
 
     # -- proposing -------------------------------------------------------------------------------
     def propose(self, txn: dict[str, Any]) -> Proposal:
@@ -316,11 +366,14 @@ class ZkServer:
             if self.core.is_leader:
                 self._submit(body)
         elif kind == "touch":
-            if not isinstance(body, list) or not all(isinstance(s, int) for s in body):
-                raise ValueError("session report is malformed")
-            now = trio.current_time()
-            for session_id in body:
-                self.sessions.touch(session_id, now)
+            report = SessionReport.from_wire(body)
+            self._catch_up()
+            ack = self.keeper.on_report(frm, report, self.core.ticks,
+                                        lease=self.core.has_lease())
+            if ack is not None and self.transport is not None:
+                self.transport.send(frm, ["touched", ack.to_wire()])
+        elif kind == "touched":
+            self.keeper.acknowledged(ReportAck.from_wire(body))
         else:
             raise ValueError(f"unknown peer message kind {kind!r}")
         self._wakeup.set()
@@ -329,8 +382,8 @@ class ZkServer:
         assert self.core is not None
         if member == self.core.leader_id:
             log.info("member %d: connection from the leader (%d) ended", self.member_id, member)
-            self.core.leader_lost(member)
-            self._wakeup.set()
+        self.core.peer_lost(member)
+        self._wakeup.set()
 
     # -- the log ---------------------------------------------------------------------------------
     async def _log_loop(self) -> None:
@@ -396,7 +449,8 @@ class ZkServer:
         self.stats.txns += 1
         self._since_snapshot += 1
         if txn_type == OpCode.CREATE_SESSION and result.err == Err.OK:
-            self.sessions.add(txn["session"], txn["timeout"] / 1000.0, trio.current_time())
+            self.keeper.opened(txn["session"], self._timeout_ticks(txn["timeout"]),
+                               self.core.ticks if self.core else 0)
         for event_type, path in result.events:
             for conn in self.watches.trigger(event_type, path):
                 conn.notify(event_type, path)
@@ -428,25 +482,26 @@ class ZkServer:
             self._pending.clear()
             for conn in list(self.connections):
                 conn.abort("this member lost its leader")
-        if leader == self.member_id:
-            # A new leader has no idea when clients last spoke to the old one: every session
-            # gets a fresh timeout before anything can expire.
-            self._track_all_sessions()
+        # A new leader's deadlines start afresh (SessionKeeper.set_role); a follower tells its
+        # new leader at once what it serves, so that its reports are acknowledged soon.
+        self.keeper.set_role(self.core.term if self.core.is_leader else None, self.core.ticks)
+        if leader and leader != self.member_id and self.transport is not None:
+            self._report_sessions()
 
-    def _track_all_sessions(self) -> None:
-        """Every live session of the tree, with a fresh timeout (after loading a snapshot, or
-        on becoming leader): a client may be resuming its session here right now."""
-        now = trio.current_time()
-        for session_id, info in self.tree.sessions.items():
-            self.sessions.add(session_id, info.timeout / 1000.0, now)
+    def _timeout_ticks(self, timeout_ms: int) -> int:
+        return max(1, math.ceil(timeout_ms / 1000.0 / self.raft_tick))
+
+    def _reset_sessions(self, now: int) -> None:
+        """The live sessions are the tree's (after loading or installing a snapshot)."""
+        self.keeper.reset({sid: self._timeout_ticks(info.timeout)
+                           for sid, info in self.tree.sessions.items()}, now)
 
     async def _install_snapshot(self, snap: Snapshot) -> None:
         started = time.monotonic()
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self.storage.save_snapshot, snap)
         self.tree = DataTree.from_snapshot(snap.data)
-        self.sessions = SessionTracker()
-        self._track_all_sessions()
+        self._reset_sessions(self.core.ticks if self.core else 0)
         self._since_snapshot = 0
         # Watches were set against the old tree; clients re-register them on reconnect and
         # setWatches reports what changed meanwhile.
@@ -482,42 +537,36 @@ class ZkServer:
         log.info("session 0x%x established, timeout %d ms", session_id, timeout_ms)
         return session_id, password
 
+    async def sync_barrier(self) -> None:
+        """Return once this member has applied everything the leader had committed when this
+        was called (an empty transaction through the log); at once if that fails."""
+        proposal = self.propose({"type": int(OpCode.SYNC), "session": 0, "auth": [], "path": "/"})
+        await proposal.done.wait()
+
     def touch_session(self, session_id: int) -> bool:
         """Client activity on this member; False if the session is gone or expiring."""
-        if not self.sessions.touch(session_id, trio.current_time()):
-            return False
-        if not self.is_leader:
-            self._touched.add(session_id)
-        return True
+        assert self.core is not None
+        self._catch_up()
+        return self.keeper.touch(session_id, self.core.ticks)
 
     def _report_sessions(self) -> None:
         # Followers tell the leader which sessions were active here, as ZooKeeper's learners do
-        # in their pings; only the leader's deadlines decide expiry.
-        assert self.core is not None
-        if self._touched and not self.core.is_leader and self.core.leader_id and self.transport:
-            self.transport.send(self.core.leader_id, ["touch", sorted(self._touched)])
-        self._touched.clear()
+        # in their pings; only the leader decides expiry (sessions.py has the rules).
+        core = self.core
+        assert core is not None and self.transport is not None
+        report = self.keeper.report(core.term, core.leader_tick, core.ticks)
+        self.transport.send(core.leader_id, ["touch", report.to_wire()])
 
     def close_session(self, session_id: int, *, expired: bool = False) -> Proposal:
         return self.propose({"type": int(OpCode.CLOSE_SESSION), "session": session_id,
                              "auth": [], "expired": expired})
 
     def _session_closed(self, session_id: int, *, expired: bool) -> None:
-        self.sessions.remove(session_id)
+        self.keeper.closed(session_id)
         conn = self.by_session.pop(session_id, None)
         log.info("session 0x%x %s", session_id, "expired" if expired else "closed")
         if conn is not None and expired:
             conn.abort("session expired")
-
-    async def _expiry_loop(self) -> None:
-        interval = self.config.tick_time / 1000.0 / 2
-        while True:
-            await trio.sleep(interval)
-            if not self.is_leader:
-                continue
-            for session_id in self.sessions.overdue(trio.current_time()):
-                log.info("session 0x%x timed out", session_id)
-                self.close_session(session_id, expired=True)
 
     async def _reaper_loop(self) -> None:
         # ZooKeeper checks containers every 60 s; a few ticks keeps tests and users from waiting.
@@ -531,7 +580,59 @@ class ZkServer:
                               "path": path, "version": -1})
 
     # -- clients ---------------------------------------------------------------------------------
-    async def _handle_client(self, stream: trio.SocketStream) -> None:
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """Accept clients, within maxClientCnxns per address and the descriptor limit.
+
+        Out of descriptors (EMFILE and friends), the oldest connection that never sent a
+        handshake is dropped to make room, and accepting pauses briefly; this is logged once a
+        minute, not once per attempt, so a flood cannot fill the log."""
+        limit = self.config.max_client_cnxns
+        last_warning = -math.inf
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                if trio.current_time() - last_warning > 60:
+                    last_warning = trio.current_time()
+                    log.warning("cannot accept clients: %s; dropping connections that sent no "
+                                "handshake and backing off (next warning in a minute)",
+                                os.strerror(exc.errno))
+                self._drop_oldest_idle()
+                await trio.sleep(0.1)
+                continue
+            try:
+                address = stream.socket.getpeername()[0]
+            except OSError:
+                await stream.aclose()
+                continue
+            if limit and self._per_address.get(address, 0) >= limit:
+                if trio.current_time() - self._refusals_logged.get(address, -math.inf) > 60:
+                    self._refusals_logged[address] = trio.current_time()
+                    log.warning("too many connections from %s (maxClientCnxns is %d); refusing "
+                                "more (logged once a minute per address)", address, limit)
+                await stream.aclose()
+                continue
+            self._per_address[address] = self._per_address.get(address, 0) + 1
+            nursery.start_soon(self._handle_client, stream, address)
+
+    def _drop_oldest_idle(self) -> None:
+        idle = [c for c in self.connections if not c.introduced]
+        if idle:
+            min(idle, key=lambda c: c.connected_at).abort("making room: out of descriptors")
+
+    def reserve_reply_bytes(self, conn: ClientConnection, size: int) -> None:
+        """Account `size` bytes queued for `conn` against the budget shared by all clients.
+        Past the budget, the connection holding the most unsent replies is dropped: it is the
+        one not reading them."""
+        self.reply_bytes += size
+        if self.reply_bytes > self.config.max_client_reply_bytes:
+            hog = max(self.connections, key=lambda c: c.queued_bytes, default=conn)
+            hog.abort(f"client is not reading its replies ({hog.queued_bytes} bytes queued; "
+                      f"all clients together may queue {self.config.max_client_reply_bytes})")
+
+    async def _handle_client(self, stream: trio.SocketStream, address: str) -> None:
         conn = ClientConnection(self, stream)
         self.connections.add(conn)
         try:
@@ -541,6 +642,13 @@ class ZkServer:
                           conn.peer[1], conn.session_id)
         finally:
             self.connections.discard(conn)
+            self.reply_bytes -= conn.queued_bytes
+            conn.queued_bytes = 0
+            left = self._per_address[address] - 1
+            if left:
+                self._per_address[address] = left
+            else:
+                del self._per_address[address]
             self.watches.remove_watcher(conn)
             if conn.session_id and self.by_session.get(conn.session_id) is conn:
                 del self.by_session[conn.session_id]
