@@ -52,8 +52,9 @@ MAX_DATA = 1024 * 1024
 # Options that only mean something to mount(8), fstab or systemd; dropped before the mount
 # module sees the rest. mount.fuse3 already strips user/nouser/users/auto/noauto/_netdev/nofail,
 # but passes rw, defaults, x-* and adds dev,suid when run as root.
+# ("rw" is not among them: it overrides an earlier "ro", see zkfs.mount.parse_options.)
 FSTAB_ONLY_OPTIONS = frozenset({
-    "defaults", "rw", "auto", "noauto", "user", "nouser", "users", "owner", "group",
+    "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group",
     "_netdev", "nofail", "dev", "suid", "exec", "sw", "loop",
 })
 FSTAB_ONLY_PREFIXES = ("x-", "comment=")
@@ -799,6 +800,54 @@ def mount_command(ctx: click.Context, servers: str, mountpoint: str, foreground:
     ctx.exit(_do_mount("mount", servers, mountpoint, options, foreground))
 
 
+def mount_helper(argv: list[str]) -> int:
+    """`mount.fuse.zkfs SOURCE DIR [-sfnvN] [-o OPTIONS] [-t TYPE]`: what mount(8) runs for
+    `mount -t fuse.zkfs` and fstab lines of type fuse.zkfs (its external helper convention,
+    mount(8) "EXTERNAL HELPERS"). -f (fake) only checks the arguments; -s, -n and -v are
+    accepted; -N (another mount namespace) is not supported."""
+    prog = "mount.fuse.zkfs"
+    positional: list[str] = []
+    options: list[str] = []
+    fake = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-o", "-t", "-N"):
+            if i + 1 >= len(argv):
+                click.echo(f"{prog}: {arg} needs a value", err=True)
+                return EXIT_USAGE
+            if arg == "-o":
+                options.append(argv[i + 1])
+            elif arg == "-N":
+                click.echo(f"{prog}: -N (mount namespaces) is not supported", err=True)
+                return EXIT_USAGE
+            elif argv[i + 1] not in ("fuse.zkfs", "zkfs"):
+                click.echo(f"{prog}: type {argv[i + 1]!r} is not fuse.zkfs", err=True)
+                return EXIT_USAGE
+            i += 2
+            continue
+        if arg.startswith("-o") and len(arg) > 2:
+            options.append(arg[2:])
+        elif arg.startswith("-") and len(arg) > 1 and set(arg[1:]) <= set("sfnv"):
+            fake = fake or "f" in arg
+        elif arg.startswith("-"):
+            click.echo(f"{prog}: unknown flag {arg}", err=True)
+            return EXIT_USAGE
+        else:
+            positional.append(arg)
+        i += 1
+    if len(positional) != 2:
+        click.echo(f"usage: {prog} SERVERS MOUNTPOINT [-o OPTIONS]", err=True)
+        return EXIT_USAGE
+    if fake:
+        return EXIT_OK
+    try:
+        return _do_mount(prog, positional[0], positional[1], options, foreground=False)
+    except CommandError as exc:
+        click.echo(str(exc), err=True)  # already "mount.fuse.zkfs: ..."
+        return exc.status
+
+
 # ---------------------------------------------------------------------------- entry points
 
 def _run(command: click.Command, prog: str, argv: list[str] | None) -> NoReturn:
@@ -854,6 +903,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
 def mount_main(argv: list[str] | None = None) -> NoReturn:
     """Console script `zkfs-mount`: `zkfs-mount SERVERS MOUNTPOINT [-o OPTS]` (mount.fuse3)."""
     _run(mount_command, "zkfs-mount", argv)
+
+
+def mount_helper_main() -> NoReturn:
+    """Console script `mount.fuse.zkfs` (scripts/setup.sh links it into /sbin)."""
+    sys.exit(mount_helper(sys.argv[1:]))
 
 
 if __name__ == "__main__":
