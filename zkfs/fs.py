@@ -1221,7 +1221,11 @@ class ZkOperations(pyfuse3.Operations):
         """Commit `f`'s content if it has something to commit. `last`: the handle is being
         released (or fsync'd), so a pending truncation is committed even if alone."""
         if f.failed:
-            return  # reported at write(); nothing of this handle is committed
+            # Reported at write(); nothing of this handle is committed, not even the file
+            # its open created (removed at the opener's last close, or at release).
+            if f.created and (last or not self._held_elsewhere(f)):
+                await self._uncreate(f)
+            return
         if not f.dirty:
             if not f.truncate_pending:
                 return
@@ -1258,6 +1262,19 @@ class ZkOperations(pyfuse3.Operations):
                     other.pending_error = other.pending_error or STALE_ERRNO
         # Read-after-close on this host: the kernel must not keep the old pages or size.
         await self._drop_kernel_data(f.inode)
+
+    async def _uncreate(self, f: OpenFile) -> None:
+        """Delete the file `f`'s open created, if it is still as created (version-checked)."""
+        f.created = False
+        if f.inode.kind is not Kind.FILE:
+            return
+        try:
+            await self._mutate(self._expect((EventType.NODE_DELETED, f.path)),
+                               self.zk.delete, f.path, f.version)
+        except (NoNodeError, BadVersionError, NotEmptyError):
+            return
+        self._open_lifetime.pop(f.path, None)
+        self._invalidate(self.inodes.unbind(f.path, (Kind.FILE,), subtree=False))
 
     async def _commit_append(self, f: OpenFile) -> Stat:
         """O_APPEND: the bytes written through `f` since its last commit go after whatever the
@@ -1328,14 +1345,6 @@ class ZkOperations(pyfuse3.Operations):
             await self._commit(f, last=True)
         except pyfuse3.FUSEError as exc:
             log.info("commit of %s at release failed: %s", f.path, exc)
-        if f.failed and f.created and f.inode.kind is Kind.FILE:
-            # Nothing of this handle is committed, not even the file its open created.
-            try:
-                await self._mutate(self._expect((EventType.NODE_DELETED, f.path)),
-                                   self.zk.delete, f.path, f.version)
-                self._invalidate(self.inodes.unbind(f.path, (Kind.FILE,), subtree=False))
-            except (NoNodeError, BadVersionError, NotEmptyError):
-                pass
         owned = self._open_lifetime.get(f.path)
         if owned is not None and fh in owned.handles:
             owned.handles.discard(fh)

@@ -325,6 +325,9 @@ def _check_mountpoint(mountpoint: str, replace: bool) -> tuple[str, int] | None:
     dead = False
     try:
         is_dir = os.path.isdir(mountpoint) if os.stat(mountpoint) else False
+        # The kernel may answer stat of a dead FUSE mount's root from its cache; statfs
+        # always asks the (gone) filesystem process.
+        os.statvfs(mountpoint)
     except OSError as exc:
         if exc.errno != errno.ENOTCONN:
             return f"{mountpoint}: {exc.strerror}", 2
@@ -346,12 +349,13 @@ def _check_mountpoint(mountpoint: str, replace: bool) -> tuple[str, int] | None:
             except (OSError, subprocess.TimeoutExpired):
                 continue
             try:
-                os.stat(mountpoint)
+                os.statvfs(mountpoint)
                 break
             except OSError:
                 continue
         try:
             is_dir = os.path.isdir(mountpoint) if os.stat(mountpoint) else False
+            os.statvfs(mountpoint)
         except OSError as exc:
             return f"{mountpoint}: cannot replace the dead mount: {exc.strerror}", 1
     if not is_dir:
