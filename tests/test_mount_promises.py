@@ -312,7 +312,8 @@ def test_9_dead_mount_is_refused_unless_replace(zkfsd, mount) -> None:  # type: 
 def test_10_dot_entries_hidden_names_and_data_rule(target, mount, kz) -> None:  # type: ignore[no-untyped-def]
     m = mount(target.hosts, opts(target), name="m")
     mp = m.mountpoint
-    kz.create("/d/short", b"s", makepath=True)
+    kz.create("/d", None)  # a directory from the start (makepath would make an empty file)
+    kz.create("/d/short", b"s")
     long_name = "n" * 300
     kz.create(f"/d/{long_name}", b"x")
     r = bash(f"ls -a {mp}/d")
@@ -328,8 +329,9 @@ def test_10_dot_entries_hidden_names_and_data_rule(target, mount, kz) -> None:  
                for line in log_text.splitlines()) == 1
     # One rule for `.data`: it is always the directory's own data, never a real child.
     sh(f"mkdir {mp}/nulldir && echo x > {mp}/nulldir/child")  # null data, a child
-    kz.create("/withdata/child", b"c", makepath=True)
-    kz.set("/withdata", b"old")
+    kz.create("/withdata", b"old")
+    kz.create("/withdata/child", b"c")
+    wait_for(lambda: os.path.isdir(mp / "withdata"), 5, what="withdata to be a directory")
     for name in ("nulldir", "withdata"):
         r = bash(f"echo conf > {mp}/{name}/.data")
         assert r.returncode == 0, r.stderr
