@@ -52,9 +52,8 @@ MAX_DATA = 1024 * 1024
 # Options that only mean something to mount(8), fstab or systemd; dropped before the mount
 # module sees the rest. mount.fuse3 already strips user/nouser/users/auto/noauto/_netdev/nofail,
 # but passes rw, defaults, x-* and adds dev,suid when run as root.
-# ("rw" is not among them: it overrides an earlier "ro", see zkfs.mount.parse_options.)
 FSTAB_ONLY_OPTIONS = frozenset({
-    "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group",
+    "defaults", "rw", "auto", "noauto", "user", "nouser", "users", "owner", "group",
     "_netdev", "nofail", "dev", "suid", "exec", "sw", "loop",
 })
 FSTAB_ONLY_PREFIXES = ("x-", "comment=")
@@ -741,6 +740,10 @@ def filter_mount_options(option_strings: Iterable[str]) -> str:
     for s in option_strings:
         for opt in s.split(","):
             opt = opt.strip()
+            if opt == "rw":
+                # Later options win (mount(8)): `ro,rw` is read-write.
+                kept = [k for k in kept if k != "ro"]
+                continue
             if not opt or opt in FSTAB_ONLY_OPTIONS or opt.startswith(FSTAB_ONLY_PREFIXES):
                 continue
             kept.append(opt)
