@@ -1167,8 +1167,9 @@ class ZkOperations(pyfuse3.Operations):
         return len(buf)
 
     def note_remote(self, path: str, kind: EventType) -> None:
-        """A change of `path` this mount did not make (called by zkfs.events): open handles
-        learn that their next write must fail (see OpenFile.pending_error)."""
+        """A change of `path` the open handles did not make (another host's, reported by
+        zkfs.events, or an unlink by another process here): they learn that their next write
+        must fail (see OpenFile.pending_error)."""
         for f in self._files.values():
             if f.path != path or not f.writable or f.failed:
                 continue
@@ -1381,6 +1382,8 @@ class ZkOperations(pyfuse3.Operations):
             raise _fail(errno.EISDIR)
         await self._mutate(self._expect((EventType.NODE_DELETED, path)), self.zk.delete, path)
         self._open_lifetime.pop(path, None)
+        # Descriptors other processes here hold on it: their next write says ENOENT.
+        self.note_remote(path, EventType.NODE_DELETED)
         self.inodes.unbind(path, (Kind.FILE,), subtree=False)
 
     @_translate
