@@ -387,3 +387,39 @@ def test_11_rewrite_commits_once(hosts, kz) -> None:  # type: ignore[no-untyped-
     sh(f": > {a}/x")
     data, stat = kz.get("/x")
     assert data == b"" and stat.version == v0 + 5
+
+
+# ---------------------------------------------------------------------------- units under them
+
+def test_acl_judgement_refuses_only_what_cannot_match() -> None:
+    from zkfs.access import Identity, may
+    from zkfs.client import make_acl
+    from zkfs.constants import Perm
+    ip = [Identity("ip", "127.0.0.1")]
+    assert not may([make_acl("world", "anyone", Perm.READ)], Perm.WRITE, ip)
+    assert may([make_acl("world", "anyone", Perm.ALL)], Perm.WRITE, ip)
+    assert may([make_acl("ip", "127.0.0.0/8", Perm.WRITE)], Perm.WRITE, ip)
+    assert not may([make_acl("ip", "10.0.0.1", Perm.WRITE)], Perm.WRITE, ip)
+    # Without the session's address (no whoami), an ip entry might match: not refused.
+    assert may([make_acl("ip", "10.0.0.1", Perm.WRITE)], Perm.WRITE, [], ip_known=False)
+    # digest: whoami reports the user name only; an entry for another user cannot match.
+    bob = make_acl("digest", "bob:hash=", Perm.WRITE)
+    assert not may([bob], Perm.WRITE, ip)
+    assert may([bob], Perm.WRITE, ip + [Identity("digest", "bob")])
+    assert not may([bob], Perm.WRITE, ip + [Identity("digest", "alice")])
+    assert may([bob], Perm.WRITE, [Identity("super", "admin")])
+
+
+def test_later_mount_options_override_earlier_ones() -> None:
+    from zkfs.mount import MountOptionError, build_config, parse_options
+    assert parse_options("ro,rw") == {"rw": ""}
+    assert parse_options("rw,ro,hard,soft,noatime,relatime,noatime") == {
+        "ro": "", "soft": "", "noatime": ""}
+    assert parse_options("uid=1,uid=2") == {"uid": "2"}
+    cfg, _, fuse = build_config(parse_options("umask=027,file_mode=0640,noatime,ro,rw"))
+    assert (cfg.umask, cfg.file_mode, cfg.dir_mode, cfg.read_only) == (0o027, 0o640, 0o777, False)
+    assert "noatime" in fuse and "ro" not in fuse
+    with pytest.raises(MountOptionError, match="octal"):
+        build_config(parse_options("umask=abc"))
+    with pytest.raises(MountOptionError, match="strictatime"):
+        build_config(parse_options("strictatime"))
