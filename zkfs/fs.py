@@ -68,6 +68,7 @@ from zkfs.meta import (
     meta_key_path,
     meta_path,
 )
+from zkfs.mountinfo import mounted_at
 
 __all__ = ["DATA_NAME", "STALE_ERRNO", "MountConfig", "ZkOperations", "errno_for"]
 
@@ -959,14 +960,20 @@ class ZkOperations(pyfuse3.Operations):
     async def _identities(self) -> tuple[list[Identity], bool]:
         """The session's identities (whoami) and whether its ip identity is among them."""
         zk = self.zk
-        if self._identity_zk is not zk:
-            try:
-                infos = await self._zk(zk.whoami)
-                ids = [Identity(i.auth_scheme or "", i.user or "") for i in infos]
-            except (UnimplementedError, pyfuse3.FUSEError, ZkError):
-                ids = []  # an older server: only world is known for sure
-            self._identity = (ids, any(i.scheme == "ip" for i in ids))
-            self._identity_zk = zk
+        if self._identity_zk is zk:
+            return self._identity
+        try:
+            infos = await self._zk(zk.whoami)
+        except UnimplementedError:
+            infos = []  # a server before 3.7: only world is known for sure
+        except (pyfuse3.FUSEError, ZkError) as exc:
+            # Not known now (not remembered): judge as if only world were known, which
+            # refuses nothing that another identity could be allowed.
+            log.debug("whoami: %r", exc)
+            return [], False
+        ids = [Identity(i.auth_scheme or "", i.user or "") for i in infos]
+        self._identity = (ids, any(i.scheme == "ip" for i in ids))
+        self._identity_zk = zk
         return self._identity
 
     async def _check_write_access(self, acl: list[Any]) -> None:
@@ -1185,14 +1192,9 @@ class ZkOperations(pyfuse3.Operations):
     def _mnt_id(self) -> int | None:
         """This mount's id in /proc/self/mountinfo (what /proc/PID/fdinfo's mnt_id shows)."""
         if self._mount_id is None and self.cfg.mountpoint:
-            try:
-                with open("/proc/self/mountinfo") as info:
-                    for line in info:
-                        fields = line.split()
-                        if fields[4] == self.cfg.mountpoint and "fuse.zkfs" in line:
-                            self._mount_id = int(fields[0])
-            except (OSError, ValueError, IndexError):
-                pass
+            entry = mounted_at(self.cfg.mountpoint)
+            if entry is not None and entry.fstype.startswith("fuse"):
+                self._mount_id = entry.mount_id
         return self._mount_id
 
     def _held_elsewhere(self, f: OpenFile) -> bool:
@@ -1255,12 +1257,12 @@ class ZkOperations(pyfuse3.Operations):
         f.version = stat.version
         f.dirty = False
         f.truncate_pending = False
+        f.created = False  # what it committed stays, whatever happens to the handle later
         # Another handle of this mount editing the old content in place is stale now.
         for other in self._files.values():
-            if other is not f and other.path == f.path:
-                other.changed = True
-                if other.writable and other.conditional and other.appended is None:
-                    other.pending_error = other.pending_error or STALE_ERRNO
+            if (other is not f and other.path == f.path and other.writable
+                    and other.conditional and other.appended is None):
+                other.pending_error = other.pending_error or STALE_ERRNO
         # Read-after-close on this host: the kernel must not keep the old pages or size.
         await self._drop_kernel_data(f.inode)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import select
 import signal
 import subprocess
@@ -28,6 +27,7 @@ from zkfs.errors import ConnectionLossError, ZkError
 from zkfs.events import ChangeFollower
 from zkfs.fs import MountConfig, ZkOperations
 from zkfs.meta import LIFETIMES
+from zkfs.mountinfo import mounted_at
 
 __all__ = ["parse_options", "run_mount", "build_config", "MountOptionError"]
 
@@ -297,27 +297,6 @@ async def _on_signals() -> None:
             return
 
 
-def _unescape_mountinfo(field: str) -> str:
-    """/proc/self/mountinfo writes space, tab, newline and backslash as octal escapes."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def mounted_at(path: str) -> tuple[str, str] | None:
-    """(filesystem type, source) of what is mounted on `path`, or None."""
-    try:
-        with open("/proc/self/mountinfo") as f:
-            lines = f.readlines()
-    except OSError:
-        return None
-    found = None
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields, rest = left.split(), right.split()
-        if len(fields) > 4 and len(rest) >= 2 and _unescape_mountinfo(fields[4]) == path:
-            found = (rest[0], _unescape_mountinfo(rest[1]))  # the last one is on top
-    return found
-
-
 def _check_mountpoint(mountpoint: str, replace: bool) -> tuple[str, int] | None:
     """Refuse to stack a mount on a mounted path: (message, exit status), or None if fine.
     A dead FUSE mount ("Transport endpoint is not connected") is lazily unmounted first
@@ -334,10 +313,10 @@ def _check_mountpoint(mountpoint: str, replace: bool) -> tuple[str, int] | None:
         dead, is_dir = True, True
     on = mounted_at(mountpoint) or mounted_at(os.path.realpath(mountpoint))
     if on is not None and not dead:
-        return (f"{mountpoint}: already mounted ({on[0]} {on[1]}); unmount it first "
+        return (f"{mountpoint}: already mounted ({on.fstype} {on.source}); unmount it first "
                 f"(fusermount3 -u {mountpoint})", 1)
     if dead:
-        what = f"{on[0]} {on[1]}" if on is not None else "a FUSE mount"
+        what = f"{on.fstype} {on.source}" if on is not None else "a FUSE mount"
         if not replace:
             return (f"{mountpoint}: a dead mount is there ({what}: transport endpoint is not "
                     f"connected); unmount it (fusermount3 -u {mountpoint}) or mount with "
