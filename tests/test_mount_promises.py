@@ -154,11 +154,11 @@ def test_2_appends_through_an_open_descriptor_survive_another_hosts_write(hosts,
 def test_2_many_hosts_appending_lose_no_line(hosts, kz) -> None:  # type: ignore[no-untyped-def]
     a, b = hosts
     sh(f": > {a}/log")
-    r = bash(f"for i in $(seq 15); do echo a$i >> {a}/log & echo b$i >> {b}/log & done; wait")
+    r = bash(f"for i in $(seq 25); do echo a$i >> {a}/log & echo b$i >> {b}/log & done; wait")
     assert r.returncode == 0, r.stderr
     lines = kz.get("/log")[0].split()
-    assert sorted(lines) == sorted([b"a%d" % i for i in range(1, 16)]
-                                   + [b"b%d" % i for i in range(1, 16)])
+    assert sorted(lines) == sorted([b"a%d" % i for i in range(1, 26)]
+                                   + [b"b%d" % i for i in range(1, 26)])
 
 
 # ---------------------------------------------------------------------------- 3: EFBIG

@@ -29,6 +29,7 @@ import functools
 import logging
 import math
 import os
+import random
 import select
 import stat as st
 from collections.abc import Awaitable, Callable
@@ -90,8 +91,11 @@ STATFS_BLOCK = 4096
 STATFS_BYTES = 64 * 1024 ** 3
 STATFS_FILES = 1 << 24
 STATFS_WAIT = 2.0
-# An O_APPEND commit re-reads and retries this often when other hosts keep writing.
-_APPEND_RETRIES = 50
+# An O_APPEND commit re-reads and retries this often when other hosts keep writing, with a
+# growing random pause (so that many appenders on many hosts all get through: a failure here
+# is at close, which shells ignore).
+_APPEND_RETRIES = 200
+_APPEND_BACKOFF = 0.002
 
 STAT_XATTRS: dict[str, Callable[[Stat], str]] = {
     "user.zk.czxid": lambda s: str(s.czxid),
@@ -1285,7 +1289,7 @@ class ZkOperations(pyfuse3.Operations):
         assert f.appended is not None
         tail = bytes(f.appended)
         data, version = bytes(f.data), f.version
-        for _ in range(_APPEND_RETRIES):
+        for attempt in range(_APPEND_RETRIES):
             if len(data) > MAX_DATA:
                 # Someone else's data made it too big: could not be known at write().
                 raise self._poison(f, errno.EFBIG)
@@ -1307,7 +1311,7 @@ class ZkOperations(pyfuse3.Operations):
             if now.czxid != f.czxid:
                 raise self._poison(f, errno.ESTALE)  # a new node of that name
             data, version = (current or b"") + tail, now.version
-            await trio.sleep(0)
+            await trio.sleep(random.uniform(0, _APPEND_BACKOFF * min(attempt, 25)))
         raise self._poison(f, errno.EBUSY)
 
     @_translate
