@@ -176,6 +176,11 @@ def test_3_too_big_commits_nothing(hosts, kz) -> None:  # type: ignore[no-untype
     assert r.returncode != 0 and "File too large" in r.stderr
     data, stat = kz.get("/small")
     assert data == b"small\n" and stat.version == version
+    # What a descriptor committed before it went past 1 MiB stays; nothing after it.
+    r = bash(f"exec 3>{a}/partial; echo a >&3; head -c 2000000 /dev/zero >&3; st=$?; "
+             f"echo b >&3; exec 3>&-; exit $st")
+    assert r.returncode != 0 and "File too large" in r.stderr
+    assert kz.get("/partial")[0] == b"a\n"
 
 
 # ---------------------------------------------------------------------------- 7: statfs
