@@ -1002,6 +1002,10 @@ def filter_mount_options(option_strings: Iterable[str]) -> str:
     for s in option_strings:
         for opt in s.split(","):
             opt = opt.strip()
+            if opt == "rw":
+                # Later options win (mount(8)): `ro,rw` is read-write.
+                kept = [k for k in kept if k != "ro"]
+                continue
             if not opt or opt in FSTAB_ONLY_OPTIONS or opt.startswith(FSTAB_ONLY_PREFIXES):
                 continue
             kept.append(opt)
@@ -1061,6 +1065,54 @@ def mount_command(ctx: click.Context, servers: str, mountpoint: str, foreground:
     ctx.exit(_do_mount("mount", servers, mountpoint, options, foreground))
 
 
+def mount_helper(argv: list[str]) -> int:
+    """`mount.fuse.zkfs SOURCE DIR [-sfnvN] [-o OPTIONS] [-t TYPE]`: what mount(8) runs for
+    `mount -t fuse.zkfs` and fstab lines of type fuse.zkfs (its external helper convention,
+    mount(8) "EXTERNAL HELPERS"). -f (fake) only checks the arguments; -s, -n and -v are
+    accepted; -N (another mount namespace) is not supported."""
+    prog = "mount.fuse.zkfs"
+    positional: list[str] = []
+    options: list[str] = []
+    fake = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-o", "-t", "-N"):
+            if i + 1 >= len(argv):
+                click.echo(f"{prog}: {arg} needs a value", err=True)
+                return EXIT_USAGE
+            if arg == "-o":
+                options.append(argv[i + 1])
+            elif arg == "-N":
+                click.echo(f"{prog}: -N (mount namespaces) is not supported", err=True)
+                return EXIT_USAGE
+            elif argv[i + 1] not in ("fuse.zkfs", "zkfs"):
+                click.echo(f"{prog}: type {argv[i + 1]!r} is not fuse.zkfs", err=True)
+                return EXIT_USAGE
+            i += 2
+            continue
+        if arg.startswith("-o") and len(arg) > 2:
+            options.append(arg[2:])
+        elif arg.startswith("-") and len(arg) > 1 and set(arg[1:]) <= set("sfnv"):
+            fake = fake or "f" in arg
+        elif arg.startswith("-"):
+            click.echo(f"{prog}: unknown flag {arg}", err=True)
+            return EXIT_USAGE
+        else:
+            positional.append(arg)
+        i += 1
+    if len(positional) != 2:
+        click.echo(f"usage: {prog} SERVERS MOUNTPOINT [-o OPTIONS]", err=True)
+        return EXIT_USAGE
+    if fake:
+        return EXIT_OK
+    try:
+        return _do_mount(prog, positional[0], positional[1], options, foreground=False)
+    except CommandError as exc:
+        click.echo(str(exc), err=True)  # already "mount.fuse.zkfs: ..."
+        return exc.status
+
+
 # ---------------------------------------------------------------------------- entry points
 
 def _run(command: click.Command, prog: str, argv: list[str] | None) -> NoReturn:
@@ -1116,6 +1168,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
 def mount_main(argv: list[str] | None = None) -> NoReturn:
     """Console script `zkfs-mount`: `zkfs-mount SERVERS MOUNTPOINT [-o OPTS]` (mount.fuse3)."""
     _run(mount_command, "zkfs-mount", argv)
+
+
+def mount_helper_main() -> NoReturn:
+    """Console script `mount.fuse.zkfs` (scripts/setup.sh links it into /sbin)."""
+    sys.exit(mount_helper(sys.argv[1:]))
 
 
 if __name__ == "__main__":

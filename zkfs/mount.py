@@ -10,10 +10,12 @@ session closed (closeSession), so its ephemeral (`session`) files vanish for eve
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
 import signal
+import subprocess
 import sys
 import time
 
@@ -25,6 +27,7 @@ from zkfs.errors import ConnectionLossError, ZkError
 from zkfs.events import ChangeFollower
 from zkfs.fs import MountConfig, ZkOperations
 from zkfs.meta import LIFETIMES
+from zkfs.mountinfo import mounted_at
 
 __all__ = ["parse_options", "run_mount", "build_config", "MountOptionError"]
 
@@ -34,12 +37,19 @@ DEFAULT_SESSION_TIMEOUT = 10.0
 # Options of mount(8)/fstab/systemd that mean nothing here (mount.fuse3 passes some through).
 _IGNORED = frozenset({"defaults", "rw", "auto", "noauto", "user", "nouser", "users", "owner",
                       "group", "_netdev", "nofail", "dev", "nodev", "suid", "nosuid", "exec",
-                      "noexec", "atime", "noatime", "relatime", "strictatime", "sync", "async",
-                      "sw", "loop"})
+                      "noexec", "atime", "relatime", "sync", "async", "sw", "loop"})
 _KNOWN = frozenset({"session_timeout", "ro", "hard", "soft", "timeout", "allow_other",
                     "allow_root", "uid", "gid", "lifetime", "sequential", "fsname",
                     "entry_timeout", "attr_timeout", "debug", "logfile", "auto_unmount",
-                    "watch"})
+                    "watch", "umask", "file_mode", "dir_mode", "noatime", "nodiratime",
+                    "strictatime", "replace"})
+#: Options of which only the last given counts (`-o ro,rw` is read-write, as with mount(8)).
+_EXCLUSIVE = (frozenset({"ro", "rw"}), frozenset({"hard", "soft"}),
+              frozenset({"atime", "noatime", "relatime", "strictatime"}),
+              frozenset({"exec", "noexec"}), frozenset({"suid", "nosuid"}),
+              frozenset({"dev", "nodev"}), frozenset({"sync", "async"}))
+#: Passed to the kernel as mount flags (shown in /proc/mounts).
+_KERNEL_FLAGS = ("noatime", "nodiratime")
 FOLLOW_MODES = ("auto", "oneshot", "none")
 #: Kernel cache timeouts: long when the mount follows changes (they are invalidated on every
 #: event), short without (`watch=none`).
@@ -52,7 +62,9 @@ class MountOptionError(ValueError):
 
 
 def parse_options(text: str) -> dict[str, str]:
-    """`"a=b,c"` → `{"a": "b", "c": ""}` (later duplicates win, as with mount(8))."""
+    """`"a=b,c"` → `{"a": "b", "c": ""}`. Later options override earlier ones, as with
+    mount(8): a repeated key keeps its last value, and of `ro`/`rw`, `hard`/`soft`,
+    `noatime`/`relatime`/... only the last one given stays."""
     options: dict[str, str] = {}
     for item in (text or "").split(","):
         item = item.strip()
@@ -62,8 +74,26 @@ def parse_options(text: str) -> dict[str, str]:
         key = key.strip()
         if not key:
             raise MountOptionError(f"empty option name in {item!r}")
+        for group in _EXCLUSIVE:
+            if key in group:
+                for other in group:
+                    options.pop(other, None)
+        options.pop(key, None)
         options[key] = value.strip()
     return options
+
+
+def _mode(options: dict[str, str], key: str, default: int) -> int:
+    if key not in options:
+        return default
+    try:
+        value = int(options[key], 8)
+    except ValueError:
+        raise MountOptionError(f"{key}= needs an octal mode such as 0644, "
+                               f"not {options[key]!r}") from None
+    if not 0 <= value <= 0o7777:
+        raise MountOptionError(f"{key}= must be between 0 and 07777")
+    return value
 
 
 def _seconds(options: dict[str, str], key: str, default: float) -> float:
@@ -94,8 +124,9 @@ def build_config(options: dict[str, str], servers: str = "zkfs"
                      if k not in _KNOWN and k not in _IGNORED and not k.startswith("x-"))
     if unknown:
         raise MountOptionError(f"unknown option(s): {', '.join(unknown)}")
-    if "hard" in options and "soft" in options:
-        raise MountOptionError("hard and soft exclude each other")
+    if "strictatime" in options:
+        raise MountOptionError("strictatime: zkfs keeps no access times (a file's atime is "
+                               "its znode's mtime); use noatime or relatime")
     session_timeout = _seconds(options, "session_timeout", DEFAULT_SESSION_TIMEOUT)
     lifetime = options.get("lifetime", "persistent")
     if lifetime not in LIFETIMES:
@@ -119,6 +150,9 @@ def build_config(options: dict[str, str], servers: str = "zkfs"
         entry_timeout=_seconds(options, "entry_timeout", cache_default),
         attr_timeout=_seconds(options, "attr_timeout", cache_default),
         follow=follow,
+        file_mode=_mode(options, "file_mode", 0o666),
+        dir_mode=_mode(options, "dir_mode", 0o777),
+        umask=_mode(options, "umask", 0o022),
     )
     # The source column of /proc/mounts and df: the connect string, like host:path for NFS.
     # libfuse splits its option string at commas, and a connect string has them: escape them.
@@ -126,7 +160,7 @@ def build_config(options: dict[str, str], servers: str = "zkfs"
     fuse_options = {f"fsname={fsname}", "subtype=zkfs",
                     # The kernel checks modes against our uid/gid/mode bits.
                     "default_permissions"}
-    for flag in ("allow_other", "allow_root", "ro", "auto_unmount"):
+    for flag in ("allow_other", "allow_root", "ro", "auto_unmount", *_KERNEL_FLAGS):
         if flag in options:
             fuse_options.add(flag)
     return cfg, session_timeout, fuse_options
@@ -269,6 +303,51 @@ async def _on_signals() -> None:
             return
 
 
+def _check_mountpoint(mountpoint: str, replace: bool) -> tuple[str, int] | None:
+    """Refuse to stack a mount on a mounted path: (message, exit status), or None if fine.
+    A dead FUSE mount ("Transport endpoint is not connected") is lazily unmounted first
+    when `replace` is given; a live one is always refused."""
+    dead = False
+    try:
+        is_dir = os.path.isdir(mountpoint) if os.stat(mountpoint) else False
+        # The kernel may answer stat of a dead FUSE mount's root from its cache; statfs
+        # always asks the (gone) filesystem process.
+        os.statvfs(mountpoint)
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            return f"{mountpoint}: {exc.strerror}", 2
+        dead, is_dir = True, True
+    on = mounted_at(mountpoint) or mounted_at(os.path.realpath(mountpoint))
+    if on is not None and not dead:
+        return (f"{mountpoint}: already mounted ({on.fstype} {on.source}); unmount it first "
+                f"(fusermount3 -u {mountpoint})", 1)
+    if dead:
+        what = f"{on.fstype} {on.source}" if on is not None else "a FUSE mount"
+        if not replace:
+            return (f"{mountpoint}: a dead mount is there ({what}: transport endpoint is not "
+                    f"connected); unmount it (fusermount3 -u {mountpoint}) or mount with "
+                    f"-o replace", 1)
+        log.warning("replacing the dead mount on %s (%s)", mountpoint, what)
+        for cmd in (["fusermount3", "-uz", mountpoint], ["umount", "-l", mountpoint]):
+            try:
+                subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            try:
+                os.statvfs(mountpoint)
+                break
+            except OSError:
+                continue
+        try:
+            is_dir = os.path.isdir(mountpoint) if os.stat(mountpoint) else False
+            os.statvfs(mountpoint)
+        except OSError as exc:
+            return f"{mountpoint}: cannot replace the dead mount: {exc.strerror}", 1
+    if not is_dir:
+        return f"{mountpoint}: not a directory", 2
+    return None
+
+
 def run_mount(servers: str, mountpoint: str, options: dict[str, str], foreground: bool) -> int:
     """Mount ZooKeeper `servers` on `mountpoint`; the exit status of `zkfs mount`."""
     try:
@@ -276,10 +355,13 @@ def run_mount(servers: str, mountpoint: str, options: dict[str, str], foreground
     except MountOptionError as exc:
         print(f"zkfs mount: {exc}", file=sys.stderr)
         return 2
-    if not os.path.isdir(mountpoint):
-        print(f"zkfs mount: {mountpoint}: not a directory", file=sys.stderr)
-        return 2
     mountpoint = os.path.abspath(mountpoint)
+    problem = _check_mountpoint(mountpoint, replace="replace" in options)
+    if problem is not None:
+        message, code = problem
+        print(f"zkfs mount: {message}", file=sys.stderr)
+        return code
+    cfg.mountpoint = mountpoint
 
     if foreground:
         from zkfs.sdnotify import notifier, run_watchdog, watchdog_interval
