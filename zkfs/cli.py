@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -111,15 +111,24 @@ def describe(exc: ZkError) -> tuple[int, str]:
 
 @dataclass
 class Conn:
-    """How to reach the ensemble: from --servers/--timeout of the command or of the group."""
+    """How to reach the ensemble: from --servers/--timeout of the command or of the group, and
+    the credentials of --auth and ZKFS_AUTH."""
     servers: str
     timeout: float
+    auth: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def _conn(ctx: click.Context, servers: str | None, timeout: float | None) -> Conn:
+    from zkfs.credentials import CredentialError, load_credentials
+
     root = ctx.find_root().params
+    try:
+        auth = load_credentials(root.get("auth"))
+    except CredentialError as exc:
+        _fail(f"--auth: {exc}", EXIT_USAGE)
     return Conn(servers if servers is not None else root.get("servers") or DEFAULT_SERVERS,
-                timeout if timeout is not None else root.get("timeout") or DEFAULT_TIMEOUT)
+                timeout if timeout is not None else root.get("timeout") or DEFAULT_TIMEOUT,
+                auth)
 
 
 def run_session(ctx: click.Context, conn: Conn, label: str,
@@ -140,7 +149,7 @@ def run_session(ctx: click.Context, conn: Conn, label: str,
         connected = False
         try:
             async with open_client(conn.servers, session_timeout=conn.timeout,
-                                   connect_timeout=conn.timeout) as zk:
+                                   connect_timeout=conn.timeout, auth=conn.auth) as zk:
                 connected = True
                 return await body(zk)
         except ConnectionLossError as exc:
@@ -389,7 +398,10 @@ def _version_option(prog: str) -> Callable[[Any], Any]:
 @click.option("--timeout", envvar="ZKFS_TIMEOUT", type=float, default=DEFAULT_TIMEOUT,
               show_default=True, metavar="SECONDS",
               help="Session timeout, also the time allowed to connect (env ZKFS_TIMEOUT).")
-def cli(servers: str, timeout: float) -> None:
+@click.option("--auth", envvar="ZKFS_AUTH_FILE", default=None, metavar="FILE",
+              help="Authenticate with the scheme:credential lines of FILE (mode 0600; env "
+                   "ZKFS_AUTH_FILE); ZKFS_AUTH may hold one more, e.g. digest:alice:secret.")
+def cli(servers: str, timeout: float, auth: str | None) -> None:
     """Use a ZooKeeper (or zkfsd) ensemble from the shell.
 
     Every command connects, does its work in one session and ends that session. --servers and
@@ -525,14 +537,23 @@ def ls(ctx: click.Context, path: str, long: bool, recursive: bool, as_json: bool
               help="Create missing ancestors first (persistent, null data).")
 @click.option("--null", "null", is_flag=True,
               help="Null data (a directory for zkfs mount); DATA must not be given.")
+@click.option("--acl", "acl_text", default=None, metavar="ACL",
+              help="ACL of the new node in zkCli's form, e.g. auth::cdrwa,world:anyone:r "
+                   "[default: world:anyone:cdrwa].")
 @connection_options
 @click.pass_context
 def create(ctx: click.Context, path: str, data: str | None, ephemeral: bool, sequential: bool,
-           container: bool, ttl: int | None, parents: bool, null: bool, servers: str | None,
-           timeout: float | None) -> None:
+           container: bool, ttl: int | None, parents: bool, null: bool, acl_text: str | None,
+           servers: str | None, timeout: float | None) -> None:
     """Create PATH with DATA (- reads standard input; default empty) and print its path."""
+    from zkfs.acls import AclTextError, parse_acl
+
     label = f"create {path}"
     _check_path(label, path)
+    try:
+        acl = parse_acl(acl_text) if acl_text is not None else None
+    except AclTextError as exc:
+        _fail(f"{label}: --acl: {exc}", EXIT_USAGE)
     if null and data is not None:
         _fail(f"{label}: --null and DATA cannot be combined", EXIT_USAGE)
     if container and (ephemeral or sequential or ttl is not None):
@@ -558,14 +579,15 @@ def create(ctx: click.Context, path: str, data: str | None, ephemeral: bool, seq
                     except NodeExistsError:
                         pass
         if not ephemeral:
-            _out(await zk.create(path, raw, sequential=sequential, container=container,
-                                 ttl=ttl) + "\n")
+            _out(await zk.create(path, raw, acl=acl, sequential=sequential,
+                                 container=container, ttl=ttl) + "\n")
             return
         async with trio.open_nursery() as nursery:
             # Signals are caught before the path is printed: a script may kill us right after
             # reading it, and the session must still be closed (taking the node with it).
             await nursery.start(_until_stopped_then_cancel, zk, nursery.cancel_scope, True)
-            _out(await zk.create(path, raw, ephemeral=True, sequential=sequential) + "\n")
+            _out(await zk.create(path, raw, acl=acl, ephemeral=True,
+                                 sequential=sequential) + "\n")
     run_session(ctx, _conn(ctx, servers, timeout), label, body)
 
 
@@ -634,6 +656,49 @@ def stat(ctx: click.Context, path: str, as_json: bool, servers: str | None,
             _json_line({"path": path, "stat": stat_dict(st)})
         else:
             _out(format_stat(st))
+    run_session(ctx, _conn(ctx, servers, timeout), label, body)
+
+
+# ---------------------------------------------------------------------------- ACLs
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("path")
+@connection_options
+@click.pass_context
+def getacl(ctx: click.Context, path: str, servers: str | None, timeout: float | None) -> None:
+    """Print the ACL of PATH in zkCli's form: scheme:id:perms entries, comma-separated."""
+    from zkfs.acls import format_acl
+
+    label = f"getacl {path}"
+    _check_path(label, path)
+
+    async def body(zk: Any) -> None:
+        acl, _stat = await zk.get_acl(path)
+        _out(format_acl(acl) + "\n")
+    run_session(ctx, _conn(ctx, servers, timeout), label, body)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("path")
+@click.argument("acl")
+@click.option("--version", "version", type=int, default=-1, show_default=True,
+              help="Only if the ACL version (aversion) is this (-1: any).")
+@connection_options
+@click.pass_context
+def setacl(ctx: click.Context, path: str, acl: str, version: int, servers: str | None,
+           timeout: float | None) -> None:
+    """Set the ACL of PATH, given as zkCli does (world:anyone:r,digest:alice:HASH:cdrwa)."""
+    from zkfs.acls import AclTextError, parse_acl
+
+    label = f"setacl {path}"
+    _check_path(label, path)
+    try:
+        entries = parse_acl(acl)
+    except AclTextError as exc:
+        _fail(f"{label}: {exc}", EXIT_USAGE)
+
+    async def body(zk: Any) -> None:
+        await zk.set_acl(path, entries, version=version)
     run_session(ctx, _conn(ctx, servers, timeout), label, body)
 
 

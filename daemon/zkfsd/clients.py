@@ -267,6 +267,10 @@ class ClientConnection:
             await self._pending_send.send(("error", xid, op,
                                            Err.SESSION_CLOSED_REQUIRE_SASL_AUTH, True))
             return
+        if op == OpCode.AUTH:
+            reply, fatal = self._authenticate(record)
+            await self._pending_send.send(("reply", reply, fatal))
+            return
         if op in handlers.WRITE_OPS:
             try:
                 txn = handlers.write_txn(op, record, self.session_id, self.auth)
@@ -309,6 +313,12 @@ class ClientConnection:
                 _, xid, op, record, started = item
                 self._answer_read(xid, op, record)
                 server.stats.record_latency(time.monotonic() - started)
+            elif kind == "reply":
+                _, reply, fatal = item
+                self._send(reply)
+                if fatal:
+                    self._send(None)
+                    return
             else:
                 _, xid, op, err, fatal = item
                 self._send(jute.encode_reply(xid, server.tree.last_zxid, err, None))
@@ -322,9 +332,6 @@ class ClientConnection:
         if op == OpCode.PING:
             self._send(jute.encode_reply(Xid.PING, zxid, 0, None))
             return
-        if op == OpCode.AUTH:
-            self._authenticate(record)
-            return
         if op == OpCode.SASL:
             self._sasl_step(xid, record)
             return
@@ -337,7 +344,9 @@ class ClientConnection:
         err, body = handlers.execute_read(server.tree, server.watches, ctx, op, record)
         self._send(jute.encode_reply(xid, zxid, err, body))
 
-    def _authenticate(self, record: Any) -> None:
+    def _authenticate(self, record: Any) -> tuple[bytes, bool]:
+        """addauth, applied at once by the reader so that the requests after it (a create
+        with an `auth` ACL, say) already carry the new id; the reply keeps its place."""
         zxid = self.server.tree.last_zxid
         credential = record.auth or b""
         if record.scheme == "digest":
@@ -350,12 +359,10 @@ class ClientConnection:
                 if ident not in self.auth:
                     self.auth.append(ident)
                 self._grant_super(ident)
-                self._send(jute.encode_reply(Xid.AUTH, zxid, 0, None))
-                return
+                return jute.encode_reply(Xid.AUTH, zxid, 0, None), False
         log.info("authentication with scheme %r failed for session 0x%x", record.scheme,
                  self.session_id)
-        self._send(jute.encode_reply(Xid.AUTH, zxid, Err.AUTH_FAILED, None))
-        self._send(None)
+        return jute.encode_reply(Xid.AUTH, zxid, Err.AUTH_FAILED, None), True
 
     def _sasl_step(self, xid: int, record: jute.GetSASLRequest) -> None:
         zxid = self.server.tree.last_zxid
