@@ -40,6 +40,7 @@ import pyfuse3
 import trio
 
 from zkfs.access import Identity, may
+from zkfs.acls import AclTextError, format_acl, parse_acl
 from zkfs.client import Op, Stat, ZkClient
 from zkfs.constants import MAX_DATA, EventType, Perm
 from zkfs.errors import (
@@ -115,6 +116,8 @@ XATTR_LIFETIME = "user.zkfs.lifetime"
 XATTR_SEQUENTIAL = "user.zkfs.sequential"
 #: On a directory: how many of its children the listing cannot show (names over NAME_MAX).
 XATTR_HIDDEN = "user.zkfs.hidden_names"
+# The znode's ACL in zkCli's text form (zkfs.acls); setting it is setACL.
+XATTR_ACL = "user.zk.acl"
 
 
 def errno_for(exc: ZkError) -> int:
@@ -162,6 +165,10 @@ class MountConfig:
     umask: int = 0o022
     #: Absolute mountpoint (to recognise this mount's files in /proc/PID/fdinfo).
     mountpoint: str = ""
+    #: ACL of the znodes this mount creates (acl= option); None is world:anyone:cdrwa.
+    create_acl: list[Any] | None = None
+    #: Credentials (scheme, credential) the session authenticates with (auth= option).
+    auth: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -898,7 +905,8 @@ class ZkOperations(pyfuse3.Operations):
         _, path = self._check_create(parent, name)
         # Directories are always persistent: an ephemeral znode cannot have children.
         _, stat = await self._mutate(self._expect((EventType.NODE_CREATED, path)),
-                                     self.zk.create, path, None, include_stat=True)
+                                     self.zk.create, path, None, acl=self.cfg.create_acl,
+                                     include_stat=True)
         return self._entry(path, Kind.DIR, stat)
 
     @_translate
@@ -1088,8 +1096,8 @@ class ZkOperations(pyfuse3.Operations):
         try:
             created, stat = await self._mutate(
                 self._expect((EventType.NODE_CREATED, path, sequential)),
-                self.zk.create, path, b"", ephemeral=lifetime != "persistent",
-                sequential=sequential, include_stat=True)
+                self.zk.create, path, b"", acl=self.cfg.create_acl,
+                ephemeral=lifetime != "persistent", sequential=sequential, include_stat=True)
         except NodeExistsError:
             if flags & os.O_EXCL:
                 raise
@@ -1125,8 +1133,8 @@ class ZkOperations(pyfuse3.Operations):
         lifetime, sequential = await self._effective(parent.path)
         created, stat = await self._mutate(
             self._expect((EventType.NODE_CREATED, path, sequential)),
-            self.zk.create, path, b"", ephemeral=lifetime != "persistent",
-            sequential=sequential, include_stat=True)
+            self.zk.create, path, b"", acl=self.cfg.create_acl,
+            ephemeral=lifetime != "persistent", sequential=sequential, include_stat=True)
         attr = self._entry(created, Kind.FILE, stat)
         if created != path:
             attr.entry_timeout = 0
@@ -1470,7 +1478,8 @@ class ZkOperations(pyfuse3.Operations):
         # The file is created anew in the target directory, so that directory's lifetime
         # applies (a sequential directory keeps the name given: mv names it explicitly).
         lifetime, _ = await self._effective(new_dir)
-        ops += [Op.create(new, data, ephemeral=lifetime != "persistent"),
+        ops += [Op.create(new, data, acl=self.cfg.create_acl,
+                          ephemeral=lifetime != "persistent"),
                 Op.delete(old, sstat.version)]
         expected = [(EventType.NODE_DELETED, new)] if target is not None else []
         expected += [(EventType.NODE_CREATED, new), (EventType.NODE_DELETED, old)]
@@ -1539,6 +1548,9 @@ class ZkOperations(pyfuse3.Operations):
             if stat is None:
                 raise _fail(errno.ENOENT)
             return STAT_XATTRS[key](stat).encode()
+        if key == XATTR_ACL:
+            acl, _ = await self._zk(self.zk.get_acl, node.path)
+            return format_acl(acl).encode()
         if node.kind is Kind.DIR:
             if key == XATTR_DATA:
                 data, _ = await self._zk(self.zk.get, node.path)
@@ -1557,7 +1569,7 @@ class ZkOperations(pyfuse3.Operations):
     @_translate
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         node = self._inode(inode)
-        names = [k.encode() for k in STAT_XATTRS]
+        names = [k.encode() for k in STAT_XATTRS] + [XATTR_ACL.encode()]
         if node.kind is Kind.DIR:
             data, _ = await self._zk(self.zk.get, node.path)
             if data is not None:
@@ -1580,6 +1592,15 @@ class ZkOperations(pyfuse3.Operations):
         key = name.decode("utf-8", "replace")
         if key in STAT_XATTRS:
             raise _fail(errno.EPERM)  # the server keeps the Stat
+        if key == XATTR_ACL:
+            self._writable()
+            self._check_reserved_write(node.path)
+            try:
+                acl = parse_acl(value.decode("utf-8", "replace"))
+            except AclTextError:
+                raise _fail(errno.EINVAL) from None
+            await self._zk(self.zk.set_acl, node.path, acl)
+            return
         if key not in (XATTR_DATA, XATTR_LIFETIME, XATTR_SEQUENTIAL):
             raise _fail(errno.ENOTSUP)
         self._writable()

@@ -22,7 +22,10 @@ import time
 import pyfuse3
 import trio
 
+from zkfs.acls import CREATOR_ALL, AclTextError, parse_acl
 from zkfs.client import ClientState, ZkClient, open_client
+from zkfs.credentials import CredentialError, load_credentials
+from zkfs.jute import ACL
 from zkfs.errors import ConnectionLossError, ZkError
 from zkfs.events import ChangeFollower
 from zkfs.fs import MountConfig, ZkOperations
@@ -42,7 +45,7 @@ _KNOWN = frozenset({"session_timeout", "ro", "hard", "soft", "timeout", "allow_o
                     "allow_root", "uid", "gid", "lifetime", "sequential", "fsname",
                     "entry_timeout", "attr_timeout", "debug", "logfile", "auto_unmount",
                     "watch", "umask", "file_mode", "dir_mode", "noatime", "nodiratime",
-                    "strictatime", "replace"})
+                    "strictatime", "replace", "auth", "acl"})
 #: Options of which only the last given counts (`-o ro,rw` is read-write, as with mount(8)).
 _EXCLUSIVE = (frozenset({"ro", "rw"}), frozenset({"hard", "soft"}),
               frozenset({"atime", "noatime", "relatime", "strictatime"}),
@@ -139,6 +142,10 @@ def build_config(options: dict[str, str], servers: str = "zkfs"
     sequential = options.get("sequential", "0")
     if sequential not in ("0", "1"):
         raise MountOptionError("sequential= must be 0 or 1")
+    try:
+        auth = load_credentials(options.get("auth"))
+    except CredentialError as exc:
+        raise MountOptionError(f"auth=: {exc}") from None
     cfg = MountConfig(
         uid=_id(options, "uid", os.getuid()),
         gid=_id(options, "gid", os.getgid()),
@@ -153,6 +160,8 @@ def build_config(options: dict[str, str], servers: str = "zkfs"
         file_mode=_mode(options, "file_mode", 0o666),
         dir_mode=_mode(options, "dir_mode", 0o777),
         umask=_mode(options, "umask", 0o022),
+        create_acl=_create_acl(options.get("acl", "world")),
+        auth=auth,
     )
     # The source column of /proc/mounts and df: the connect string, like host:path for NFS.
     # libfuse splits its option string at commas, and a connect string has them: escape them.
@@ -164,6 +173,20 @@ def build_config(options: dict[str, str], servers: str = "zkfs"
         if flag in options:
             fuse_options.add(flag)
     return cfg, session_timeout, fuse_options
+
+
+def _create_acl(text: str) -> list[ACL] | None:
+    """acl=: world (everyone may do everything, ZooKeeper's usual default), creator (only the
+    identities this mount authenticated as), or entries in zkCli's form separated by `;`
+    (commas separate mount options), e.g. `acl=auth::cdrwa;world:anyone:r`."""
+    if text == "world":
+        return None
+    if text == "creator":
+        return list(CREATOR_ALL)
+    try:
+        return parse_acl(text.replace(";", ","))
+    except AclTextError as exc:
+        raise MountOptionError(f"acl=: {exc} (or acl=world, acl=creator)") from None
 
 
 def _setup_logging(options: dict[str, str], foreground: bool) -> None:
@@ -194,9 +217,11 @@ class _Sessions:
     The first session is handed over by `run`'s task_status; later ones go to `on_new`.
     """
 
-    def __init__(self, servers: str, session_timeout: float) -> None:
+    def __init__(self, servers: str, session_timeout: float,
+                 auth: list[tuple[str, bytes]]) -> None:
         self.servers = servers
         self.session_timeout = session_timeout
+        self.auth = auth
         self.on_new: callable | None = None  # type: ignore[valid-type]
         self._stop = trio.Event()
 
@@ -209,8 +234,8 @@ class _Sessions:
         first = True
         while True:
             try:
-                async with open_client(self.servers,
-                                       session_timeout=self.session_timeout) as zk:
+                async with open_client(self.servers, session_timeout=self.session_timeout,
+                                       auth=self.auth) as zk:
                     if first:
                         first = False
                         task_status.started(zk)
@@ -241,7 +266,7 @@ class _Sessions:
 
 async def _serve(servers: str, mountpoint: str, cfg: MountConfig, session_timeout: float,
                  fuse_options: set[str], report: callable) -> int:  # type: ignore[valid-type]
-    sessions = _Sessions(servers, session_timeout)
+    sessions = _Sessions(servers, session_timeout, cfg.auth)
     try:
         async with trio.open_nursery() as nursery:
             zk = await nursery.start(sessions.run)
