@@ -79,4 +79,15 @@ for page in man/*.[158]; do
     mkdir -p ".venv/share/man/man$section"
     ln -sfn "$PWD/$page" ".venv/share/man/man$section/$(basename "$page")"
 done
+
+# `mount -t fuse.zkfs SERVERS /zk` and fstab lines of type fuse.zkfs: mount(8) runs the helper
+# /sbin/mount.fuse.zkfs (it tries mount.<type> before mount.fuse3). Link it to this venv's
+# console script; re-running replaces the link, so it always names the latest setup.
+HELPER=/sbin/mount.fuse.zkfs
+if [[ -w /sbin || $(id -u) == 0 ]]; then
+    ln -sfn "$PWD/.venv/bin/mount.fuse.zkfs" "$HELPER"
+else
+    sudo ln -sfn "$PWD/.venv/bin/mount.fuse.zkfs" "$HELPER"
+fi
+echo "setup: $HELPER -> $(readlink "$HELPER")" >&2
 echo "setup: done; .venv/bin/zkfsd is $(.venv/bin/zkfsd --version)" >&2

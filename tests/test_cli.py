@@ -486,6 +486,9 @@ def test_filter_mount_options_unit() -> None:
     from zkfs.cli import filter_mount_options
     assert filter_mount_options(["defaults,_netdev", "x-systemd.requires=zkfsd.service,hard",
                                  "comment=x,ro,lifetime=session"]) == "hard,ro,lifetime=session"
+    # Later options override earlier ones: ro,rw is read-write (and rw,ro read-only).
+    assert filter_mount_options(["ro,hard", "rw"]) == "hard"
+    assert filter_mount_options(["rw,ro"]) == "ro"
     assert filter_mount_options([]) == ""
 
 

@@ -114,23 +114,32 @@ def test_fsync_commits_and_reads_see_offsets(mnt: Path, kz) -> None:  # type: ig
         assert f.read() == b"01AB456789"
 
 
-def test_append_and_edit_detect_lost_updates(mnt: Path, kz) -> None:  # type: ignore[no-untyped-def]
+def test_appends_merge_and_edits_detect_lost_updates(mnt: Path, kz) -> None:  # type: ignore[no-untyped-def]
     (mnt / "f").write_bytes(b"base\n")
+    # O_APPEND data goes after whatever the znode holds at commit: nothing is lost.
     fd = os.open(mnt / "f", os.O_WRONLY | os.O_APPEND)
     os.write(fd, b"mine\n")
     kz.set("/f", b"theirs\n")
-    assert oserror(os.close, fd) == errno.ESTALE
-    assert kz.get("/f")[0] == b"theirs\n"
-    # In-place edit (no O_TRUNC), failure reported by fsync.
+    os.close(fd)
+    assert kz.get("/f")[0] == b"theirs\nmine\n"
+    # In-place edit (no O_TRUNC, no O_APPEND) of a node changed since open: refused at the
+    # next write once the change is known, and the znode keeps the other update.
     fd = os.open(mnt / "f", os.O_RDWR)
-    os.write(fd, b"X")
     kz.set("/f", b"again\n")
-    assert oserror(os.fsync, fd) == errno.ESTALE
+    wait_for(lambda: os.stat(mnt / "f").st_size == 6, 5, what="the change to arrive")
+    assert oserror(os.write, fd, b"X") == errno.ESTALE
     os.close(fd)
     assert kz.get("/f")[0] == b"again\n"
+    # Changed in the instant before fsync/close (before its event): refused there.
+    fd = os.open(mnt / "f", os.O_RDWR)
+    os.write(fd, b"Y")
+    kz.set("/f", b"racing\n")
+    assert oserror(os.fsync, fd) == errno.ESTALE
+    os.close(fd)
+    assert kz.get("/f")[0] == b"racing\n"
     # >> on an unchanged file works, and O_TRUNC overwrites whatever is there.
     sh("echo more >> f", cwd=mnt)
-    assert kz.get("/f")[0] == b"again\nmore\n"
+    assert kz.get("/f")[0] == b"racing\nmore\n"
     fd = os.open(mnt / "f", os.O_WRONLY | os.O_TRUNC)
     os.write(fd, b"truncated\n")
     kz.set("/f", b"concurrent\n")
@@ -140,12 +149,16 @@ def test_append_and_edit_detect_lost_updates(mnt: Path, kz) -> None:  # type: ig
 
 def test_data_over_one_mib_is_efbig(mnt: Path, kz) -> None:  # type: ignore[no-untyped-def]
     (mnt / "big").write_bytes(b"x" * 100_000)
+    before = kz.get("/big")[1].version
     fd = os.open(mnt / "big", os.O_WRONLY | os.O_TRUNC)
     os.write(fd, b"y" * 900_000)
-    # The write that would take the buffer past 1 MiB fails at once.
+    # The write that would take the buffer past 1 MiB fails at once, and the handle then
+    # commits nothing at all: the znode keeps its old data.
     assert oserror(os.write, fd, b"z" * 200_000) == errno.EFBIG
+    assert oserror(os.write, fd, b"z") == errno.EFBIG
     os.close(fd)
-    assert kz.get("/big")[1].data_length == 900_000
+    data, stat = kz.get("/big")
+    assert data == b"x" * 100_000 and stat.version == before
     assert oserror(os.truncate, mnt / "big", 2 * 1024 * 1024) == errno.EFBIG
 
 

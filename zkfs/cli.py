@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -111,15 +111,24 @@ def describe(exc: ZkError) -> tuple[int, str]:
 
 @dataclass
 class Conn:
-    """How to reach the ensemble: from --servers/--timeout of the command or of the group."""
+    """How to reach the ensemble: from --servers/--timeout of the command or of the group, and
+    the credentials of --auth and ZKFS_AUTH."""
     servers: str
     timeout: float
+    auth: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 def _conn(ctx: click.Context, servers: str | None, timeout: float | None) -> Conn:
+    from zkfs.credentials import CredentialError, load_credentials
+
     root = ctx.find_root().params
+    try:
+        auth = load_credentials(root.get("auth"))
+    except CredentialError as exc:
+        _fail(f"--auth: {exc}", EXIT_USAGE)
     return Conn(servers if servers is not None else root.get("servers") or DEFAULT_SERVERS,
-                timeout if timeout is not None else root.get("timeout") or DEFAULT_TIMEOUT)
+                timeout if timeout is not None else root.get("timeout") or DEFAULT_TIMEOUT,
+                auth)
 
 
 def run_session(ctx: click.Context, conn: Conn, label: str,
@@ -140,7 +149,7 @@ def run_session(ctx: click.Context, conn: Conn, label: str,
         connected = False
         try:
             async with open_client(conn.servers, session_timeout=conn.timeout,
-                                   connect_timeout=conn.timeout) as zk:
+                                   connect_timeout=conn.timeout, auth=conn.auth) as zk:
                 connected = True
                 return await body(zk)
         except ConnectionLossError as exc:
@@ -389,7 +398,10 @@ def _version_option(prog: str) -> Callable[[Any], Any]:
 @click.option("--timeout", envvar="ZKFS_TIMEOUT", type=float, default=DEFAULT_TIMEOUT,
               show_default=True, metavar="SECONDS",
               help="Session timeout, also the time allowed to connect (env ZKFS_TIMEOUT).")
-def cli(servers: str, timeout: float) -> None:
+@click.option("--auth", envvar="ZKFS_AUTH_FILE", default=None, metavar="FILE",
+              help="Authenticate with the scheme:credential lines of FILE (mode 0600; env "
+                   "ZKFS_AUTH_FILE); ZKFS_AUTH may hold one more, e.g. digest:alice:secret.")
+def cli(servers: str, timeout: float, auth: str | None) -> None:
     """Use a ZooKeeper (or zkfsd) ensemble from the shell.
 
     Every command connects, does its work in one session and ends that session. --servers and
@@ -525,14 +537,23 @@ def ls(ctx: click.Context, path: str, long: bool, recursive: bool, as_json: bool
               help="Create missing ancestors first (persistent, null data).")
 @click.option("--null", "null", is_flag=True,
               help="Null data (a directory for zkfs mount); DATA must not be given.")
+@click.option("--acl", "acl_text", default=None, metavar="ACL",
+              help="ACL of the new node in zkCli's form, e.g. auth::cdrwa,world:anyone:r "
+                   "[default: world:anyone:cdrwa].")
 @connection_options
 @click.pass_context
 def create(ctx: click.Context, path: str, data: str | None, ephemeral: bool, sequential: bool,
-           container: bool, ttl: int | None, parents: bool, null: bool, servers: str | None,
-           timeout: float | None) -> None:
+           container: bool, ttl: int | None, parents: bool, null: bool, acl_text: str | None,
+           servers: str | None, timeout: float | None) -> None:
     """Create PATH with DATA (- reads standard input; default empty) and print its path."""
+    from zkfs.acls import AclTextError, parse_acl
+
     label = f"create {path}"
     _check_path(label, path)
+    try:
+        acl = parse_acl(acl_text) if acl_text is not None else None
+    except AclTextError as exc:
+        _fail(f"{label}: --acl: {exc}", EXIT_USAGE)
     if null and data is not None:
         _fail(f"{label}: --null and DATA cannot be combined", EXIT_USAGE)
     if container and (ephemeral or sequential or ttl is not None):
@@ -558,14 +579,15 @@ def create(ctx: click.Context, path: str, data: str | None, ephemeral: bool, seq
                     except NodeExistsError:
                         pass
         if not ephemeral:
-            _out(await zk.create(path, raw, sequential=sequential, container=container,
-                                 ttl=ttl) + "\n")
+            _out(await zk.create(path, raw, acl=acl, sequential=sequential,
+                                 container=container, ttl=ttl) + "\n")
             return
         async with trio.open_nursery() as nursery:
             # Signals are caught before the path is printed: a script may kill us right after
             # reading it, and the session must still be closed (taking the node with it).
             await nursery.start(_until_stopped_then_cancel, zk, nursery.cancel_scope, True)
-            _out(await zk.create(path, raw, ephemeral=True, sequential=sequential) + "\n")
+            _out(await zk.create(path, raw, acl=acl, ephemeral=True,
+                                 sequential=sequential) + "\n")
     run_session(ctx, _conn(ctx, servers, timeout), label, body)
 
 
@@ -634,6 +656,49 @@ def stat(ctx: click.Context, path: str, as_json: bool, servers: str | None,
             _json_line({"path": path, "stat": stat_dict(st)})
         else:
             _out(format_stat(st))
+    run_session(ctx, _conn(ctx, servers, timeout), label, body)
+
+
+# ---------------------------------------------------------------------------- ACLs
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("path")
+@connection_options
+@click.pass_context
+def getacl(ctx: click.Context, path: str, servers: str | None, timeout: float | None) -> None:
+    """Print the ACL of PATH in zkCli's form: scheme:id:perms entries, comma-separated."""
+    from zkfs.acls import format_acl
+
+    label = f"getacl {path}"
+    _check_path(label, path)
+
+    async def body(zk: Any) -> None:
+        acl, _stat = await zk.get_acl(path)
+        _out(format_acl(acl) + "\n")
+    run_session(ctx, _conn(ctx, servers, timeout), label, body)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("path")
+@click.argument("acl")
+@click.option("--version", "version", type=int, default=-1, show_default=True,
+              help="Only if the ACL version (aversion) is this (-1: any).")
+@connection_options
+@click.pass_context
+def setacl(ctx: click.Context, path: str, acl: str, version: int, servers: str | None,
+           timeout: float | None) -> None:
+    """Set the ACL of PATH, given as zkCli does (world:anyone:r,digest:alice:HASH:cdrwa)."""
+    from zkfs.acls import AclTextError, parse_acl
+
+    label = f"setacl {path}"
+    _check_path(label, path)
+    try:
+        entries = parse_acl(acl)
+    except AclTextError as exc:
+        _fail(f"{label}: {exc}", EXIT_USAGE)
+
+    async def body(zk: Any) -> None:
+        await zk.set_acl(path, entries, version=version)
     run_session(ctx, _conn(ctx, servers, timeout), label, body)
 
 
@@ -1115,6 +1180,10 @@ def filter_mount_options(option_strings: Iterable[str]) -> str:
     for s in option_strings:
         for opt in s.split(","):
             opt = opt.strip()
+            if opt == "rw":
+                # Later options win (mount(8)): `ro,rw` is read-write.
+                kept = [k for k in kept if k != "ro"]
+                continue
             if not opt or opt in FSTAB_ONLY_OPTIONS or opt.startswith(FSTAB_ONLY_PREFIXES):
                 continue
             kept.append(opt)
@@ -1174,6 +1243,54 @@ def mount_command(ctx: click.Context, servers: str, mountpoint: str, foreground:
     ctx.exit(_do_mount("mount", servers, mountpoint, options, foreground))
 
 
+def mount_helper(argv: list[str]) -> int:
+    """`mount.fuse.zkfs SOURCE DIR [-sfnvN] [-o OPTIONS] [-t TYPE]`: what mount(8) runs for
+    `mount -t fuse.zkfs` and fstab lines of type fuse.zkfs (its external helper convention,
+    mount(8) "EXTERNAL HELPERS"). -f (fake) only checks the arguments; -s, -n and -v are
+    accepted; -N (another mount namespace) is not supported."""
+    prog = "mount.fuse.zkfs"
+    positional: list[str] = []
+    options: list[str] = []
+    fake = False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-o", "-t", "-N"):
+            if i + 1 >= len(argv):
+                click.echo(f"{prog}: {arg} needs a value", err=True)
+                return EXIT_USAGE
+            if arg == "-o":
+                options.append(argv[i + 1])
+            elif arg == "-N":
+                click.echo(f"{prog}: -N (mount namespaces) is not supported", err=True)
+                return EXIT_USAGE
+            elif argv[i + 1] not in ("fuse.zkfs", "zkfs"):
+                click.echo(f"{prog}: type {argv[i + 1]!r} is not fuse.zkfs", err=True)
+                return EXIT_USAGE
+            i += 2
+            continue
+        if arg.startswith("-o") and len(arg) > 2:
+            options.append(arg[2:])
+        elif arg.startswith("-") and len(arg) > 1 and set(arg[1:]) <= set("sfnv"):
+            fake = fake or "f" in arg
+        elif arg.startswith("-"):
+            click.echo(f"{prog}: unknown flag {arg}", err=True)
+            return EXIT_USAGE
+        else:
+            positional.append(arg)
+        i += 1
+    if len(positional) != 2:
+        click.echo(f"usage: {prog} SERVERS MOUNTPOINT [-o OPTIONS]", err=True)
+        return EXIT_USAGE
+    if fake:
+        return EXIT_OK
+    try:
+        return _do_mount(prog, positional[0], positional[1], options, foreground=False)
+    except CommandError as exc:
+        click.echo(str(exc), err=True)  # already "mount.fuse.zkfs: ..."
+        return exc.status
+
+
 # ---------------------------------------------------------------------------- entry points
 
 def _run(command: click.Command, prog: str, argv: list[str] | None) -> NoReturn:
@@ -1229,6 +1346,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
 def mount_main(argv: list[str] | None = None) -> NoReturn:
     """Console script `zkfs-mount`: `zkfs-mount SERVERS MOUNTPOINT [-o OPTS]` (mount.fuse3)."""
     _run(mount_command, "zkfs-mount", argv)
+
+
+def mount_helper_main() -> NoReturn:
+    """Console script `mount.fuse.zkfs` (scripts/setup.sh links it into /sbin)."""
+    sys.exit(mount_helper(sys.argv[1:]))
 
 
 if __name__ == "__main__":

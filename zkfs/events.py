@@ -401,6 +401,9 @@ class ChangeFollower:
         replay = self.replay_enabled and not own
         log.debug("change %s %s%s%s", change.type.name, path, " (own)" if own else "",
                   " (resync)" if change.synthetic else "")
+        if not own:
+            # Open handles learn it before anything else (their next write reports it).
+            self.ops.note_remote(path, change.type)
         if change.type is CHANGED:
             await self._changed(path, replay)
         elif change.type is CREATED:

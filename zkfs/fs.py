@@ -7,8 +7,11 @@ choices made here where the design leaves room are listed in the man page:
 * a znode is a directory if its data is null or it has children, else a regular file;
 * a directory with non-empty data shows it as the pseudo-file `.data` (a real child wins) and in
   the xattr `user.zkfs.data`;
-* writes are buffered per open file and committed as one setData on flush/fsync/release,
-  version-checked unless the file was opened with O_TRUNC; a lost race gives ESTALE;
+* writes are buffered per open file and committed as one setData on flush/fsync/release
+  (see `OpenFile` and man/zkfs.5 "When errors are reported"): what can be known before
+  close() is reported by open() or write() (ACL, reserved path, size, the node deleted or
+  changed since open); O_APPEND data is merged onto the current data at commit, O_TRUNC
+  content replaces it, an in-place edit is version-checked (ESTALE);
 * chmod/chown/utimens are accepted and ignored (modes and owners come from mount options,
   times from the znode);
 * kernel caches are long (entry_timeout/attr_timeout, 60 s by default) and data and Stat of
@@ -27,6 +30,7 @@ import functools
 import logging
 import math
 import os
+import random
 import select
 import stat as st
 from collections.abc import Awaitable, Callable
@@ -36,8 +40,10 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from zkfs.access import Identity, may
+from zkfs.acls import AclTextError, format_acl, parse_acl
 from zkfs.client import Op, Stat, ZkClient
-from zkfs.constants import MAX_DATA, EventType
+from zkfs.constants import MAX_DATA, EventType, Perm
 from zkfs.errors import (
     BadArgumentsError,
     BadVersionError,
@@ -51,6 +57,7 @@ from zkfs.errors import (
     NotReadOnlyError,
     QuotaExceededError,
     SessionExpiredError,
+    UnimplementedError,
     ZkError,
 )
 from zkfs.inodes import NO_DATA, Inode, InodeTable, Kind, base_name, join_path, parent_path
@@ -66,6 +73,7 @@ from zkfs.meta import (
     meta_path,
 )
 from zkfs.mountlocks import FlockKey, MountLocks, PosixKey, fatal_signal_pending
+from zkfs.mountinfo import mounted_at
 
 __all__ = ["DATA_NAME", "STALE_ERRNO", "MountConfig", "ZkOperations", "errno_for"]
 
@@ -81,6 +89,17 @@ MAX_RENAME_NODES = 1000
 MAX_RENAME_BYTES = 512 * 1024
 # Concurrent stat requests while listing a directory (the client pipelines them).
 _LIST_CONCURRENCY = 128
+# statfs (see ZkOperations.statfs): nominal size and inode count, and how long it waits for
+# the znode count before answering with the last one (df must not hang on a hard mount).
+STATFS_BLOCK = 4096
+STATFS_BYTES = 64 * 1024 ** 3
+STATFS_FILES = 1 << 24
+STATFS_WAIT = 2.0
+# An O_APPEND commit re-reads and retries this often when other hosts keep writing, with a
+# growing random pause (so that many appenders on many hosts all get through: a failure here
+# is at close, which shells ignore).
+_APPEND_RETRIES = 200
+_APPEND_BACKOFF = 0.002
 
 STAT_XATTRS: dict[str, Callable[[Stat], str]] = {
     "user.zk.czxid": lambda s: str(s.czxid),
@@ -98,6 +117,10 @@ STAT_XATTRS: dict[str, Callable[[Stat], str]] = {
 XATTR_DATA = "user.zkfs.data"
 XATTR_LIFETIME = "user.zkfs.lifetime"
 XATTR_SEQUENTIAL = "user.zkfs.sequential"
+#: On a directory: how many of its children the listing cannot show (names over NAME_MAX).
+XATTR_HIDDEN = "user.zkfs.hidden_names"
+# The znode's ACL in zkCli's text form (zkfs.acls); setting it is setACL.
+XATTR_ACL = "user.zk.acl"
 
 
 def errno_for(exc: ZkError) -> int:
@@ -139,10 +162,28 @@ class MountConfig:
     #: How the mount follows changes (zkfs.events): auto (addWatch, else one-shot watches),
     #: oneshot, or none (no events; short kernel caches).
     follow: str = "auto"
+    #: Permission bits shown (sshfs/rclone style): file_mode/dir_mode, then umask cleared.
+    file_mode: int = 0o666
+    dir_mode: int = 0o777
+    umask: int = 0o022
+    #: Absolute mountpoint (to recognise this mount's files in /proc/PID/fdinfo).
+    mountpoint: str = ""
+    #: ACL of the znodes this mount creates (acl= option); None is world:anyone:cdrwa.
+    create_acl: list[Any] | None = None
+    #: Credentials (scheme, credential) the session authenticates with (auth= option).
+    auth: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 @dataclass
 class OpenFile:
+    """One open file description of the mount and its buffered content.
+
+    The content is committed as one setData when flushed (close, fsync). How it is committed
+    depends on how the file was opened: O_TRUNC content replaces whatever the znode holds
+    (last writer wins); O_APPEND data is appended to the znode's current data (`appended`,
+    version-checked retry); anything else is an in-place edit of the content read at open,
+    committed only if the znode's version is still `version` (else ESTALE).
+    """
     inode: Inode
     #: The znode the content is committed to (for Kind.DATA, the directory).
     path: str
@@ -161,6 +202,22 @@ class OpenFile:
     #: Opened through the page cache: reads serve `inode.content` (what the kernel's size
     #: belongs to), not this handle's snapshot.
     cached: bool = False
+    #: Opened with O_TRUNC and nothing committed yet: the empty content is still to commit.
+    #: It is not committed on its own while the opener still holds another descriptor of the
+    #: file (the shell's dup2+close before `echo` writes), so a rewrite is one version.
+    truncate_pending: bool = False
+    #: For O_APPEND: the bytes appended since the last commit (what the merge appends).
+    appended: bytearray | None = None
+    #: An errno that poisons the handle (EFBIG, ENOENT, ESTALE): every later write fails with
+    #: it and nothing more is committed through it.
+    failed: int = 0
+    #: An errno the next write reports (the node was deleted, replaced or, for an in-place
+    #: edit, changed since open); becomes `failed` there.
+    pending_error: int = 0
+    #: The znode's czxid at open: a node of that name with another czxid is a replacement.
+    czxid: int = 0
+    #: This handle created the znode (O_CREAT): a poisoned handle removes it again.
+    created: bool = False
 
 
 @dataclass
@@ -282,6 +339,14 @@ class ZkOperations(pyfuse3.Operations):
         self.locks = MountLocks(lambda: self.zk, self._zk)
         #: Requests now waiting on the ensemble: their cancel scope -> the requesting thread.
         self._waits: dict[trio.CancelScope, int] = {}
+        #: whoami of the session `_identity_zk` (see _identities).
+        self._identity: tuple[list[Identity], bool] = ([], False)
+        self._identity_zk: ZkClient | None = None
+        self._mount_id: int | None = None
+        #: Directory path → names not shown (see _list); each logged once.
+        self._hidden_logged: set[str] = set()
+        #: Last znode count for statfs (answered from it while the ensemble is away).
+        self._znodes = 1
 
     # ------------------------------------------------------------------ plumbing
 
@@ -355,13 +420,16 @@ class ZkOperations(pyfuse3.Operations):
             return True
         return False
 
-    def _check_create(self, parent: Inode, name: bytes) -> tuple[str, str]:
+    def _check_create(self, parent: Inode, name: bytes, *, data_ok: bool = False
+                      ) -> tuple[str, str]:
         text = check_name(name)
         path = join_path(parent.path, text)
         if self._reserved(path):
             raise _fail(errno.EINVAL)
-        if self._ensemble_root and (path == "/zookeeper" or path.startswith("/zookeeper/")):
+        if text == DATA_NAME and not data_ok:
+            # `.data` names the directory's own data; the mount makes no child of that name.
             raise _fail(errno.EINVAL)
+        self._check_reserved_write(path)
         return text, path
 
     # ------------------------------------------------------------------ change following
@@ -524,7 +592,7 @@ class ZkOperations(pyfuse3.Operations):
         a.entry_timeout = self.cfg.entry_timeout
         a.attr_timeout = self.cfg.attr_timeout
         is_dir = inode.kind is Kind.DIR
-        perm = 0o755 if is_dir else 0o644
+        perm = (self.cfg.dir_mode if is_dir else self.cfg.file_mode) & ~self.cfg.umask & 0o7777
         if self.cfg.read_only:
             perm &= ~0o222
         a.st_mode = (st.S_IFDIR if is_dir else st.S_IFREG) | perm
@@ -705,6 +773,7 @@ class ZkOperations(pyfuse3.Operations):
             return self._replay_attr(node)
         if fields.update_size:
             self._writable()
+            self._check_reserved_write(node.path)
             if node.kind is Kind.DIR:
                 raise _fail(errno.EISDIR)
             size = attr.st_size
@@ -713,6 +782,11 @@ class ZkOperations(pyfuse3.Operations):
             f = self._files.get(fh) if fh is not None else None
             if f is not None:
                 # ftruncate: part of the open file's buffered content, committed with it.
+                if f.failed:
+                    raise _fail(f.failed)
+                if f.appended is not None:
+                    # No longer "data appended to whatever is there": an in-place edit.
+                    f.appended = None
                 del f.data[size:]
                 f.data.extend(b"\0" * (size - len(f.data)))
                 f.dirty = True
@@ -743,9 +817,24 @@ class ZkOperations(pyfuse3.Operations):
 
     @_translate
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        """Nominal figures (man/zkfs.5, "statfs"): ZooKeeper has no fixed capacity, but tools
+        and scripts that check free space need plausible ones. Size STATFS_BYTES, one block
+        used per znode, inodes used = the znodes under the mount root."""
+        with trio.move_on_after(STATFS_WAIT):
+            try:
+                self._znodes = 1 + await self.zk.get_all_children_number("/")
+            except ZkError as exc:
+                log.debug("statfs: %r", exc)
         s = pyfuse3.StatvfsData()
-        s.f_bsize = 4096
-        s.f_frsize = 4096
+        s.f_bsize = STATFS_BLOCK
+        s.f_frsize = STATFS_BLOCK
+        s.f_blocks = STATFS_BYTES // STATFS_BLOCK
+        used = min(self._znodes, s.f_blocks)
+        s.f_bfree = s.f_blocks - used
+        s.f_bavail = 0 if self.cfg.read_only else s.f_bfree
+        s.f_files = STATFS_FILES
+        s.f_ffree = max(0, STATFS_FILES - self._znodes)
+        s.f_favail = 0 if self.cfg.read_only else s.f_ffree
         s.f_namemax = NAME_MAX
         return s
 
@@ -760,10 +849,27 @@ class ZkOperations(pyfuse3.Operations):
         self._dirs[fh] = DirHandle(node)
         return fh
 
+    def _showable(self, path: str, names: list[str]) -> list[str]:
+        """The names a listing can show. Longer than NAME_MAX bytes, a name cannot pass the
+        kernel's interface: it is left out, logged once, and counted in the directory's
+        `user.zkfs.hidden_names` (never silently dropped)."""
+        shown = []
+        for name in names:
+            if len(name.encode()) > NAME_MAX:
+                key = join_path(path, name)
+                if key not in self._hidden_logged:
+                    self._hidden_logged.add(key)
+                    log.warning("%s: name of %d bytes cannot be shown (over %d); counted in "
+                                "%s", key, len(name.encode()), NAME_MAX, XATTR_HIDDEN)
+                continue
+            shown.append(name)
+        return shown
+
     async def _list(self, path: str) -> list[tuple[str, str, Kind, Stat]]:
         names = sorted(await self._zk(self.zk.get_children, path))
         if path == "/":
             names = [n for n in names if n != META_NAME]
+        names = self._showable(path, names)
         probes: dict[str, Probe] = {}
         limiter = trio.CapacityLimiter(_LIST_CONCURRENCY)
 
@@ -778,11 +884,15 @@ class ZkOperations(pyfuse3.Operations):
                 nursery.start_soon(probe_one, name)
         entries = [(n, join_path(path, n), probes[n].kind, probes[n].stat)
                    for n in names if n in probes]
-        if DATA_NAME not in probes:
-            own = await self._probe(path, cached=True)
-            if own is not None and own.stat.data_length > 0:
-                entries.insert(0, (DATA_NAME, path, Kind.DATA, own.stat))
-        return entries
+        own = await self._probe(path, cached=True)
+        if DATA_NAME not in probes and own is not None and own.stat.data_length > 0:
+            entries.insert(0, (DATA_NAME, path, Kind.DATA, own.stat))
+        # `.` and `..` (ls -a); the kernel takes no reference for them.
+        up = parent_path(path)
+        up_probe = own if up == path else await self._probe(up, cached=True)
+        dots = [(".", path, Kind.DIR, own.stat if own is not None else None),
+                ("..", up, Kind.DIR, up_probe.stat if up_probe is not None else None)]
+        return [(n, p, k, st_) for n, p, k, st_ in dots if st_ is not None] + entries
 
     @_translate
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -792,9 +902,16 @@ class ZkOperations(pyfuse3.Operations):
                 handle.entries = await self._list(handle.inode.path)
             except NoNodeError:
                 handle.entries = []
-            handle.inode.children = {n for n, _, k, _ in handle.entries if k is not Kind.DATA}
+            handle.inode.children = {n for n, _, k, _ in handle.entries
+                                     if k is not Kind.DATA and n not in (".", "..")}
         for i in range(start_id, len(handle.entries)):
             name, path, kind, stat = handle.entries[i]
+            if name in (".", ".."):
+                inode = self.inodes.find(path, Kind.DIR) or handle.inode
+                if not pyfuse3.readdir_reply(token, name.encode(),
+                                             self._dot_attr(inode, stat), i + 1):
+                    return
+                continue
             inode, displaced = self.inodes.bind(path, kind)
             self._invalidate(displaced)
             if not pyfuse3.readdir_reply(token, name.encode(), self._attr(inode, stat), i + 1):
@@ -802,6 +919,14 @@ class ZkOperations(pyfuse3.Operations):
                 return
             self.inodes.incref(inode)
             self._remember(inode, None)
+
+    def _dot_attr(self, inode: Inode, stat: Stat) -> pyfuse3.EntryAttributes:
+        """Attributes for a `.`/`..` entry, without touching what the kernel was told."""
+        last, known = inode.last_attr, inode.known_stat
+        try:
+            return self._attr(inode, stat)
+        finally:
+            inode.last_attr, inode.known_stat = last, known
 
     @_translate
     async def releasedir(self, fh: int) -> None:
@@ -817,7 +942,8 @@ class ZkOperations(pyfuse3.Operations):
         _, path = self._check_create(parent, name)
         # Directories are always persistent: an ephemeral znode cannot have children.
         _, stat = await self._mutate(self._expect((EventType.NODE_CREATED, path)),
-                                     self.zk.create, path, None, include_stat=True)
+                                     self.zk.create, path, None, acl=self.cfg.create_acl,
+                                     include_stat=True)
         return self._entry(path, Kind.DIR, stat)
 
     @_translate
@@ -828,6 +954,7 @@ class ZkOperations(pyfuse3.Operations):
             return
         self._writable()
         path = join_path(parent.path, check_name(name))
+        self._check_reserved_write(path)
         probe = await self._probe(path)
         if probe is None:
             raise _fail(errno.ENOENT)
@@ -843,29 +970,101 @@ class ZkOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ files
 
-    def _new_handle(self, inode: Inode, path: str, data: bytes, version: int, flags: int,
-                    ctx: pyfuse3.RequestContext, *, truncated: bool,
-                    stat: Stat | None = None) -> pyfuse3.FileInfo:
+    def _new_handle(self, inode: Inode, path: str, data: bytes, stat: Stat, flags: int,
+                    ctx: pyfuse3.RequestContext, *, created: bool = False) -> pyfuse3.FileInfo:
         fh = self._fh()
-        self._files[fh] = OpenFile(
-            inode=inode, path=path, data=bytearray(data), version=version,
-            conditional=not truncated, dirty=truncated,
-            append=bool(flags & os.O_APPEND),
-            writable=(flags & os.O_ACCMODE) != os.O_RDONLY, tgid=_tgid(ctx.pid))
+        truncated = bool(flags & os.O_TRUNC)
+        append = bool(flags & os.O_APPEND) and not truncated
+        f = OpenFile(
+            inode=inode, path=path, data=bytearray(b"" if truncated else data),
+            version=stat.version,
+            # O_TRUNC content replaces whatever is there (last writer wins); anything else
+            # builds on what was read at open.
+            conditional=not truncated, truncate_pending=truncated,
+            append=append, appended=bytearray() if append else None,
+            writable=(flags & os.O_ACCMODE) != os.O_RDONLY, tgid=_tgid(ctx.pid),
+            czxid=stat.czxid, created=created)
+        self._files[fh] = f
         owned = self._open_lifetime.get(path)
-        if owned is not None and owned.tgid == self._files[fh].tgid:
+        if owned is not None and owned.tgid == f.tgid:
             owned.handles.add(fh)
         # Read-only opens use the page cache when the follower keeps it coherent and the kernel
         # was told this very version's size (else a page read could mix sizes: direct I/O, as
         # for writers, whose uncommitted buffers must never reach the page cache).
         content = inode.content
-        if (self.use_page_cache and stat is not None and not self._files[fh].writable
+        if (self.use_page_cache and not f.writable and not truncated
                 and self._coherent()
                 and inode.kind is Kind.FILE and content is not None
                 and content[0].mzxid == stat.mzxid and content[1] == data):
-            self._files[fh].cached = True
+            f.cached = True
             return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
+
+    def _check_reserved_write(self, path: str) -> None:
+        """ZooKeeper's own /zookeeper subtree (config, quota) is never written through the
+        mount: EACCES, at open, so `echo x > /zk/zookeeper/config` fails visibly."""
+        if self._ensemble_root and (path == "/zookeeper" or path.startswith("/zookeeper/")):
+            raise _fail(errno.EACCES)
+
+    async def _identities(self) -> tuple[list[Identity], bool]:
+        """The session's identities (whoami) and whether its ip identity is among them."""
+        zk = self.zk
+        if self._identity_zk is zk:
+            return self._identity
+        try:
+            infos = await self._zk(zk.whoami)
+        except UnimplementedError:
+            infos = []  # a server before 3.7: only world is known for sure
+        except (pyfuse3.FUSEError, ZkError) as exc:
+            # Not known now (not remembered): judge as if only world were known, which
+            # refuses nothing that another identity could be allowed.
+            log.debug("whoami: %r", exc)
+            return [], False
+        ids = [Identity(i.auth_scheme or "", i.user or "") for i in infos]
+        self._identity = (ids, any(i.scheme == "ip" for i in ids))
+        self._identity_zk = zk
+        return self._identity
+
+    async def _check_write_access(self, acl: list[Any]) -> None:
+        ids, ip_known = await self._identities()
+        if not may(acl, Perm.WRITE, ids, ip_known):
+            raise _fail(errno.EACCES)
+
+    async def _read_for_write(self, path: str, cached: Probe | None
+                              ) -> tuple[bytes | None, Stat]:
+        """Data and Stat of `path` for a handle that may write, with the write permission
+        checked against the znode's ACL. The ACL is read every time: ZooKeeper sends no event
+        when an ACL changes, so a cached one could not be kept coherent. The data comes from
+        the cache when it is as new as the ACL's Stat says; else both are read in parallel
+        (one round trip)."""
+        result: dict[str, Any] = {}
+
+        async def read_acl() -> None:
+            result["acl"] = await self._zk(self.zk.get_acl, path)
+
+        async def read_data() -> None:
+            result["data"] = await self._zk(self.zk.get, path)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_acl)
+                if cached is None:
+                    nursery.start_soon(read_data)
+            acl, acl_stat = result["acl"]
+            if cached is not None:
+                if cached.stat.mzxid == acl_stat.mzxid:
+                    result["data"] = (cached.data, cached.stat)
+                else:
+                    result["data"] = await self._zk(self.zk.get, path)
+        except BaseExceptionGroup as group:
+            leaf = group.exceptions[0]
+            if isinstance(leaf, NoNodeError):
+                raise _fail(errno.ENOENT) from None
+            raise leaf from None
+        except NoNodeError:
+            raise _fail(errno.ENOENT) from None
+        await self._check_write_access(acl)
+        return result["data"]
 
     @_translate
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -876,12 +1075,17 @@ class ZkOperations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
         if node.kind is Kind.DIR:
             raise _fail(errno.EISDIR)
-        if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:
+        writing = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        if writing:
             self._writable()
+            self._check_reserved_write(node.path)
         cached = self._cached_probe(node.path) if node.bound else None
-        if cached is not None and cached.has_data and cached.kind is node.kind:
-            data, stat = cached.data, cached.stat
-        elif cached is not None and node.kind is Kind.DATA and cached.has_data:
+        if cached is not None and not (cached.has_data and (
+                cached.kind is node.kind or node.kind is Kind.DATA)):
+            cached = None
+        if writing:
+            data, stat = await self._read_for_write(node.path, cached)
+        elif cached is not None:
             data, stat = cached.data, cached.stat
         else:
             seq = self._seq()
@@ -896,11 +1100,22 @@ class ZkOperations(pyfuse3.Operations):
             self.inodes.unbind(node.path, (Kind.FILE,), subtree=False)
             self._invalidate([node])
             raise _fail(errno.ESTALE)
-        if node.kind is Kind.DATA and not data:
+        if node.kind is Kind.DATA and not data and not writing:
             raise _fail(errno.ENOENT)
-        truncated = bool(flags & os.O_TRUNC)
-        return self._new_handle(node, node.path, b"" if truncated else (data or b""),
-                                stat.version, flags, ctx, truncated=truncated, stat=stat)
+        return self._new_handle(node, node.path, data or b"", stat, flags, ctx)
+
+    async def _create_data(self, parent: Inode, flags: int, ctx: pyfuse3.RequestContext
+                           ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        """O_CREAT of `.data` where no pseudo-file is shown (the directory's data is null or
+        empty): it is the directory's data all the same (man/zkfs.5: one rule for `.data`).
+        The mount never creates a real child of that name."""
+        self._check_reserved_write(parent.path)
+        data, stat = await self._read_for_write(parent.path, None)
+        if data is not None and stat.num_children == 0:
+            raise _fail(errno.ENOTDIR)  # it is a file now
+        attr = self._entry(parent.path, Kind.DATA, stat)
+        node = self._inode(attr.st_ino)
+        return self._new_handle(node, parent.path, data or b"", stat, flags, ctx), attr
 
     @_translate
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -908,15 +1123,18 @@ class ZkOperations(pyfuse3.Operations):
                                                            pyfuse3.EntryAttributes]:
         self._writable()
         parent = self._inode(parent_inode)
-        text, path = self._check_create(parent, name)
+        if name == DATA_NAME.encode():
+            if await self._probe(join_path(parent.path, DATA_NAME)) is None:
+                return await self._create_data(parent, flags, ctx)
+        text, path = self._check_create(parent, name, data_ok=True)
         lifetime, sequential = await self._effective(parent.path)
         if sequential and len(name) + 10 > NAME_MAX:
             raise _fail(errno.ENAMETOOLONG)
         try:
             created, stat = await self._mutate(
                 self._expect((EventType.NODE_CREATED, path, sequential)),
-                self.zk.create, path, b"", ephemeral=lifetime != "persistent",
-                sequential=sequential, include_stat=True)
+                self.zk.create, path, b"", acl=self.cfg.create_acl,
+                ephemeral=lifetime != "persistent", sequential=sequential, include_stat=True)
         except NodeExistsError:
             if flags & os.O_EXCL:
                 raise
@@ -930,7 +1148,9 @@ class ZkOperations(pyfuse3.Operations):
         inode = self._inode(attr.st_ino)
         if lifetime == "open":
             self._open_lifetime[created] = OpenLifetime(_tgid(ctx.pid))
-        fi = self._new_handle(inode, created, b"", stat.version, flags, ctx, truncated=False)
+        # Nothing to truncate in a file just created: its empty content is committed already.
+        fi = self._new_handle(inode, created, b"", stat, flags & ~os.O_TRUNC, ctx,
+                              created=True)
         if created != path:
             # Sequential: the kernel must not remember the requested name; the file's real
             # name (with ZooKeeper's suffix) is what lookups and listings show.
@@ -950,8 +1170,8 @@ class ZkOperations(pyfuse3.Operations):
         lifetime, sequential = await self._effective(parent.path)
         created, stat = await self._mutate(
             self._expect((EventType.NODE_CREATED, path, sequential)),
-            self.zk.create, path, b"", ephemeral=lifetime != "persistent",
-            sequential=sequential, include_stat=True)
+            self.zk.create, path, b"", acl=self.cfg.create_acl,
+            ephemeral=lifetime != "persistent", sequential=sequential, include_stat=True)
         attr = self._entry(created, Kind.FILE, stat)
         if created != path:
             attr.entry_timeout = 0
@@ -968,41 +1188,176 @@ class ZkOperations(pyfuse3.Operations):
                 return content[1][off:off + size]
         return bytes(f.data[off:off + size])
 
+    def _poison(self, f: OpenFile, code: int) -> pyfuse3.FUSEError:
+        """The handle commits nothing more; every later write fails with `code`."""
+        f.failed = code
+        f.pending_error = 0
+        f.dirty = False
+        f.truncate_pending = False
+        return _fail(code)
+
     @_translate
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         if fh in self._replay_fhs:
             return len(buf)
         f = self._files[fh]
+        if f.failed:
+            raise _fail(f.failed)
+        if f.pending_error:
+            # Deleted, replaced or (for an in-place edit) changed since open: say so now, not
+            # at close, where `echo >` would never show it.
+            raise self._poison(f, f.pending_error)
         if f.append:
             # The kernel computes append offsets from its cached size, which may be stale.
             off = len(f.data)
         end = off + len(buf)
         if end > MAX_DATA:
-            raise _fail(errno.EFBIG)
+            # This handle's content can never be committed: none of it will be.
+            raise self._poison(f, errno.EFBIG)
         if off > len(f.data):
             f.data.extend(b"\0" * (off - len(f.data)))
         f.data[off:end] = buf
+        if f.appended is not None:
+            f.appended.extend(buf)
         f.dirty = True
         return len(buf)
 
-    async def _commit(self, f: OpenFile) -> None:
-        if not f.dirty:
-            return
-        version = f.version if f.conditional else -1
+    def note_remote(self, path: str, kind: EventType) -> None:
+        """A change of `path` the open handles did not make (another host's, reported by
+        zkfs.events, or an unlink by another process here): they learn that their next write
+        must fail (see OpenFile.pending_error)."""
+        for f in self._files.values():
+            if f.path != path or not f.writable or f.failed:
+                continue
+            if kind is EventType.NODE_DELETED:
+                f.pending_error = errno.ENOENT
+            elif kind is EventType.NODE_CREATED:
+                if f.pending_error == errno.ENOENT:
+                    f.pending_error = errno.ESTALE  # replaced by a new node of that name
+            elif kind is EventType.NODE_DATA_CHANGED:
+                if f.conditional and f.appended is None and not f.pending_error:
+                    f.pending_error = STALE_ERRNO
+
+    def _mnt_id(self) -> int | None:
+        """This mount's id in /proc/self/mountinfo (what /proc/PID/fdinfo's mnt_id shows)."""
+        if self._mount_id is None and self.cfg.mountpoint:
+            entry = mounted_at(self.cfg.mountpoint)
+            if entry is not None and entry.fstype.startswith("fuse"):
+                self._mount_id = entry.mount_id
+        return self._mount_id
+
+    def _held_elsewhere(self, f: OpenFile) -> bool:
+        """Whether the process that opened `f` still has a descriptor on its file, as after
+        the shell's `dup2(fd, 1); close(fd)` of `cmd > file` (the kernel flushes at that
+        close; the descriptor closing is no longer in the table when we are asked)."""
+        mnt_id = self._mnt_id()
+        if mnt_id is None:
+            return False
+        want = (f"mnt_id:\t{mnt_id}", f"ino:\t{f.inode.ino}")
+        base = f"/proc/{f.tgid}/fdinfo"
         try:
-            stat = await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, f.path)),
-                                      self.zk.set, f.path, bytes(f.data), version)
-        except (BadVersionError, NoNodeError):
-            # Somebody else changed (or removed) the znode since we read it: refuse to
-            # overwrite their update. The buffered content is dropped.
-            f.dirty = False
-            raise _fail(STALE_ERRNO) from None
+            fds = os.listdir(base)
+        except OSError:
+            return False
+        for fd in fds[:4096]:
+            try:
+                with open(f"{base}/{fd}") as info:
+                    lines = info.read().splitlines()
+            except OSError:
+                continue
+            if want[0] in lines and want[1] in lines:
+                return True
+        return False
+
+    async def _commit(self, f: OpenFile, *, last: bool = False) -> None:
+        """Commit `f`'s content if it has something to commit. `last`: the handle is being
+        released (or fsync'd), so a pending truncation is committed even if alone."""
+        if f.failed:
+            # Reported at write(); nothing of this handle is committed, not even the file
+            # its open created (removed at the opener's last close, or at release).
+            if f.created and (last or not self._held_elsewhere(f)):
+                await self._uncreate(f)
+            return
+        if not f.dirty:
+            if not f.truncate_pending:
+                return
+            if not last and self._held_elsewhere(f):
+                # `echo new > f`: the shell's close before echo writes. Committing the empty
+                # content now would publish an empty version in the middle of a rewrite.
+                return
+        if f.pending_error:
+            raise self._poison(f, f.pending_error)
+        if f.appended is not None:
+            stat = await self._commit_append(f)
+        else:
+            data: bytes | None = bytes(f.data)
+            if f.inode.kind is Kind.DATA and not data:
+                data = None  # an empty `.data` is no data: the directory stays a directory
+            try:
+                stat = await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, f.path)),
+                                          self.zk.set, f.path, data,
+                                          f.version if f.conditional else -1)
+            except BadVersionError:
+                # Changed by someone else in the instant before close: refuse to overwrite
+                # their update (only an in-place edit is version-checked).
+                raise self._poison(f, STALE_ERRNO) from None
+            except NoNodeError:
+                raise self._poison(f, errno.ENOENT) from None
         f.version = stat.version
-        # Later writes through this handle build on what we just committed.
-        f.conditional = True
         f.dirty = False
+        f.truncate_pending = False
+        f.created = False  # what it committed stays, whatever happens to the handle later
+        # Another handle of this mount editing the old content in place is stale now.
+        for other in self._files.values():
+            if (other is not f and other.path == f.path and other.writable
+                    and other.conditional and other.appended is None):
+                other.pending_error = other.pending_error or STALE_ERRNO
         # Read-after-close on this host: the kernel must not keep the old pages or size.
         await self._drop_kernel_data(f.inode)
+
+    async def _uncreate(self, f: OpenFile) -> None:
+        """Delete the file `f`'s open created, if it is still as created (version-checked)."""
+        f.created = False
+        if f.inode.kind is not Kind.FILE:
+            return
+        try:
+            await self._mutate(self._expect((EventType.NODE_DELETED, f.path)),
+                               self.zk.delete, f.path, f.version)
+        except (NoNodeError, BadVersionError, NotEmptyError):
+            return
+        self._open_lifetime.pop(f.path, None)
+        self._invalidate(self.inodes.unbind(f.path, (Kind.FILE,), subtree=False))
+
+    async def _commit_append(self, f: OpenFile) -> Stat:
+        """O_APPEND: the bytes written through `f` since its last commit go after whatever the
+        znode holds now. First try: nothing changed since we read it; else read and retry."""
+        assert f.appended is not None
+        tail = bytes(f.appended)
+        data, version = bytes(f.data), f.version
+        for attempt in range(_APPEND_RETRIES):
+            if len(data) > MAX_DATA:
+                # Someone else's data made it too big: could not be known at write().
+                raise self._poison(f, errno.EFBIG)
+            try:
+                stat = await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, f.path)),
+                                          self.zk.set, f.path, data, version)
+            except BadVersionError:
+                pass
+            except NoNodeError:
+                raise self._poison(f, errno.ENOENT) from None
+            else:
+                f.data = bytearray(data)
+                f.appended = bytearray()
+                return stat
+            try:
+                current, now = await self._zk(self.zk.get, f.path)
+            except NoNodeError:
+                raise self._poison(f, errno.ENOENT) from None
+            if now.czxid != f.czxid:
+                raise self._poison(f, errno.ESTALE)  # a new node of that name
+            data, version = (current or b"") + tail, now.version
+            await trio.sleep(random.uniform(0, _APPEND_BACKOFF * min(attempt, 25)))
+        raise self._poison(f, errno.EBUSY)
 
     @_translate
     async def flush(self, fh: int) -> None:
@@ -1014,7 +1369,7 @@ class ZkOperations(pyfuse3.Operations):
     async def fsync(self, fh: int, datasync: bool) -> None:
         if fh in self._replay_fhs:
             return
-        await self._commit(self._files[fh])
+        await self._commit(self._files[fh], last=True)
 
     @_translate
     async def poll(self, inode: int, fh: int, poll_handle: Any,
@@ -1039,7 +1394,7 @@ class ZkOperations(pyfuse3.Operations):
         if f is None:
             return
         try:
-            await self._commit(f)
+            await self._commit(f, last=True)
         except pyfuse3.FUSEError as exc:
             log.info("commit of %s at release failed: %s", f.path, exc)
         owned = self._open_lifetime.get(f.path)
@@ -1064,6 +1419,7 @@ class ZkOperations(pyfuse3.Operations):
             return
         self._writable()
         path = join_path(parent.path, check_name(name))
+        self._check_reserved_write(path)
         probe = await self._probe(path)
         if probe is None:
             if name == DATA_NAME.encode():
@@ -1077,6 +1433,8 @@ class ZkOperations(pyfuse3.Operations):
             raise _fail(errno.EISDIR)
         await self._mutate(self._expect((EventType.NODE_DELETED, path)), self.zk.delete, path)
         self._open_lifetime.pop(path, None)
+        # Descriptors other processes here hold on it: their next write says ENOENT.
+        self.note_remote(path, EventType.NODE_DELETED)
         self.inodes.unbind(path, (Kind.FILE,), subtree=False)
 
     @_translate
@@ -1101,7 +1459,8 @@ class ZkOperations(pyfuse3.Operations):
         old_parent = self._inode(parent_inode_old)
         new_parent = self._inode(parent_inode_new)
         old = join_path(old_parent.path, check_name(name_old))
-        _, new = self._check_create(new_parent, name_new)
+        self._check_reserved_write(old)
+        _, new = self._check_create(new_parent, name_new, data_ok=True)
         if old == new:
             return
         for _ in range(10):
@@ -1137,13 +1496,15 @@ class ZkOperations(pyfuse3.Operations):
         target = await self._probe(new)
         if target is None and to_data:
             own = await self._probe(new_dir)
-            if own is not None and own.stat.data_length > 0:
-                # Onto the pseudo-file: becomes the directory's data (sed -i DIR/.data).
-                await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, new_dir),
-                                                (EventType.NODE_DELETED, old)),
-                                   self.zk.multi, [Op.set(new_dir, data, own.stat.version),
-                                                   Op.delete(old, sstat.version)])
-                return
+            if own is None:
+                raise NoNodeError(path=new_dir)
+            # Onto `.data`: becomes the directory's data (sed -i DIR/.data), whether or not
+            # the directory had data (one rule for `.data`; the mount makes no such child).
+            await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, new_dir),
+                                            (EventType.NODE_DELETED, old)),
+                               self.zk.multi, [Op.set(new_dir, data or None, own.stat.version),
+                                               Op.delete(old, sstat.version)])
+            return
         ops: list[Op] = []
         if target is not None:
             if noreplace:
@@ -1154,7 +1515,8 @@ class ZkOperations(pyfuse3.Operations):
         # The file is created anew in the target directory, so that directory's lifetime
         # applies (a sequential directory keeps the name given: mv names it explicitly).
         lifetime, _ = await self._effective(new_dir)
-        ops += [Op.create(new, data, ephemeral=lifetime != "persistent"),
+        ops += [Op.create(new, data, acl=self.cfg.create_acl,
+                          ephemeral=lifetime != "persistent"),
                 Op.delete(old, sstat.version)]
         expected = [(EventType.NODE_DELETED, new)] if target is not None else []
         expected += [(EventType.NODE_CREATED, new), (EventType.NODE_DELETED, old)]
@@ -1223,12 +1585,18 @@ class ZkOperations(pyfuse3.Operations):
             if stat is None:
                 raise _fail(errno.ENOENT)
             return STAT_XATTRS[key](stat).encode()
+        if key == XATTR_ACL:
+            acl, _ = await self._zk(self.zk.get_acl, node.path)
+            return format_acl(acl).encode()
         if node.kind is Kind.DIR:
             if key == XATTR_DATA:
                 data, _ = await self._zk(self.zk.get, node.path)
                 if data is None:
                     raise _fail(pyfuse3.ENOATTR)
                 return data
+            if key == XATTR_HIDDEN:
+                names = await self._zk(self.zk.get_children, node.path)
+                return str(len(names) - len(self._showable(node.path, names))).encode()
             if key in (XATTR_LIFETIME, XATTR_SEQUENTIAL):
                 # The effective value, mount default included, so scripts can just ask.
                 lifetime, sequential = await self._effective(node.path)
@@ -1238,7 +1606,7 @@ class ZkOperations(pyfuse3.Operations):
     @_translate
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         node = self._inode(inode)
-        names = [k.encode() for k in STAT_XATTRS]
+        names = [k.encode() for k in STAT_XATTRS] + [XATTR_ACL.encode()]
         if node.kind is Kind.DIR:
             data, _ = await self._zk(self.zk.get, node.path)
             if data is not None:
@@ -1249,6 +1617,9 @@ class ZkOperations(pyfuse3.Operations):
                 names.append(XATTR_LIFETIME.encode())
             if s.sequential is not None:
                 names.append(XATTR_SEQUENTIAL.encode())
+            children = await self._zk(self.zk.get_children, node.path)
+            if len(self._showable(node.path, children)) < len(children):
+                names.append(XATTR_HIDDEN.encode())
         return names
 
     @_translate
@@ -1258,9 +1629,19 @@ class ZkOperations(pyfuse3.Operations):
         key = name.decode("utf-8", "replace")
         if key in STAT_XATTRS:
             raise _fail(errno.EPERM)  # the server keeps the Stat
+        if key == XATTR_ACL:
+            self._writable()
+            self._check_reserved_write(node.path)
+            try:
+                acl = parse_acl(value.decode("utf-8", "replace"))
+            except AclTextError:
+                raise _fail(errno.EINVAL) from None
+            await self._zk(self.zk.set_acl, node.path, acl)
+            return
         if key not in (XATTR_DATA, XATTR_LIFETIME, XATTR_SEQUENTIAL):
             raise _fail(errno.ENOTSUP)
         self._writable()
+        self._check_reserved_write(node.path)
         if node.kind is not Kind.DIR:
             raise _fail(errno.EINVAL)
         if key == XATTR_DATA:

@@ -31,7 +31,8 @@ __all__ = [
     "SetDataRequest", "GetACLRequest", "SetACLRequest", "GetChildrenRequest",
     "GetChildren2Request", "SyncRequest", "CheckVersionRequest", "GetAllChildrenNumberRequest",
     "GetEphemeralsRequest", "SetWatches", "SetWatches2", "AddWatchRequest",
-    "RemoveWatchesRequest", "AuthPacket", "CloseSessionRequest", "PingRequest", "WhoAmIRequest",
+    "RemoveWatchesRequest", "AuthPacket", "GetSASLRequest", "SetSASLResponse",
+    "CloseSessionRequest", "PingRequest", "WhoAmIRequest",
     "CreateResponse", "Create2Response", "ExistsResponse", "GetDataResponse", "SetDataResponse",
     "GetACLResponse", "SetACLResponse", "GetChildrenResponse", "GetChildren2Response",
     "SyncResponse", "GetAllChildrenNumberResponse", "GetEphemeralsResponse", "ClientInfo",
@@ -565,6 +566,17 @@ class AuthPacket(Record):
 
 
 @dataclass
+class GetSASLRequest(Record):
+    """One SASL token from the client (op 102); the reply is a SetSASLResponse."""
+    token: bytes | None = buffer()
+
+
+@dataclass
+class SetSASLResponse(Record):
+    token: bytes | None = buffer()
+
+
+@dataclass
 class CloseSessionRequest(Record):
     pass
 
@@ -792,6 +804,7 @@ REQUEST_RECORDS: dict[int, type[Record]] = {
     OpCode.CHECK_WATCHES: RemoveWatchesRequest,
     OpCode.REMOVE_WATCHES: RemoveWatchesRequest,
     OpCode.AUTH: AuthPacket,
+    OpCode.SASL: GetSASLRequest,
     OpCode.SET_WATCHES: SetWatches,
     OpCode.SET_WATCHES2: SetWatches2,
     OpCode.GET_EPHEMERALS: GetEphemeralsRequest,
@@ -825,6 +838,7 @@ RESPONSE_RECORDS: dict[int, type[Record] | None] = {
     OpCode.CHECK_WATCHES: None,
     OpCode.REMOVE_WATCHES: None,
     OpCode.AUTH: None,
+    OpCode.SASL: SetSASLResponse,
     OpCode.SET_WATCHES: None,
     OpCode.SET_WATCHES2: None,
     OpCode.GET_EPHEMERALS: GetEphemeralsResponse,

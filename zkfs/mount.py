@@ -10,21 +10,27 @@ session closed (closeSession), so its ephemeral (`session`) files vanish for eve
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
 import signal
+import subprocess
 import sys
 import time
 
 import pyfuse3
 import trio
 
+from zkfs.acls import CREATOR_ALL, AclTextError, parse_acl
 from zkfs.client import ClientState, ZkClient, open_client
+from zkfs.credentials import CredentialError, load_credentials
+from zkfs.jute import ACL
 from zkfs.errors import ConnectionLossError, ZkError
 from zkfs.events import ChangeFollower
 from zkfs.fs import MountConfig, ZkOperations
 from zkfs.meta import LIFETIMES
+from zkfs.mountinfo import mounted_at
 
 __all__ = ["parse_options", "run_mount", "build_config", "MountOptionError"]
 
@@ -34,12 +40,19 @@ DEFAULT_SESSION_TIMEOUT = 10.0
 # Options of mount(8)/fstab/systemd that mean nothing here (mount.fuse3 passes some through).
 _IGNORED = frozenset({"defaults", "rw", "auto", "noauto", "user", "nouser", "users", "owner",
                       "group", "_netdev", "nofail", "dev", "nodev", "suid", "nosuid", "exec",
-                      "noexec", "atime", "noatime", "relatime", "strictatime", "sync", "async",
-                      "sw", "loop"})
+                      "noexec", "atime", "relatime", "sync", "async", "sw", "loop"})
 _KNOWN = frozenset({"session_timeout", "ro", "hard", "soft", "timeout", "allow_other",
                     "allow_root", "uid", "gid", "lifetime", "sequential", "fsname",
                     "entry_timeout", "attr_timeout", "debug", "logfile", "auto_unmount",
-                    "watch"})
+                    "watch", "umask", "file_mode", "dir_mode", "noatime", "nodiratime",
+                    "strictatime", "replace", "auth", "acl"})
+#: Options of which only the last given counts (`-o ro,rw` is read-write, as with mount(8)).
+_EXCLUSIVE = (frozenset({"ro", "rw"}), frozenset({"hard", "soft"}),
+              frozenset({"atime", "noatime", "relatime", "strictatime"}),
+              frozenset({"exec", "noexec"}), frozenset({"suid", "nosuid"}),
+              frozenset({"dev", "nodev"}), frozenset({"sync", "async"}))
+#: Passed to the kernel as mount flags (shown in /proc/mounts).
+_KERNEL_FLAGS = ("noatime", "nodiratime")
 FOLLOW_MODES = ("auto", "oneshot", "none")
 #: Requests served at once (pyfuse3 worker tasks). Each process waiting for a lock occupies
 #: one, and an unlock must still find one free: far above pyfuse3's default of 99.
@@ -57,7 +70,9 @@ class MountOptionError(ValueError):
 
 
 def parse_options(text: str) -> dict[str, str]:
-    """`"a=b,c"` → `{"a": "b", "c": ""}` (later duplicates win, as with mount(8))."""
+    """`"a=b,c"` → `{"a": "b", "c": ""}`. Later options override earlier ones, as with
+    mount(8): a repeated key keeps its last value, and of `ro`/`rw`, `hard`/`soft`,
+    `noatime`/`relatime`/... only the last one given stays."""
     options: dict[str, str] = {}
     for item in (text or "").split(","):
         item = item.strip()
@@ -67,8 +82,26 @@ def parse_options(text: str) -> dict[str, str]:
         key = key.strip()
         if not key:
             raise MountOptionError(f"empty option name in {item!r}")
+        for group in _EXCLUSIVE:
+            if key in group:
+                for other in group:
+                    options.pop(other, None)
+        options.pop(key, None)
         options[key] = value.strip()
     return options
+
+
+def _mode(options: dict[str, str], key: str, default: int) -> int:
+    if key not in options:
+        return default
+    try:
+        value = int(options[key], 8)
+    except ValueError:
+        raise MountOptionError(f"{key}= needs an octal mode such as 0644, "
+                               f"not {options[key]!r}") from None
+    if not 0 <= value <= 0o7777:
+        raise MountOptionError(f"{key}= must be between 0 and 07777")
+    return value
 
 
 def _seconds(options: dict[str, str], key: str, default: float) -> float:
@@ -99,8 +132,9 @@ def build_config(options: dict[str, str], servers: str = "zkfs"
                      if k not in _KNOWN and k not in _IGNORED and not k.startswith("x-"))
     if unknown:
         raise MountOptionError(f"unknown option(s): {', '.join(unknown)}")
-    if "hard" in options and "soft" in options:
-        raise MountOptionError("hard and soft exclude each other")
+    if "strictatime" in options:
+        raise MountOptionError("strictatime: zkfs keeps no access times (a file's atime is "
+                               "its znode's mtime); use noatime or relatime")
     session_timeout = _seconds(options, "session_timeout", DEFAULT_SESSION_TIMEOUT)
     lifetime = options.get("lifetime", "persistent")
     if lifetime not in LIFETIMES:
@@ -113,6 +147,10 @@ def build_config(options: dict[str, str], servers: str = "zkfs"
     sequential = options.get("sequential", "0")
     if sequential not in ("0", "1"):
         raise MountOptionError("sequential= must be 0 or 1")
+    try:
+        auth = load_credentials(options.get("auth"))
+    except CredentialError as exc:
+        raise MountOptionError(f"auth=: {exc}") from None
     cfg = MountConfig(
         uid=_id(options, "uid", os.getuid()),
         gid=_id(options, "gid", os.getgid()),
@@ -124,6 +162,11 @@ def build_config(options: dict[str, str], servers: str = "zkfs"
         entry_timeout=_seconds(options, "entry_timeout", cache_default),
         attr_timeout=_seconds(options, "attr_timeout", cache_default),
         follow=follow,
+        file_mode=_mode(options, "file_mode", 0o666),
+        dir_mode=_mode(options, "dir_mode", 0o777),
+        umask=_mode(options, "umask", 0o022),
+        create_acl=_create_acl(options.get("acl", "world")),
+        auth=auth,
     )
     # The source column of /proc/mounts and df: the connect string, like host:path for NFS.
     # libfuse splits its option string at commas, and a connect string has them: escape them.
@@ -131,10 +174,24 @@ def build_config(options: dict[str, str], servers: str = "zkfs"
     fuse_options = {f"fsname={fsname}", "subtype=zkfs",
                     # The kernel checks modes against our uid/gid/mode bits.
                     "default_permissions"}
-    for flag in ("allow_other", "allow_root", "ro", "auto_unmount"):
+    for flag in ("allow_other", "allow_root", "ro", "auto_unmount", *_KERNEL_FLAGS):
         if flag in options:
             fuse_options.add(flag)
     return cfg, session_timeout, fuse_options
+
+
+def _create_acl(text: str) -> list[ACL] | None:
+    """acl=: world (everyone may do everything, ZooKeeper's usual default), creator (only the
+    identities this mount authenticated as), or entries in zkCli's form separated by `;`
+    (commas separate mount options), e.g. `acl=auth::cdrwa;world:anyone:r`."""
+    if text == "world":
+        return None
+    if text == "creator":
+        return list(CREATOR_ALL)
+    try:
+        return parse_acl(text.replace(";", ","))
+    except AclTextError as exc:
+        raise MountOptionError(f"acl=: {exc} (or acl=world, acl=creator)") from None
 
 
 def _setup_logging(options: dict[str, str], foreground: bool) -> None:
@@ -165,9 +222,11 @@ class _Sessions:
     The first session is handed over by `run`'s task_status; later ones go to `on_new`.
     """
 
-    def __init__(self, servers: str, session_timeout: float) -> None:
+    def __init__(self, servers: str, session_timeout: float,
+                 auth: list[tuple[str, bytes]]) -> None:
         self.servers = servers
         self.session_timeout = session_timeout
+        self.auth = auth
         self.on_new: callable | None = None  # type: ignore[valid-type]
         self._stop = trio.Event()
 
@@ -180,8 +239,8 @@ class _Sessions:
         first = True
         while True:
             try:
-                async with open_client(self.servers,
-                                       session_timeout=self.session_timeout) as zk:
+                async with open_client(self.servers, session_timeout=self.session_timeout,
+                                       auth=self.auth) as zk:
                     if first:
                         first = False
                         task_status.started(zk)
@@ -212,7 +271,7 @@ class _Sessions:
 
 async def _serve(servers: str, mountpoint: str, cfg: MountConfig, session_timeout: float,
                  fuse_options: set[str], report: callable) -> int:  # type: ignore[valid-type]
-    sessions = _Sessions(servers, session_timeout)
+    sessions = _Sessions(servers, session_timeout, cfg.auth)
     try:
         async with trio.open_nursery() as nursery:
             zk = await nursery.start(sessions.run)
@@ -283,6 +342,51 @@ async def _on_signals(serving: trio.CancelScope) -> None:
             return
 
 
+def _check_mountpoint(mountpoint: str, replace: bool) -> tuple[str, int] | None:
+    """Refuse to stack a mount on a mounted path: (message, exit status), or None if fine.
+    A dead FUSE mount ("Transport endpoint is not connected") is lazily unmounted first
+    when `replace` is given; a live one is always refused."""
+    dead = False
+    try:
+        is_dir = os.path.isdir(mountpoint) if os.stat(mountpoint) else False
+        # The kernel may answer stat of a dead FUSE mount's root from its cache; statfs
+        # always asks the (gone) filesystem process.
+        os.statvfs(mountpoint)
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            return f"{mountpoint}: {exc.strerror}", 2
+        dead, is_dir = True, True
+    on = mounted_at(mountpoint) or mounted_at(os.path.realpath(mountpoint))
+    if on is not None and not dead:
+        return (f"{mountpoint}: already mounted ({on.fstype} {on.source}); unmount it first "
+                f"(fusermount3 -u {mountpoint})", 1)
+    if dead:
+        what = f"{on.fstype} {on.source}" if on is not None else "a FUSE mount"
+        if not replace:
+            return (f"{mountpoint}: a dead mount is there ({what}: transport endpoint is not "
+                    f"connected); unmount it (fusermount3 -u {mountpoint}) or mount with "
+                    f"-o replace", 1)
+        log.warning("replacing the dead mount on %s (%s)", mountpoint, what)
+        for cmd in (["fusermount3", "-uz", mountpoint], ["umount", "-l", mountpoint]):
+            try:
+                subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                continue
+            try:
+                os.statvfs(mountpoint)
+                break
+            except OSError:
+                continue
+        try:
+            is_dir = os.path.isdir(mountpoint) if os.stat(mountpoint) else False
+            os.statvfs(mountpoint)
+        except OSError as exc:
+            return f"{mountpoint}: cannot replace the dead mount: {exc.strerror}", 1
+    if not is_dir:
+        return f"{mountpoint}: not a directory", 2
+    return None
+
+
 def run_mount(servers: str, mountpoint: str, options: dict[str, str], foreground: bool) -> int:
     """Mount ZooKeeper `servers` on `mountpoint`; the exit status of `zkfs mount`."""
     try:
@@ -297,10 +401,13 @@ def run_mount(servers: str, mountpoint: str, options: dict[str, str], foreground
               "would be host-local); install the patched build: scripts/setup.sh, "
               "contrib/pyfuse3", file=sys.stderr)
         return 1
-    if not os.path.isdir(mountpoint):
-        print(f"zkfs mount: {mountpoint}: not a directory", file=sys.stderr)
-        return 2
     mountpoint = os.path.abspath(mountpoint)
+    problem = _check_mountpoint(mountpoint, replace="replace" in options)
+    if problem is not None:
+        message, code = problem
+        print(f"zkfs mount: {message}", file=sys.stderr)
+        return code
+    cfg.mountpoint = mountpoint
 
     if foreground:
         from zkfs.sdnotify import notifier, run_watchdog, watchdog_interval

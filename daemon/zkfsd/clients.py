@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -20,7 +21,7 @@ import trio
 from zkfs import jute
 from zkfs.constants import Err, EventType, KeeperState, OpCode, Xid
 
-from zkfsd import fourlw, handlers, wire
+from zkfsd import fourlw, handlers, sasl, wire
 from zkfsd.tree import digest_auth_id
 
 if TYPE_CHECKING:
@@ -42,16 +43,19 @@ PROTOCOL_VERSION = 0
 class ClientConnection:
     """One client socket: reader → (ordered replies) → writer."""
 
-    def __init__(self, server: ZkServer, stream: trio.SocketStream) -> None:
+    def __init__(self, server: ZkServer, stream: trio.abc.Stream, peer: tuple[str, int],
+                 auth: Sequence[tuple[str, str]] = ()) -> None:
+        """`stream` is a TCP stream or a TLS stream over one; `auth` holds the ids that the
+        transport already proved (a client certificate's x509 id)."""
         self.server = server
         self.stream = stream
-        try:
-            self.peer = stream.socket.getpeername()
-        except OSError:
-            self.peer = ("?", 0)
+        self.peer = peer
         self.session_id = 0
         self.timeout_ms = 0
-        self.auth: list[tuple[str, str]] = [("ip", str(self.peer[0]))]
+        self.auth: list[tuple[str, str]] = [("ip", str(self.peer[0])), *auth]
+        self._sasl: sasl.DigestMd5Server | None = None
+        for ident in auth:
+            self._grant_super(ident)
         self.codec = wire.ServerConnection()
         self._out_send, self._out_recv = trio.open_memory_channel[Any](MAX_OUTBOUND_MESSAGES)
         self._pending_send, self._pending_recv = trio.open_memory_channel[Any](MAX_PENDING_REQUESTS)
@@ -255,6 +259,18 @@ class ClientConnection:
         started = time.monotonic()
         if self.session_id == 0:
             return
+        if (self.server.config.security.require_sasl and op not in _BEFORE_SASL
+                and not any(scheme == "sasl" for scheme, _ in self.auth)):
+            # requireClientAuthScheme=sasl: nothing but the SASL exchange until it succeeded.
+            log.info("session 0x%x sent op %d before authenticating with SASL; closing",
+                     self.session_id, op)
+            await self._pending_send.send(("error", xid, op,
+                                           Err.SESSION_CLOSED_REQUIRE_SASL_AUTH, True))
+            return
+        if op == OpCode.AUTH:
+            reply, fatal = self._authenticate(record)
+            await self._pending_send.send(("reply", reply, fatal))
+            return
         if op in handlers.WRITE_OPS:
             try:
                 txn = handlers.write_txn(op, record, self.session_id, self.auth)
@@ -297,6 +313,12 @@ class ClientConnection:
                 _, xid, op, record, started = item
                 self._answer_read(xid, op, record)
                 server.stats.record_latency(time.monotonic() - started)
+            elif kind == "reply":
+                _, reply, fatal = item
+                self._send(reply)
+                if fatal:
+                    self._send(None)
+                    return
             else:
                 _, xid, op, err, fatal = item
                 self._send(jute.encode_reply(xid, server.tree.last_zxid, err, None))
@@ -310,8 +332,8 @@ class ClientConnection:
         if op == OpCode.PING:
             self._send(jute.encode_reply(Xid.PING, zxid, 0, None))
             return
-        if op == OpCode.AUTH:
-            self._authenticate(record)
+        if op == OpCode.SASL:
+            self._sasl_step(xid, record)
             return
         if op in (OpCode.SET_WATCHES, OpCode.SET_WATCHES2):
             for event_type, path in handlers.set_watches(server.tree, server.watches, self, record):
@@ -322,7 +344,9 @@ class ClientConnection:
         err, body = handlers.execute_read(server.tree, server.watches, ctx, op, record)
         self._send(jute.encode_reply(xid, zxid, err, body))
 
-    def _authenticate(self, record: Any) -> None:
+    def _authenticate(self, record: Any) -> tuple[bytes, bool]:
+        """addauth, applied at once by the reader so that the requests after it (a create
+        with an `auth` ACL, say) already carry the new id; the reply keeps its place."""
         zxid = self.server.tree.last_zxid
         credential = record.auth or b""
         if record.scheme == "digest":
@@ -334,9 +358,42 @@ class ClientConnection:
                 ident = ("digest", digest_auth_id(user, password))
                 if ident not in self.auth:
                     self.auth.append(ident)
-                self._send(jute.encode_reply(Xid.AUTH, zxid, 0, None))
-                return
+                self._grant_super(ident)
+                return jute.encode_reply(Xid.AUTH, zxid, 0, None), False
         log.info("authentication with scheme %r failed for session 0x%x", record.scheme,
                  self.session_id)
-        self._send(jute.encode_reply(Xid.AUTH, zxid, Err.AUTH_FAILED, None))
-        self._send(None)
+        return jute.encode_reply(Xid.AUTH, zxid, Err.AUTH_FAILED, None), True
+
+    def _sasl_step(self, xid: int, record: jute.GetSASLRequest) -> None:
+        zxid = self.server.tree.last_zxid
+        users = self.server.config.security.sasl_users
+        try:
+            if users is None:
+                raise sasl.SaslError("SASL is not configured (jaasLoginFile)")
+            if self._sasl is None:
+                self._sasl = sasl.DigestMd5Server(users)
+            step = self._sasl.step(record.token or b"")
+        except sasl.SaslError as exc:
+            # As ZooKeeper: a failed SASL exchange ends the connection.
+            log.info("SASL authentication failed for session 0x%x from %s: %s", self.session_id,
+                     self.peer[0], exc)
+            self._send(jute.encode_reply(xid, zxid, Err.AUTH_FAILED, None))
+            self._send(None)
+            return
+        if step.username is not None:
+            ident = ("sasl", step.username)
+            if ident not in self.auth:
+                self.auth.append(ident)
+            log.info("session 0x%x authenticated with SASL as %s", self.session_id,
+                     step.username)
+        self._send(jute.encode_reply(xid, zxid, 0, jute.SetSASLResponse(step.token)))
+
+    def _grant_super(self, ident: tuple[str, str]) -> None:
+        """An id named as the administrator (superDigest, X509 superUser) passes every ACL."""
+        if ident in self.server.config.security.super_ids and ("super", ident[1]) not in self.auth:
+            self.auth.append(("super", ident[1]))
+            log.info("session 0x%x is the administrator (%s:%s)", self.session_id, *ident)
+
+
+# Requests a session may send before its SASL authentication under requireClientAuthScheme.
+_BEFORE_SASL = frozenset({OpCode.SASL, OpCode.PING, OpCode.AUTH, OpCode.CLOSE_SESSION})

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from zkfsd import wire
+from zkfsd.security import Security, SecurityError, is_security_key, parse_security
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ _KNOWN_UNUSED_KEYS = frozenset(
         "metricsProvider.className",
         "metricsProvider.httpPort",
         "metricsProvider.exportJvmInfo",
-        "secureClientPort",
-        "secureClientPortAddress",
         "electionAlg",
         "syncEnabled",
         "forceSync",
@@ -72,7 +71,8 @@ class ServerConfig:
     tick_time: int = 2000
     data_dir: str
     data_log_dir: str | None = None
-    client_port: int = 2181
+    # None: no plaintext port (a TLS-only configuration, secureClientPort without clientPort).
+    client_port: int | None = 2181
     client_address: str = "127.0.0.1"
     min_session_timeout: int | None = None
     max_session_timeout: int | None = None
@@ -88,6 +88,7 @@ class ServerConfig:
     sessionless_timeout: int = 10000
     # Replies queued for all clients together; past it the slowest reader is dropped.
     max_client_reply_bytes: int = 128 << 20
+    security: Security = field(default_factory=Security)
     # Keys from zoo.cfg that zkfsd does not interpret, kept so tools can still see them.
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -123,7 +124,10 @@ class ServerConfig:
         if not self.data_dir:
             raise ConfigError("dataDir is required (set dataDir in zoo.cfg or pass --data-dir)")
         # Port 0 is allowed on purpose: in-process tests bind to any free port.
-        if not isinstance(self.client_port, int) or not 0 <= self.client_port <= 65535:
+        if self.client_port is None:
+            if self.security.secure_client_port is None:
+                raise ConfigError("no client port: set clientPort or secureClientPort")
+        elif not isinstance(self.client_port, int) or not 0 <= self.client_port <= 65535:
             raise ConfigError(f"clientPort must be between 0 and 65535, got {self.client_port!r}")
         if not self.client_address:
             raise ConfigError("clientPortAddress must not be empty")
@@ -316,6 +320,7 @@ def load_zoo_cfg(path: str) -> dict[str, Any]:
     servers: dict[int, tuple[str, int, int]] = {}
     server_client_ports: dict[int, int] = {}
     extra: dict[str, str] = {}
+    security: dict[str, str] = {}
     for lineno, key, value in _read_properties(path):
         where = f"{path}:{lineno}: {key}"
         if key in _INT_KEYS:
@@ -343,6 +348,8 @@ def load_zoo_cfg(path: str) -> dict[str, Any]:
             servers[sid], client_port = parse_server_line(where, value)
             if client_port is not None:
                 server_client_ports[sid] = client_port
+        elif is_security_key(key):
+            security[key] = value
         else:
             extra[key] = value
             if key in _KNOWN_UNUSED_KEYS:
@@ -353,6 +360,11 @@ def load_zoo_cfg(path: str) -> dict[str, Any]:
         result["servers"] = servers
     if extra:
         result["extra"] = extra
+    if security:
+        try:
+            result["security"] = parse_security(security)
+        except SecurityError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     if "data_dir" in result:
         my_id = read_myid(result["data_dir"])
         if my_id is not None:
@@ -384,6 +396,10 @@ def build_config(cfg_file: str | None = None, **overrides: Any) -> ServerConfig:
     values.update(given)
     if "data_dir" not in values:
         raise ConfigError("dataDir is required (set dataDir in zoo.cfg or pass --data-dir)")
+    security = values.get("security")
+    if security is not None and security.tls_only and "client_port" not in values:
+        # ZooKeeper opens only the ports it is given: TLS only means no plaintext port.
+        values["client_port"] = None
     if "my_id" not in values:
         my_id = read_myid(values["data_dir"])
         if my_id is not None:

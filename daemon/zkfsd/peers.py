@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import ssl
 import struct
 from typing import Any, Callable
 
@@ -78,7 +79,10 @@ def _frame(obj: Any) -> bytes:
 class PeerTransport:
     def __init__(self, member_id: int, addresses: dict[int, tuple[str, int]],
                  on_message: Callable[[int, Any], None], secret: bytes | None = None,
-                 on_lost: Callable[[int], None] | None = None) -> None:
+                 on_lost: Callable[[int], None] | None = None,
+                 tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None) -> None:
+        """`tls`: (server context, client context) to run every member link over TLS
+        (sslQuorum); the shared-secret challenge still runs inside it."""
         self.member_id = member_id
         self.addresses = addresses
         self.on_message = on_message
@@ -86,6 +90,7 @@ class PeerTransport:
         # crashed member shows itself long before any timeout.
         self.on_lost = on_lost
         self.secret = secret or b""
+        self._tls = tls
         self._queues: dict[int, tuple[trio.MemorySendChannel[bytes],
                                       trio.MemoryReceiveChannel[bytes]]] = {
             peer: trio.open_memory_channel[bytes](QUEUE_DEPTH)
@@ -120,12 +125,14 @@ class PeerTransport:
         receive = self._queues[peer][1]
         while True:
             try:
-                stream = await trio.open_tcp_stream(host, port)
+                stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
             except OSError:
                 await trio.sleep(delay)
                 delay = min(delay * 2, 1.0)
                 continue
             try:
+                if self._tls is not None:
+                    stream = trio.SSLStream(stream, self._tls[1], server_hostname=host)
                 async with stream:
                     with trio.fail_after(HANDSHAKE_TIMEOUT):
                         reader = _FrameReader(stream)
@@ -156,9 +163,14 @@ class PeerTransport:
             delay = min(delay * 2, 1.0)
 
     # -- incoming ------------------------------------------------------------------------------
-    async def _accept(self, stream: trio.SocketStream) -> None:
+    async def _accept(self, tcp: trio.SocketStream) -> None:
         peer = None
+        stream: trio.abc.Stream = tcp
         try:
+            if self._tls is not None:
+                stream = trio.SSLStream(tcp, self._tls[0], server_side=True)
+                with trio.fail_after(HANDSHAKE_TIMEOUT):
+                    await stream.do_handshake()
             reader = _FrameReader(stream)
             with trio.fail_after(HANDSHAKE_TIMEOUT):
                 nonce = secrets.token_bytes(16)
@@ -182,7 +194,7 @@ class PeerTransport:
                 self.on_message(peer, obj)
         except (OSError, trio.BrokenResourceError, trio.TooSlowError, ValueError) as exc:
             log.info("peer connection from %s refused or dropped: %s",
-                     _peer_name(stream), exc or type(exc).__name__)
+                     _peer_name(tcp), exc or type(exc).__name__)
         finally:
             if peer is not None:
                 self.connected_in.discard(peer)

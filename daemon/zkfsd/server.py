@@ -25,6 +25,7 @@ import math
 import os
 import random
 import signal
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import trio
 
 from zkfs.constants import Err, OpCode
 
+from zkfsd import tls
 from zkfsd.clients import ClientConnection
 from zkfsd.config import ServerConfig
 from zkfsd.consensus import make_zxid
@@ -142,6 +144,7 @@ class ZkServer:
                                     cutoff=2 * ELECTION_TICKS + 2 * report_every)
         self._was_serving = False
         self.listen_port: int | None = None
+        self.secure_listen_port: int | None = None
 
     @property
     def standalone(self) -> bool:
@@ -240,20 +243,19 @@ class ZkServer:
                             secret = f.read().strip()
                     addresses = {sid: (host, port)
                                  for sid, (host, port, _election) in self.config.servers.items()}
-                    self.transport = PeerTransport(self.member_id, addresses,
-                                                   self._on_peer_message, secret,
-                                                   on_lost=self._on_peer_lost)
+                    quorum_tls = self.config.security.quorum_tls
+                    self.transport = PeerTransport(
+                        self.member_id, addresses, self._on_peer_message, secret,
+                        on_lost=self._on_peer_lost,
+                        tls=(tls.server_context(quorum_tls), tls.client_context(quorum_tls))
+                        if quorum_tls is not None else None)
                     await nursery.start(self.transport.run)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._reaper_loop)
-                listeners = await trio.open_tcp_listeners(self.config.client_port,
-                                                          host=self.config.client_address)
-                for listener in listeners:
-                    nursery.start_soon(self._accept_loop, listener, nursery)
-                self.listen_port = listeners[0].socket.getsockname()[1]
-                log.info("serving clients on %s:%d (%s, member %d of %s, tickTime %d ms, "
-                         "session timeout %d..%d ms)", self.config.client_address,
-                         self.listen_port, "standalone" if self.standalone else "ensemble",
+                await self._listen(nursery)
+                log.info("serving clients on %s (%s, member %d of %s, tickTime %d ms, "
+                         "session timeout %d..%d ms)", self._listening_on(),
+                         "standalone" if self.standalone else "ensemble",
                          self.member_id, self.voters, self.config.tick_time,
                          self.config.min_timeout, self.config.max_timeout)
                 task_status.started(self)
@@ -580,7 +582,36 @@ class ZkServer:
                               "path": path, "version": -1})
 
     # -- clients ---------------------------------------------------------------------------------
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+    async def _listen(self, nursery: trio.Nursery) -> None:
+        """The client port and/or the secure (TLS) client port, as configured."""
+        config, security = self.config, self.config.security
+        if config.client_port is not None:
+            listeners = await trio.open_tcp_listeners(config.client_port,
+                                                      host=config.client_address)
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener, nursery, None)
+            self.listen_port = listeners[0].socket.getsockname()[1]
+        if security.secure_client_port is not None:
+            assert security.client_tls is not None
+            context = tls.server_context(security.client_tls)
+            listeners = await trio.open_tcp_listeners(
+                security.secure_client_port,
+                host=security.secure_client_address or config.client_address)
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener, nursery, context)
+            self.secure_listen_port = listeners[0].socket.getsockname()[1]
+
+    def _listening_on(self) -> str:
+        ports = []
+        if self.listen_port is not None:
+            ports.append(f"{self.config.client_address}:{self.listen_port}")
+        if self.secure_listen_port is not None:
+            address = self.config.security.secure_client_address or self.config.client_address
+            ports.append(f"{address}:{self.secure_listen_port} (TLS)")
+        return " and ".join(ports)
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery,
+                           context: ssl.SSLContext | None) -> None:
         """Accept clients, within maxClientCnxns per address and the descriptor limit.
 
         Out of descriptors (EMFILE and friends), the oldest connection that never sent a
@@ -615,7 +646,34 @@ class ZkServer:
                 await stream.aclose()
                 continue
             self._per_address[address] = self._per_address.get(address, 0) + 1
-            nursery.start_soon(self._handle_client, stream, address)
+            nursery.start_soon(self._handle_client, stream, address, context)
+
+    def _connection_gone(self, address: str) -> None:
+        left = self._per_address[address] - 1
+        if left:
+            self._per_address[address] = left
+        else:
+            del self._per_address[address]
+
+    async def _tls_handshake(self, stream: trio.SocketStream, context: ssl.SSLContext,
+                             peer: tuple[str, int]) -> tuple[trio.SSLStream | None, list]:
+        """TLS on the secure client port; the client certificate, if any, gives its x509 id."""
+        tls_stream = trio.SSLStream(stream, context, server_side=True)
+        with trio.move_on_after(self.config.sessionless_timeout / 1000.0):
+            try:
+                await tls_stream.do_handshake()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.info("TLS handshake with %s:%s failed: %s", peer[0], peer[1],
+                         getattr(exc, "__cause__", None) or exc)
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+                return None, []
+            der = tls_stream.getpeercert(binary_form=True)
+            return tls_stream, ([("x509", tls.x509_id(der))] if der else [])
+        log.info("TLS handshake with %s:%s timed out", peer[0], peer[1])
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+        return None, []
 
     def _drop_oldest_idle(self) -> None:
         idle = [c for c in self.connections if not c.introduced]
@@ -632,8 +690,20 @@ class ZkServer:
             hog.abort(f"client is not reading its replies ({hog.queued_bytes} bytes queued; "
                       f"all clients together may queue {self.config.max_client_reply_bytes})")
 
-    async def _handle_client(self, stream: trio.SocketStream, address: str) -> None:
-        conn = ClientConnection(self, stream)
+    async def _handle_client(self, stream: trio.SocketStream, address: str,
+                             context: ssl.SSLContext | None) -> None:
+        try:
+            peer = stream.socket.getpeername()[:2]
+        except OSError:
+            peer = (address, 0)
+        client: trio.abc.Stream = stream
+        auth: list[tuple[str, str]] = []
+        if context is not None:
+            client, auth = await self._tls_handshake(stream, context, peer)
+            if not client:
+                self._connection_gone(address)
+                return
+        conn = ClientConnection(self, client, peer, auth)
         self.connections.add(conn)
         try:
             await conn.serve()
@@ -644,11 +714,7 @@ class ZkServer:
             self.connections.discard(conn)
             self.reply_bytes -= conn.queued_bytes
             conn.queued_bytes = 0
-            left = self._per_address[address] - 1
-            if left:
-                self._per_address[address] = left
-            else:
-                del self._per_address[address]
+            self._connection_gone(address)
             self.watches.remove_watcher(conn)
             if conn.session_id and self.by_session.get(conn.session_id) is conn:
                 del self.by_session[conn.session_id]

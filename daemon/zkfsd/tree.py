@@ -39,7 +39,11 @@ SPECIAL_PATHS = frozenset({"/", "/zookeeper", "/zookeeper/quota", "/zookeeper/co
 
 # Schemes whose ids count as "authenticated" when an ACL uses the 'auth' pseudo-scheme.
 # ip is a provider but not an authenticated one; world and super have no provider at all.
-_AUTHENTICATED_SCHEMES = frozenset({"digest"})
+_AUTHENTICATED_SCHEMES = frozenset({"digest", "sasl", "x509"})
+# Providers whose ids are matched exactly. sasl and x509 are always valid here (ZooKeeper
+# accepts them once their providers are configured): validity must not depend on one member's
+# configuration, or members could disagree about a transaction.
+_EXACT_SCHEMES = frozenset({"sasl", "x509"})
 
 _INT32 = 1 << 32
 _EXTENDED_RESERVED_BITS = 0x00FFFF0000000000
@@ -271,7 +275,7 @@ def check_acl(node_acl: Iterable[Acl], perm: int, auth: Iterable[Any]) -> bool:
         for auth_scheme, auth_id in ids:
             if auth_scheme != scheme:
                 continue
-            if scheme == "digest" and auth_id == ident:
+            if (scheme == "digest" or scheme in _EXACT_SCHEMES) and auth_id == ident:
                 return True
             if scheme == "ip" and _ip_matches(auth_id, ident):
                 return True
@@ -312,6 +316,8 @@ def _fixup_acl(acl: Any, auth: list[tuple[str, str]]) -> list[Acl]:
         elif scheme == "digest" and _digest_id_valid(ident):
             result.append((perms, scheme, ident))
         elif scheme == "ip" and _parse_ip_acl(ident) is not None:
+            result.append((perms, scheme, ident))
+        elif scheme in _EXACT_SCHEMES and ident:
             result.append((perms, scheme, ident))
         else:
             # Unknown scheme, or a world id other than 'anyone' (no 'world' provider exists).
