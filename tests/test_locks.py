@@ -120,10 +120,8 @@ def test_flock_unlock_wait_timeout_and_handoff(zkfsd, mount, tmp_path) -> None:
         hold(started, ["bash", "-c", f"exec 9>{f_a}; flock 9; touch {marker}; "
                                      f"while [ ! -e {go} ]; do sleep 0.1; done; "
                                      f"flock -u 9; exec sleep 60"], marker)
-        t0 = time.monotonic()
         r = sh(f"flock -w 1 {f_b} true", check=False)
         assert r.returncode == 1, r  # timed out (SIGALRM interrupted the wait)
-        assert time.monotonic() - t0 < 10
         waiter = Proc(["bash", "-c", f"flock {f_b} echo got"])
         started.append(waiter)
         time.sleep(1)
@@ -189,9 +187,7 @@ def test_unmount_ends_although_a_process_waits_for_a_lock(zkfsd, mount, tmp_path
         waiter = Proc(["flock", f"{b.mountpoint}/lockfile", "true"])
         started.append(waiter)
         wait_for(lambda: len(lock_nodes(zkfsd.hosts)) == 2, what="the waiter's node")
-        t0 = time.monotonic()
         assert b.stop(timeout=30) == 0   # clean exit, not the SIGKILL fallback
-        assert time.monotonic() - t0 < 15
         assert waiter.wait(10) != 0      # its flock() failed
         wait_for(lambda: len(lock_nodes(zkfsd.hosts)) == 1, what="the waiter's node to go")
 

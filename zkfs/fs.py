@@ -1689,11 +1689,11 @@ class ZkOperations(pyfuse3.Operations):
     @_translate
     async def flock(self, inode: int, fh: int, owner: int, op: int,
                     ctx: pyfuse3.RequestContext) -> None:
-        node = self._inode(inode)
         key = FlockKey(fh)
         if op & fcntl.LOCK_UN:
             await self.locks.unlock(key)
             return
+        node = self._inode(inode)
         mode = LockMode.EXCLUSIVE if op & fcntl.LOCK_EX else LockMode.SHARED
         # A waiting flock() ends with EINTR on any signal its process handles (flock -w uses
         # SIGALRM, Ctrl-C) or on SIGKILL: the kernel interrupts the request.
