@@ -295,3 +295,38 @@ def test_jks_key_and_trust_stores(tmp_path, ca) -> None:
         finally:
             k.stop()
             k.close()
+
+
+# Debian's zookeeper.jar names no netty in its manifest, but ZooKeeper's TLS client is netty's.
+_NETTY = [f"/usr/share/java/netty-{part}.jar"
+          for part in ("resolver", "codec", "handler", "buffer", "common", "transport")]
+
+
+def test_zkcli_connects_over_tls(tmp_path, ca) -> None:
+    import shutil
+
+    from helpers import ZOOKEEPER_JAR
+
+    java = shutil.which("java")
+    jars = [str(ZOOKEEPER_JAR), *_NETTY]
+    if java is None or not all(Path(j).exists() for j in jars):
+        pytest.skip("ZooKeeper's Java client or netty jars are not installed")
+    port = free_port()
+    client = ca.issue("zkcli")
+    with zkfsd_with(tmp_path, *tls_lines(ca, port)):
+        flags = ["-Dzookeeper.clientCnxnSocket=org.apache.zookeeper.ClientCnxnSocketNetty",
+                 "-Dzookeeper.client.secure=true",
+                 f"-Dzookeeper.ssl.keyStore.location={client.key_pem}",
+                 "-Dzookeeper.ssl.keyStore.type=PEM",
+                 f"-Dzookeeper.ssl.trustStore.location={ca.ca_pem}",
+                 "-Dzookeeper.ssl.trustStore.type=PEM"]
+
+        def zkcli(*args: str) -> str:
+            r = subprocess.run([java, "-cp", ":".join(jars), *flags,
+                                "org.apache.zookeeper.ZooKeeperMain", "-server",
+                                f"{LOCALHOST}:{port}", *args],
+                               capture_output=True, text=True, timeout=60)
+            return r.stdout + r.stderr
+
+        assert "Created /from-zkcli" in zkcli("create", "/from-zkcli", "over-tls")
+        assert "over-tls" in zkcli("get", "/from-zkcli")
