@@ -268,15 +268,65 @@ def test_super_digest_passes_every_acl(tmp_path) -> None:
     ("authProvider.1=com.example.MyProvider", "authProvider.1"),
     ("quorum.auth.enableSasl=true", "quorum.auth.enableSasl"),
     ("requireClientAuthScheme=kerberos", "requireClientAuthScheme"),
-    ("authProvider.1=org.apache.zookeeper.server.auth.SASLAuthenticationProvider",
-     "jaasLoginFile"),
+    ("requireClientAuthScheme=sasl", "jaasLoginFile"),
 ])
 def test_unimplemented_security_settings_stop_zkfsd(tmp_path, line, key) -> None:
     message = refused("clientPort=0", line, tmp_path=tmp_path)
     assert key in message
 
 
-def test_jks_stores_are_refused_with_a_way_out(tmp_path, ca) -> None:
-    message = refused(f"secureClientPort={free_port()}", "ssl.keyStore.location=/etc/k.jks",
-                      tmp_path=tmp_path)
+def test_unknown_store_types_are_refused(tmp_path, ca) -> None:
+    message = refused(f"secureClientPort={free_port()}", "ssl.keyStore.location=/etc/k.bcfks",
+                      "ssl.keyStore.type=BCFKS", tmp_path=tmp_path)
     assert "ssl.keyStore.type" in message and "PKCS12" in message
+
+
+def test_jks_key_and_trust_stores(tmp_path, ca) -> None:
+    """Java's own store format, as kazoo's test harness and many ZooKeeper setups write it."""
+    port = free_port()
+    server = ca.issue("server")
+    with zkfsd_with(tmp_path, f"secureClientPort={port}", f"secureClientPortAddress={LOCALHOST}",
+                    f"ssl.keyStore.location={server.jks}", "ssl.keyStore.password=changeit",
+                    f"ssl.trustStore.location={ca.trust_jks}", "ssl.trustStore.password=changeit"):
+        k = tls_client(ca, port)
+        k.start(timeout=15)
+        try:
+            assert k.exists("/") is not None
+        finally:
+            k.stop()
+            k.close()
+
+
+# Debian's zookeeper.jar names no netty in its manifest, but ZooKeeper's TLS client is netty's.
+_NETTY = [f"/usr/share/java/netty-{part}.jar"
+          for part in ("resolver", "codec", "handler", "buffer", "common", "transport")]
+
+
+def test_zkcli_connects_over_tls(tmp_path, ca) -> None:
+    import shutil
+
+    from helpers import ZOOKEEPER_JAR
+
+    java = shutil.which("java")
+    jars = [str(ZOOKEEPER_JAR), *_NETTY]
+    if java is None or not all(Path(j).exists() for j in jars):
+        pytest.skip("ZooKeeper's Java client or netty jars are not installed")
+    port = free_port()
+    client = ca.issue("zkcli")
+    with zkfsd_with(tmp_path, *tls_lines(ca, port)):
+        flags = ["-Dzookeeper.clientCnxnSocket=org.apache.zookeeper.ClientCnxnSocketNetty",
+                 "-Dzookeeper.client.secure=true",
+                 f"-Dzookeeper.ssl.keyStore.location={client.key_pem}",
+                 "-Dzookeeper.ssl.keyStore.type=PEM",
+                 f"-Dzookeeper.ssl.trustStore.location={ca.ca_pem}",
+                 "-Dzookeeper.ssl.trustStore.type=PEM"]
+
+        def zkcli(*args: str) -> str:
+            r = subprocess.run([java, "-cp", ":".join(jars), *flags,
+                                "org.apache.zookeeper.ZooKeeperMain", "-server",
+                                f"{LOCALHOST}:{port}", *args],
+                               capture_output=True, text=True, timeout=60)
+            return r.stdout + r.stderr
+
+        assert "Created /from-zkcli" in zkcli("create", "/from-zkcli", "over-tls")
+        assert "over-tls" in zkcli("get", "/from-zkcli")

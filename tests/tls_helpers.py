@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+import jks
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -19,6 +20,7 @@ class Issued:
     cert_pem: Path
     key_only: Path
     p12: Path  # the same as PKCS#12, password "changeit"
+    jks: Path  # and as JKS, password "changeit"
     subject: str  # RFC 4514, as an x509 auth id
 
 
@@ -44,6 +46,10 @@ class TestCA:
                      .sign(self.key, hashes.SHA256()))
         self.ca_pem = self.dir / "ca.pem"
         self.ca_pem.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        self.trust_jks = self.dir / "trust.jks"
+        jks.KeyStore.new("jks", [jks.TrustedCertEntry.new(
+            "ca", self.cert.public_bytes(serialization.Encoding.DER))]).save(
+            str(self.trust_jks), "changeit")
 
     def issue(self, cn: str) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -62,7 +68,13 @@ class TestCA:
                                       serialization.NoEncryption())
         cert_bytes = cert.public_bytes(serialization.Encoding.PEM)
         out = Issued(self.dir / f"{cn}.pem", self.dir / f"{cn}.crt", self.dir / f"{cn}.key",
-                     self.dir / f"{cn}.p12", cert.subject.rfc4514_string())
+                     self.dir / f"{cn}.p12", self.dir / f"{cn}.jks", cert.subject.rfc4514_string())
+        pkcs8_der = key.private_bytes(serialization.Encoding.DER,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
+        jks.KeyStore.new("jks", [jks.PrivateKeyEntry.new(
+            cn, [cert.public_bytes(serialization.Encoding.DER)], pkcs8_der, "pkcs8")]).save(
+            str(out.jks), "changeit")
         out.key_pem.write_bytes(key_bytes + cert_bytes)
         out.cert_pem.write_bytes(cert_bytes)
         out.key_only.write_bytes(key_bytes)

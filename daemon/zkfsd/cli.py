@@ -149,8 +149,9 @@ def main(
     from zkfsd import service
 
     log.info(
-        "starting: data_dir=%s log_dir=%s client=%s:%d tick=%dms session timeout %d-%dms%s",
-        config.data_dir, config.log_dir, config.client_address, config.client_port,
+        "starting: data_dir=%s log_dir=%s client=%s:%s tick=%dms session timeout %d-%dms%s",
+        config.data_dir, config.log_dir, config.client_address,
+        "none (TLS only)" if config.client_port is None else config.client_port,
         config.tick_time, config.min_timeout, config.max_timeout,
         f" my_id={config.my_id} servers={sorted(config.servers)}" if config.servers else " standalone",
     )

@@ -114,9 +114,6 @@ def parse_security(keys: Mapping[str, str]) -> Security:
             raise SecurityError(f"jaasLoginFile: cannot read {jaas}: {exc.strerror}") from None
         except sasl.JaasError as exc:
             raise SecurityError(f"jaasLoginFile: {jaas}: {exc}") from None
-    elif "sasl" in providers:
-        raise SecurityError("authProvider (SASLAuthenticationProvider) needs jaasLoginFile, the "
-                            "JAAS file with the Server section's DigestLoginModule users")
 
     scheme = take("requireClientAuthScheme")
     if scheme is not None and scheme != "sasl":
@@ -169,7 +166,7 @@ def _tls_settings(take, prefix: str, why: str) -> tls.TlsSettings:  # type: igno
         kind_type = tls.store_type(location, given_type)
         if kind_type not in tls.STORE_TYPES:
             raise SecurityError(f"{prefix}{kind}.type: {kind_type} stores are not supported "
-                                f"(use PEM or PKCS12; keytool -importkeystore converts JKS)")
+                                f"(use PEM, PKCS12 or JKS)")
         return tls.Store(location, password, kind_type)
 
     key_store = store("keyStore", True)

@@ -254,7 +254,7 @@ class ZkServer:
                 nursery.start_soon(self._reaper_loop)
                 await self._listen(nursery)
                 log.info("serving clients on %s (%s, member %d of %s, tickTime %d ms, "
-                         "session timeout %d..%d ms)", self._listening_on(),
+                         "session timeout %d..%d ms)", self.listening_on(),
                          "standalone" if self.standalone else "ensemble",
                          self.member_id, self.voters, self.config.tick_time,
                          self.config.min_timeout, self.config.max_timeout)
@@ -601,7 +601,8 @@ class ZkServer:
                 nursery.start_soon(self._accept_loop, listener, nursery, context)
             self.secure_listen_port = listeners[0].socket.getsockname()[1]
 
-    def _listening_on(self) -> str:
+    def listening_on(self) -> str:
+        """The client ports, for logs and systemd's STATUS=."""
         ports = []
         if self.listen_port is not None:
             ports.append(f"{self.config.client_address}:{self.listen_port}")

@@ -85,7 +85,7 @@ class Reloader:
 
 def status_line(server: Any) -> str:
     """`systemctl status` text: role, leader and where clients connect."""
-    where = f"{server.config.client_address}:{server.listen_port or server.config.client_port}"
+    where = server.listening_on()
     role = server.role()
     if role == "standalone":
         return f"standalone, serving clients on {where}"

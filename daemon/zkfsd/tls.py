@@ -1,21 +1,23 @@
 """TLS contexts from ZooKeeper's ssl.* settings, and x509 auth ids from client certificates.
 
-Key stores: PEM (private key and certificate chain in one file, as ZooKeeper's PEM key store)
-or PKCS#12. Trust stores: PEM (CA certificates) or PKCS#12. JKS is Java's own format and is not
-read: convert it with `keytool -importkeystore -deststoretype PKCS12`.
+Key stores: PEM (private key and certificate chain in one file, as ZooKeeper's PEM key store),
+PKCS#12 or JKS (Java's own format, read with pyjks, the library kazoo's test harness uses to
+write them). Trust stores: the same three.
 """
 from __future__ import annotations
 
+import base64
 import os
 import ssl
 import tempfile
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-STORE_TYPES = ("PEM", "PKCS12")
+STORE_TYPES = ("PEM", "PKCS12", "JKS")
 CLIENT_AUTH = ("none", "want", "need")
 PROTOCOLS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -64,6 +66,39 @@ def _pkcs12(store: Store) -> tuple[object, x509.Certificate | None, list[x509.Ce
         raise TlsError(f"{store.location}: not a PKCS#12 store or wrong password ({exc})") from None
 
 
+def _jks(store: Store) -> Any:
+    import jks  # pyjks
+
+    try:
+        return jks.KeyStore.loads(_read(store), store.password or "")
+    except Exception as exc:  # pyjks raises its own types for a bad file or password
+        raise TlsError(f"{store.location}: not a JKS store or wrong password ({exc})") from None
+
+
+def _der_to_pem(kind: str, der: bytes) -> bytes:
+    body = base64.encodebytes(der).replace(b"\n", b"")
+    lines = [body[i:i + 64] for i in range(0, len(body), 64)]
+    return b"".join([f"-----BEGIN {kind}-----\n".encode(), *(x + b"\n" for x in lines),
+                     f"-----END {kind}-----\n".encode()])
+
+
+def _key_store_pem(store: Store) -> bytes:
+    """Key and certificate chain of a PKCS#12 or JKS store, as one PEM text."""
+    if store.type == "JKS":
+        entries = list(_jks(store).private_keys.values())
+        if not entries:
+            raise TlsError(f"{store.location}: the JKS store holds no private key")
+        entry = entries[0]
+        pem = _der_to_pem("PRIVATE KEY", entry.pkey_pkcs8)
+        return pem + b"".join(_der_to_pem("CERTIFICATE", der) for _t, der in entry.cert_chain)
+    key, cert, chain = _pkcs12(store)
+    if key is None or cert is None:
+        raise TlsError(f"{store.location}: the PKCS#12 store holds no key and certificate")
+    pem = key.private_bytes(serialization.Encoding.PEM,  # type: ignore[attr-defined]
+                            serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return pem + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [cert, *chain])
+
+
 def _load_key_store(ctx: ssl.SSLContext, store: Store) -> None:
     if store.type == "PEM":
         try:
@@ -71,12 +106,7 @@ def _load_key_store(ctx: ssl.SSLContext, store: Store) -> None:
         except (ssl.SSLError, OSError) as exc:
             raise TlsError(f"{store.location}: no usable PEM key and certificate ({exc})") from None
         return
-    key, cert, chain = _pkcs12(store)
-    if key is None or cert is None:
-        raise TlsError(f"{store.location}: the PKCS#12 store holds no key and certificate")
-    pem = key.private_bytes(serialization.Encoding.PEM,  # type: ignore[attr-defined]
-                            serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    pem += b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [cert, *chain])
+    pem = _key_store_pem(store)
     # ssl loads key material from files only: a private file that lives for this call.
     with tempfile.TemporaryDirectory(prefix="zkfsd-tls-") as tmp:
         path = os.path.join(tmp, "key.pem")
@@ -92,6 +122,15 @@ def _load_trust_store(ctx: ssl.SSLContext, store: Store) -> None:
             ctx.load_verify_locations(cafile=store.location)
         except (ssl.SSLError, OSError) as exc:
             raise TlsError(f"{store.location}: no usable PEM certificates ({exc})") from None
+        return
+    if store.type == "JKS":
+        ks = _jks(store)
+        ders = [c.cert for c in ks.certs.values()]
+        ders += [der for e in ks.private_keys.values() for _t, der in e.cert_chain]
+        if not ders:
+            raise TlsError(f"{store.location}: the JKS store holds no certificates")
+        ctx.load_verify_locations(cadata=b"".join(_der_to_pem("CERTIFICATE", d) for d in ders)
+                                  .decode())
         return
     _key, cert, chain = _pkcs12(store)
     certs = [c for c in [cert, *chain] if c is not None]
