@@ -155,6 +155,8 @@ def fatal_signal_pending(pid: int) -> bool:
     """Whether the thread `pid` (a FUSE request's pid is the calling thread's id) has SIGKILL
     pending, or is gone. A process waiting for a FUSE reply that was already sent to us cannot
     die until we answer: the kernel waits uninterruptibly then."""
+    if pid <= 0:
+        return False  # the requester is in a pid namespace we cannot see: nothing to tell
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
             for line in f:
