@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from kazoo.exceptions import NoAuthError
-from kazoo.security import make_digest_acl
+from kazoo.security import make_acl, make_digest_acl
 
 from helpers import kazoo_client
 from test_cli import fails, ok, zkfs
@@ -74,3 +74,28 @@ def test_authenticated_mount_reads_and_writes_protected_nodes(target, mount, cre
         with pytest.raises(NoAuthError):
             k.get("/vault")
     assert sh(f"cat {a}/vault").stdout == "v2\n"
+
+
+def test_ls_shows_what_the_mounts_identity_may_do(target, mount, credentials) -> None:
+    from mount_helpers import sh
+
+    with kazoo_client(target.hosts) as k:
+        k.create("/open", b"x")
+        k.create("/readonly", b"x", acl=[make_acl("world", "anyone", read=True)])
+        k.create("/alices", b"x", acl=[make_digest_acl("alice", "pw", all=True)])
+        k.create("/dir", None, acl=[make_acl("world", "anyone", read=True)])
+    alice = mount(target.hosts, f"auth={credentials}", name="alice").mountpoint
+    anon = mount(target.hosts, name="anon").mountpoint
+
+    def modes(mnt) -> dict[str, str]:  # type: ignore[no-untyped-def]
+        out = sh(f"stat -c '%n %A' {mnt}/open {mnt}/readonly {mnt}/alices {mnt}/dir").stdout
+        return {line.split()[0].rsplit("/", 1)[1]: line.split()[1] for line in out.splitlines()}
+
+    assert modes(anon) == {"open": "-rw-r--r--", "readonly": "-r--r--r--",
+                           "alices": "----------", "dir": "dr-xr-xr-x"}
+    assert modes(alice)["alices"] == "-rw-r--r--"
+    # Without ADMIN the ACL cannot be changed; with it, the new bits show at once.
+    r = sh(f"setfattr -n user.zk.acl -v 'world:anyone:rw' {alice}/readonly", check=False)
+    assert r.returncode != 0 and "Permission denied" in r.stderr
+    sh(f"setfattr -n user.zk.acl -v 'world:anyone:r' {alice}/alices")
+    assert modes(alice)["alices"] == "-r--r--r--"

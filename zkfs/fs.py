@@ -561,6 +561,8 @@ class ZkOperations(pyfuse3.Operations):
                 data, stat = await self._zk(self.zk.get, path)
             except NoNodeError:
                 return None
+            except NoAuthError:
+                return await self._probe_unreadable(path, seq)
             kind = Kind.DIR if (data is None or stat.num_children > 0) else Kind.FILE
             return Probe(stat, kind, data, seq=seq, has_data=True)
         stat = await self._zk(self.zk.exists, path)
@@ -577,9 +579,20 @@ class ZkOperations(pyfuse3.Operations):
             data, stat = await self._zk(self.zk.get, path)
         except NoNodeError:
             return None
+        except NoAuthError:
+            return await self._probe_unreadable(path, seq)
         if stat.num_children > 0 or data is None:
             return Probe(stat, Kind.DIR, data, seq=seq, has_data=True)
         return Probe(stat, Kind.FILE, data, seq=seq, has_data=True)
+
+    async def _probe_unreadable(self, path: str, seq: int) -> Probe | None:
+        """A znode whose data this mount may not read still has a Stat (exists needs no
+        permission), so stat and ls -l work as on any filesystem; only reading fails. Without
+        its data an empty childless znode cannot be told from a directory: it shows as a file."""
+        stat = await self._zk(self.zk.exists, path)
+        if stat is None:
+            return None
+        return Probe(stat, Kind.DIR if stat.num_children > 0 else Kind.FILE, seq=seq)
 
     def _attr(self, inode: Inode, stat: Stat, data: Any = NO_DATA) -> pyfuse3.EntryAttributes:
         """The attributes of `inode` at `stat` (remembered as what the kernel was told). For a
@@ -593,6 +606,8 @@ class ZkOperations(pyfuse3.Operations):
         a.attr_timeout = self.cfg.attr_timeout
         is_dir = inode.kind is Kind.DIR
         perm = (self.cfg.dir_mode if is_dir else self.cfg.file_mode) & ~self.cfg.umask & 0o7777
+        if inode.acl_mode is not None:
+            perm &= inode.acl_mode[1]
         if self.cfg.read_only:
             perm &= ~0o222
         a.st_mode = (st.S_IFDIR if is_dir else st.S_IFREG) | perm
@@ -633,12 +648,14 @@ class ZkOperations(pyfuse3.Operations):
                 # Async: we may be inside a request holding the directory's lock.
                 pyfuse3.invalidate_entry_async(parent.ino, name.encode(), ignore_enoent=True)
 
-    def _entry(self, path: str, kind: Kind, stat: Stat,
-               probe: Probe | None = None) -> pyfuse3.EntryAttributes:
+    def _entry(self, path: str, kind: Kind, stat: Stat, probe: Probe | None = None,
+               acl_mode: tuple[int, int] | None = None) -> pyfuse3.EntryAttributes:
         """Bind `path` to an inode, count the kernel's new reference, return its attributes."""
         inode, displaced = self.inodes.bind(path, kind)
         self._invalidate(displaced)
         self.inodes.incref(inode)
+        if acl_mode is not None:
+            inode.acl_mode = acl_mode
         self._remember(inode, probe)
         data = probe.data if probe is not None and probe.has_data else NO_DATA
         return self._attr(inode, stat, data)
@@ -724,7 +741,10 @@ class ZkOperations(pyfuse3.Operations):
                 if dir_probe is not None and dir_probe.stat.data_length > 0:
                     return self._entry(parent.path, Kind.DATA, dir_probe.stat)
             raise _fail(errno.ENOENT)
-        return self._entry(path, probe.kind, probe.stat, probe)
+        known = self.inodes.find(path, probe.kind)
+        acl_mode = await self._acl_mode(path, probe.kind, probe.stat,
+                                        known.acl_mode if known is not None else None)
+        return self._entry(path, probe.kind, probe.stat, probe, acl_mode)
 
     @_translate
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
@@ -762,6 +782,9 @@ class ZkOperations(pyfuse3.Operations):
             self._invalidate([node])
             raise _fail(errno.ESTALE)
         self._remember(node, probe)
+        acl_mode = await self._acl_mode(node.path, node.kind, probe.stat, node.acl_mode)
+        if acl_mode is not None:
+            node.acl_mode = acl_mode
         return self._attr(node, probe.stat, probe.data if probe.has_data else NO_DATA)
 
     @_translate
@@ -1024,6 +1047,31 @@ class ZkOperations(pyfuse3.Operations):
         self._identity = (ids, any(i.scheme == "ip" for i in ids))
         self._identity_zk = zk
         return self._identity
+
+    async def _acl_mode(self, path: str, kind: Kind, stat: Stat,
+                        known: tuple[int, int] | None) -> tuple[int, int] | None:
+        """The permission bits `ls -l` shows for the znode at `path`: what this mount's
+        identities may do by its ACL (r: READ; w: WRITE for a file, CREATE or DELETE for a
+        directory; x stays). Fetched again only when the Stat's aversion moved past `known`;
+        None if it cannot be known now (the configured modes are shown)."""
+        if kind is Kind.DATA:
+            return None
+        if known is not None and known[0] == stat.aversion:
+            return known
+        try:
+            acl, acl_stat = await self._zk(self.zk.get_acl, path)
+        except NoAuthError:
+            return (stat.aversion, 0o7111)  # not even the ACL may be read: no r, no w
+        except (NoNodeError, pyfuse3.FUSEError):
+            return None
+        ids, ip_known = await self._identities()
+        mask = 0o7111
+        if may(acl, Perm.READ, ids, ip_known):
+            mask |= 0o444
+        writes = (Perm.CREATE, Perm.DELETE) if kind is Kind.DIR else (Perm.WRITE,)
+        if any(may(acl, p, ids, ip_known) for p in writes):
+            mask |= 0o222
+        return (acl_stat.aversion, mask)
 
     async def _check_write_access(self, acl: list[Any]) -> None:
         ids, ip_known = await self._identities()
@@ -1637,6 +1685,11 @@ class ZkOperations(pyfuse3.Operations):
             except AclTextError:
                 raise _fail(errno.EINVAL) from None
             await self._zk(self.zk.set_acl, node.path, acl)
+            # The next getattr fetches the new ACL and ls -l shows the new bits. (Other mounts
+            # get no event for an ACL change: they show it once their cached Stat is refreshed.)
+            node.acl_mode = None
+            # attr_only touches no page or lock, so it is safe inside this request.
+            pyfuse3.invalidate_inode(node.ino, attr_only=True)
             return
         if key not in (XATTR_DATA, XATTR_LIFETIME, XATTR_SEQUENTIAL):
             raise _fail(errno.ENOTSUP)

@@ -52,6 +52,9 @@ class Inode:
     content: tuple[Any, bytes] | None = field(default=None, repr=False)
     #: For directories: the names seen at the last listing (kept up to date by events).
     children: set[str] | None = field(default=None, repr=False)
+    #: (aversion, permission bits the mount's identities may have by the znode's ACL): what
+    #: `ls -l` shows. None: not known yet (the configured modes are shown).
+    acl_mode: tuple[int, int] | None = field(default=None, repr=False)
 
 
 def parent_path(path: str) -> str:
