@@ -63,6 +63,15 @@ def four_letter_word(host: str, port: int, word: str, timeout: float = 5.0) -> s
     return b"".join(chunks).decode("utf-8", "replace")
 
 
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process (to check that a flood or an oversized frame is bounded)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
 def is_ok(host: str, port: int, timeout: float = 2.0) -> bool:
     """True if the server on host:port answers `ruok` with `imok`."""
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import LOCALHOST, is_ok
+from helpers import LOCALHOST, is_ok, rss_kib
 from zkfs import jute
 
 pytestmark = pytest.mark.timeout(120)
@@ -50,12 +50,6 @@ def _closed_by_server(s: socket.socket, within: float) -> bool:
         return True
 
 
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def test_max_client_cnxns_per_address(zkfsd_factory, tmp_path) -> None:
@@ -104,7 +98,7 @@ def test_one_reply_budget_for_all_clients(zkfsd_factory, tmp_path) -> None:
     with kazoo_client(server.hosts) as k:
         k.create("/big", b"x" * (1 << 20))
     assert server.pid is not None
-    before = _rss_kib(server.pid)
+    before = rss_kib(server.pid)
     request = jute.encode_request(1, 4, jute.GetDataRequest("/big", False))  # getData
     hogs: list[socket.socket] = []
     try:
@@ -121,7 +115,7 @@ def test_one_reply_budget_for_all_clients(zkfsd_factory, tmp_path) -> None:
                 for _ in range(60):
                     s.send(request)
         time.sleep(2)
-        grown_mib = (_rss_kib(server.pid) - before) / 1024
+        grown_mib = (rss_kib(server.pid) - before) / 1024
         assert grown_mib < 80, f"the server grew by {grown_mib:.0f} MiB"
         with kazoo_client(server.hosts) as k:  # the others are still served
             assert len(k.get("/big")[0]) == 1 << 20

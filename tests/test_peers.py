@@ -7,7 +7,7 @@ import time
 import pytest
 import trio
 
-from helpers import free_port
+from helpers import free_port, rss_kib
 from zkfsd.peers import PeerTransport
 
 
@@ -79,12 +79,6 @@ def test_a_member_without_any_secret_is_refused_by_one_that_has_it() -> None:
 
 
 # -- an unauthenticated peer connection is bounded (real zkfsd member) ---------------------------
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def _lone_member(tmp_path):  # type: ignore[no-untyped-def]
@@ -103,7 +97,7 @@ def test_an_oversized_frame_before_authentication_is_refused_without_buffering(t
     try:
         pid = ens.members[1].pid
         assert pid is not None
-        before = _rss_kib(pid)
+        before = rss_kib(pid)
         with socket.create_connection(("127.0.0.1", ens.peer_ports[1]), timeout=10) as s:
             s.recv(4096)  # the challenge
             s.sendall((300 << 20).to_bytes(4, "big"))  # "a 300 MB frame follows"
@@ -118,7 +112,7 @@ def test_an_oversized_frame_before_authentication_is_refused_without_buffering(t
             if not closed:
                 s.settimeout(10)
                 assert s.recv(1) == b"", "the member kept reading an oversized frame"
-        assert _rss_kib(pid) - before < 20 * 1024, "the member buffered an unauthenticated frame"
+        assert rss_kib(pid) - before < 20 * 1024, "the member buffered an unauthenticated frame"
         assert "over the limit" in ens.members[1].log_text()
     finally:
         ens.stop_all()
@@ -130,7 +124,7 @@ def test_endless_small_frames_before_authentication_end_at_the_handshake_deadlin
     try:
         pid = ens.members[1].pid
         assert pid is not None
-        before = _rss_kib(pid)
+        before = rss_kib(pid)
         frame = (8).to_bytes(4, "big") + b"\xa4junk" + b"\0" * 3
         with socket.create_connection(("127.0.0.1", ens.peer_ports[1]), timeout=15) as s:
             s.recv(4096)
@@ -144,6 +138,6 @@ def test_endless_small_frames_before_authentication_end_at_the_handshake_deadlin
                     break
                 time.sleep(0.01)
         assert ended, "the member kept an unauthenticated connection open past its deadline"
-        assert _rss_kib(pid) - before < 20 * 1024
+        assert rss_kib(pid) - before < 20 * 1024
     finally:
         ens.stop_all()

@@ -8,11 +8,12 @@ man/zkfs.1 and below); click's usage errors are reformatted to one line too (sta
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import math
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
@@ -891,6 +892,34 @@ async def _run_command(label: str, argv: list[str], signals: Any, wait_lost: Any
         on_lost=lambda reason: _note(f"{label}: lost ({reason}): stopping the command"))
 
 
+async def _unless_stopped(signals: Any, wait: Callable[[], Awaitable[object]], *,
+                          also: Sequence[Callable[[], Awaitable[object]]] = ()) -> bool:
+    """Run `wait` (and the `also` tasks beside it, which end with it) until it returns or a
+    stopping signal arrives; True if a signal came first."""
+    import trio
+
+    from zkfs.supervise import STOPPING
+
+    stopped = False
+    async with trio.open_nursery() as nursery:
+        async def waiting() -> None:
+            await wait()
+            nursery.cancel_scope.cancel()
+
+        async def until_stopped() -> None:
+            nonlocal stopped
+            async for sig in signals:
+                if sig in STOPPING:
+                    stopped = True
+                    nursery.cancel_scope.cancel()
+                    return
+        nursery.start_soon(waiting)
+        nursery.start_soon(until_stopped)
+        for task in also:
+            nursery.start_soon(task)
+    return stopped
+
+
 async def _session_alive(zk: Any) -> None:
     """Raise once the session is over (expired, closed): a candidate's node went with it."""
     states = zk.subscribe_state()
@@ -951,22 +980,8 @@ def elect(ctx: click.Context, path: str, identifier: str | None, who: bool,
         with trio.open_signal_receiver(*STOPPING, *FORWARDED) as signals:
             candidacy = Candidacy(zk, path, ident)
             await candidacy.join()
-            stopped = False
-            async with trio.open_nursery() as nursery:
-                async def lead() -> None:
-                    await candidacy.wait_leading()
-                    nursery.cancel_scope.cancel()
-
-                async def until_stopped() -> None:
-                    nonlocal stopped
-                    async for sig in signals:
-                        if sig in STOPPING:
-                            stopped = True
-                            nursery.cancel_scope.cancel()
-                            return
-                nursery.start_soon(lead)
-                nursery.start_soon(until_stopped)
-                nursery.start_soon(_session_alive, zk)
+            stopped = await _unless_stopped(signals, candidacy.wait_leading,
+                                            also=[functools.partial(_session_alive, zk)])
             if stopped:
                 await candidacy.resign()
                 return EXIT_OK
@@ -1028,23 +1043,10 @@ def register(ctx: click.Context, directory: str, name: str | None, data: str | N
 
         with trio.open_signal_receiver(*STOPPING, *FORWARDED) as signals:
             registration = Registration(zk, directory, member, payload, party=party)
-            stopped = False
-            async with trio.open_nursery() as nursery:
-                async def join() -> None:
-                    await registration.join(on_wait=lambda owner: _note(
-                        f"{label}: {registration.node_path} is still held by session "
-                        f"0x{owner:x}; waiting for it to go"))
-                    nursery.cancel_scope.cancel()
-
-                async def until_stopped() -> None:
-                    nonlocal stopped
-                    async for sig in signals:
-                        if sig in STOPPING:
-                            stopped = True
-                            nursery.cancel_scope.cancel()
-                            return
-                nursery.start_soon(join)
-                nursery.start_soon(until_stopped)
+            stopped = await _unless_stopped(signals, functools.partial(
+                registration.join, on_wait=lambda owner: _note(
+                    f"{label}: {registration.node_path} is still held by session "
+                    f"0x{owner:x}; waiting for it to go")))
             if stopped:
                 return EXIT_OK
             lease = Lease(zk, registration.node_path, strict=False)
