@@ -16,8 +16,10 @@ from zkfsd.storage import Entry, HardState, Snapshot
 class Cluster:
     """Members wired together with immediate, in-order delivery; `cut` isolates members."""
 
-    def __init__(self, n: int = 3, **kw: object) -> None:
-        self.ids = list(range(1, n + 1))
+    def __init__(self, n: int = 3, learners: int = 0, **kw: object) -> None:
+        """`n` voters 1..n, then `learners` learners (observers) n+1..n+learners."""
+        self.voters = list(range(1, n + 1))
+        self.ids = list(range(1, n + learners + 1))
         self.kw = kw
         self.nodes: dict[int, RaftNode] = {}
         self.disk: dict[int, tuple[HardState, list[Entry], Snapshot | None]] = {}
@@ -34,7 +36,8 @@ class Cluster:
         hs, ents, snap = self.disk[i]
         kw = dict(self.kw)
         kw.update(extra)
-        return RaftNode(i, self.ids, hard_state=HardState(hs.term, hs.vote, hs.commit),
+        kw.setdefault("learners", [j for j in self.ids if j not in self.voters])
+        return RaftNode(i, self.voters, hard_state=HardState(hs.term, hs.vote, hs.commit),
                         snapshot=snap, entries=list(ents), rng=random.Random(i), **kw)  # type: ignore[arg-type]
 
     def blocked(self, m: Message) -> bool:
@@ -802,3 +805,74 @@ def test_single_member_always_holds_its_lease() -> None:
     node = single()
     node.tick(500)
     assert node.has_lease()
+
+
+# -- learners (ZooKeeper's observers) ------------------------------------------------------------
+def test_learner_receives_the_log_but_never_campaigns_or_votes() -> None:
+    c = Cluster(3, learners=1)
+    learner = c.nodes[4]
+    assert learner.is_learner and learner.learners == [4]
+    c.tick(60, only=[4])  # many election timeouts: a learner never campaigns
+    assert learner.role == Role.FOLLOWER and learner.term == 0
+    assert not any(m.frm == 4 and m.type in (MsgType.VOTE, MsgType.PRE_VOTE) for m in c.sent)
+    leader = c.elect(1)
+    assert not any(m.to == 4 and m.type in (MsgType.VOTE, MsgType.PRE_VOTE) for m in c.sent)
+    leader.propose(b"x")
+    c.settle()
+    assert c.data(4) == [b"x"] and learner.leader_id == 1
+    assert 4 in leader.status()["progress"] and leader.status()["progress"][4]["match"] >= 2
+    # A vote request that reaches a learner anyway is ignored: no answer, term unchanged.
+    learner.step(Message(MsgType.VOTE, 2, 4, learner.term + 5, log_term=9, index=99))
+    assert learner.term == leader.term and not learner.has_ready() or not learner.ready().messages
+
+
+def test_learners_never_count_towards_commit_lease_or_check_quorum() -> None:
+    c = Cluster(3, learners=2)
+    leader = c.elect(1)
+    c.cut = {2, 3}  # only the learners still hear the leader
+    before = leader.commit
+    leader.propose(b"lost?")
+    c.settle()
+    assert leader.commit == before  # two learners acked, no voter did: not committed
+    assert c.data(4) == [] and c.data(5) == []
+    for _ in range(leader.election_ticks):
+        leader.tick()
+        c.settle()
+    assert not leader.has_lease()
+    c.tick(leader.election_ticks * 2, only=[1])
+    assert not leader.is_leader  # check-quorum: learners' answers do not keep it in office
+
+
+def test_read_index_needs_voters_not_learners() -> None:
+    c = Cluster(3, learners=1)
+    leader = c.elect(1)
+    leader.propose(b"a")
+    c.settle()
+    c.cut = {2, 3}
+    leader.read_index(b"r1")
+    c.settle()
+    assert not leader.ready().read_states  # the learner's heartbeat ack is not a majority
+
+
+def test_learner_reads_through_the_leader_and_two_voters_commit_without_it() -> None:
+    c = Cluster(3, learners=1)
+    leader = c.elect(1)
+    c.cut = {4, 3}
+    leader.propose(b"b")
+    c.settle()
+    assert c.data(2) == [b"b"] and c.data(4) == []
+    c.cut = set()
+    c.tick(2)
+    assert c.data(4) == [b"b"]
+    c.nodes[4].read_index(b"ctx")
+    c.settle()
+    assert c.applied[4]  # answered via READ_INDEX_RESP; nothing hangs
+
+
+def test_learner_ids_must_be_distinct_from_voters() -> None:
+    with pytest.raises(ValueError):
+        RaftNode(1, [1, 2], learners=[2], hard_state=HardState(), rng=random.Random(0))
+    with pytest.raises(ValueError):
+        RaftNode(4, [1, 2, 3], hard_state=HardState(), rng=random.Random(0))
+    node = RaftNode(4, [1, 2, 3], learners=[4], hard_state=HardState(), rng=random.Random(0))
+    assert node.is_learner and not node.is_leader
