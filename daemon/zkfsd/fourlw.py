@@ -49,7 +49,7 @@ def _ensemble_lines(server: ZkServer) -> str:
 def _srvr(server: ZkServer) -> str:
     lo, avg, hi = _latency(server)
     s = server.stats
-    if not server.serving and not server.standalone:
+    if not server.serving and not server.standalone and not server.read_only:
         return ("This ZooKeeper instance is not currently serving requests\n"
                 + _ensemble_lines(server))
     return (f"Zookeeper version: {VERSION}\n"
@@ -179,6 +179,13 @@ def _envi(server: ZkServer) -> str:
     return "Environment:\n" + "".join(f"{k}={v}\n" for k, v in rows)
 
 
+def _isro(server: ZkServer) -> str:
+    # ZooKeeper: "null" when not serving at all; kazoo's read-only clients move to a "rw" one.
+    if server.serving:
+        return "rw"
+    return "ro" if server.read_only else "null"
+
+
 def _srst(server: ZkServer) -> str:
     server.stats.reset()
     return "Server stats reset.\n"
@@ -195,7 +202,7 @@ COMMANDS: dict[str, Callable[["ZkServer"], str]] = {
     "wchc": _wchc,
     "dump": _dump,
     "envi": _envi,
-    "isro": lambda server: "rw",
+    "isro": _isro,
     "srst": _srst,
     "crst": lambda server: "Connection stats reset.\n",
     "dirs": lambda server: "datadir_size: 0\nlogdir_size: 0\n",
