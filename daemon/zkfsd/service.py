@@ -93,6 +93,7 @@ def status_line(server: Any) -> str:
     if role == "read-only":
         return f"read-only: no quorum ({members}), serving read-only clients on {where}"
     if role == "observer":
+        members = f"member {server.member_id}, beside {len(server.voters)} voting members"
         if not server.core.leader_id:
             return f"observer looking for a leader ({members}); not serving clients"
         return (f"observer of leader {server.core.leader_id} ({members}), serving clients on "
