@@ -822,8 +822,11 @@ def test_learner_receives_the_log_but_never_campaigns_or_votes() -> None:
     assert c.data(4) == [b"x"] and learner.leader_id == 1
     assert 4 in leader.status()["progress"] and leader.status()["progress"][4]["match"] >= 2
     # A vote request that reaches a learner anyway is ignored: no answer, term unchanged.
-    learner.step(Message(MsgType.VOTE, 2, 4, learner.term + 5, log_term=9, index=99))
-    assert learner.term == leader.term and not learner.has_ready() or not learner.ready().messages
+    term = learner.term
+    learner.step(Message(MsgType.VOTE, 2, 4, term + 5, log_term=9, index=99))
+    learner.step(Message(MsgType.PRE_VOTE, 3, 4, term + 5, log_term=9, index=99))
+    assert learner.term == term == leader.term
+    assert not learner.has_ready()
 
 
 def test_learners_never_count_towards_commit_lease_or_check_quorum() -> None:
@@ -843,15 +846,35 @@ def test_learners_never_count_towards_commit_lease_or_check_quorum() -> None:
     assert not leader.is_leader  # check-quorum: learners' answers do not keep it in office
 
 
-def test_read_index_needs_voters_not_learners() -> None:
-    c = Cluster(3, learners=1)
-    leader = c.elect(1)
-    leader.propose(b"a")
-    c.settle()
-    c.cut = {2, 3}
-    leader.read_index(b"r1")
-    c.settle()
-    assert not leader.ready().read_states  # the learner's heartbeat ack is not a majority
+def test_read_index_and_lease_need_voters_not_learners() -> None:
+    node = RaftNode(1, [1, 2, 3], learners=[4, 5], hard_state=HardState(), rng=random.Random(0))
+    _make_leader_by_hand(node)
+    rd = node.ready()
+    assert {m.to for m in rd.messages if m.type == MsgType.APPEND} == {2, 3, 4, 5}
+    node.advance(rd)
+    node.step(Message(MsgType.APPEND_RESP, 2, 1, node.term, index=1, sent_tick=node.ticks))
+    node.advance(node.ready())
+    assert node.commit == 1
+    node.read_index(b"r")
+    rd = node.ready()
+    node.advance(rd)
+    for learner in (4, 5):  # both learners confirm: still no majority of voters
+        node.step(Message(MsgType.HEARTBEAT_RESP, learner, 1, node.term, context=b"r",
+                          sent_tick=node.ticks))
+    rd = node.ready()
+    assert not rd.read_states
+    node.advance(rd)
+    node.step(Message(MsgType.HEARTBEAT_RESP, 3, 1, node.term, context=b"r"))
+    rd = node.ready()
+    assert [(r.index, r.context) for r in rd.read_states] == [(1, b"r")]
+    node.advance(rd)
+    # The lease likewise: learners hearing us recently prove nothing about the voters.
+    for _ in range(node.election_ticks):
+        node.tick()
+        for learner in (4, 5):
+            node.step(Message(MsgType.HEARTBEAT_RESP, learner, 1, node.term,
+                              sent_tick=node.ticks))
+    assert not node.has_lease()
 
 
 def test_learner_reads_through_the_leader_and_two_voters_commit_without_it() -> None:

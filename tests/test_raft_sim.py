@@ -1,9 +1,9 @@
 """Deterministic whole-ensemble simulation of zkfsd.raft.
 
 3 or 5 voting RaftNodes (plus 1 or 2 learners, ZooKeeper's observers, in about a third of the
-seeds; no invariant may depend on them) in one process on a seeded, in-memory network that drops, duplicates, delays,
-reorders and partitions messages. Members crash and lose everything not persisted through a
-Ready (a crash in the middle of persisting keeps a torn prefix), restart from their "disk",
+seeds; no invariant may depend on them) in one process on a seeded, in-memory network that
+drops, duplicates, delays, reorders and partitions messages. Members crash and lose everything
+not persisted through a Ready (a crash in the middle of persisting keeps a torn prefix), restart from their "disk",
 take snapshots and compact. Clients propose values. Every message goes through
 Message.to_wire -> msgpack -> Message.from_wire.
 
@@ -455,7 +455,8 @@ class Sim:
     # -- invariants ------------------------------------------------------------------------
     def fail(self, msg: str) -> None:
         exc = SimFailure(f"seed {self.seed} (n={self.n}, learners={self.learners}, tick "
-                         f"{self.now}, action {self.actions}): {msg}\nreproduce: ZKFS_RAFT_SEED={self.seed} ZKFS_RAFT_N={self.n} "
+                         f"{self.now}, action {self.actions}): {msg}\nreproduce: "
+                         f"ZKFS_RAFT_SEED={self.seed} ZKFS_RAFT_N={self.n} "
                          f".venv/bin/pytest tests/test_raft_sim.py -k seed_from_env")
         exc.prefixed = True  # type: ignore[attr-defined]
         raise exc
