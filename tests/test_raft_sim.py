@@ -3,9 +3,9 @@
 3 or 5 voting RaftNodes (plus 1 or 2 learners, ZooKeeper's observers, in about a third of the
 seeds; no invariant may depend on them) in one process on a seeded, in-memory network that
 drops, duplicates, delays, reorders and partitions messages. Members crash and lose everything
-not persisted through a Ready (a crash in the middle of persisting keeps a torn prefix), restart from their "disk",
-take snapshots and compact. Clients propose values. Every message goes through
-Message.to_wire -> msgpack -> Message.from_wire.
+not persisted through a Ready (a crash in the middle of persisting keeps a torn prefix),
+restart from their "disk", take snapshots and compact. Clients propose values. Every message
+goes through Message.to_wire -> msgpack -> Message.from_wire.
 
 Invariants are checked after every single action (a message delivered, a Ready taken or
 persisted, a tick, a crash):
