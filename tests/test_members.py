@@ -60,6 +60,9 @@ def test_observer_serves_reads_forwards_writes_and_never_votes(tmp_path):
             assert k.exists("/obs/eph") is not None
         # Killing the observer changes nothing for the voters.
         lead = ens.wait_stable([1, 2, 3])
+        mntr = _wait(lambda: (m := ens.mntr(lead)).get("zk_synced_observers") == "1" and m,
+                     10, "the leader to count its observer")
+        assert mntr["zk_synced_followers"] == "2", mntr
         ens.kill9(4)
         assert ens.wait_stable([1, 2, 3]) == lead
         with ens.client([1, 2, 3]) as k:

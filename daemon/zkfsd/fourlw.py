@@ -118,9 +118,12 @@ def _mntr(server: ZkServer) -> str:
                  ("zk_applied_index", server.core.applied)]
         states = server.peer_states()
         if server.is_leader:
+            synced = {sid for sid, st in states.items() if st.startswith("synced")}
+            observers = set(server.observers)
+            # As ZooKeeper: followers are the voting learners, observers are counted apart.
             rows += [("zk_followers", len(states)),
-                     ("zk_synced_followers", sum(1 for st in states.values()
-                                                 if st.startswith("synced")))]
+                     ("zk_synced_followers", len(synced - observers)),
+                     ("zk_synced_observers", len(synced & observers))]
         rows += [(f"zk_peer_{sid}_state", state) for sid, state in states.items()]
     return "".join(f"{k}\t{v}\n" for k, v in rows)
 
