@@ -2,6 +2,7 @@
 
     ens = Ensemble(tmp_path, size=3, proxied=True)   # proxied: member links go through a
     ens.start()                                       # tests/fault_proxy.ProxyMesh
+    Ensemble(tmp_path, size=4, observers=[4])         # member 4 is `server.4=...:observer`
     leader = ens.wait_stable()                        # one leader, every live member follows it
     ens.kill9(leader); ens.restart(leader); ens.wipe(2)
     ens.hosts()                                       # "127.0.0.1:p1,127.0.0.1:p2,..."
@@ -49,10 +50,12 @@ def parse_srvr(text: str) -> dict[str, str]:
 class Ensemble:
     def __init__(self, base: Path, size: int = 3, *, tick_time: int = TICK_MS,
                  proxied: bool = False, snap_count: int | None = None,
-                 extra_cfg: Iterable[str] = (), log_level: str = "INFO") -> None:
+                 extra_cfg: Iterable[str] = (), log_level: str = "INFO",
+                 observers: Iterable[int] = ()) -> None:
         self.base = Path(base)
         self.size = size
         self.ids = list(range(1, size + 1))
+        self.observers = set(observers)
         self.tick_time = tick_time
         ports = _distinct_ports(3 * size)
         self.client_ports = dict(zip(self.ids, ports[:size]))
@@ -87,7 +90,7 @@ class Ensemble:
             lines.append(f"snapCount={self.snap_count}")
         lines += self.extra_cfg
         lines += [f"server.{j}={LOCALHOST}:{self._peer_port(sid, j)}:{self.election_ports[j]}"
-                  for j in self.ids]
+                  + (":observer" if j in self.observers else "") for j in self.ids]
         path = self.base / f"m{sid}.cfg"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -184,7 +187,8 @@ class Ensemble:
         for sid, st in states.items():
             if st.get("serving") != "yes" or st.get("Leader") != str(lead):
                 return None
-            if sid != lead and st.get("Mode") != "follower":
+            want = "observer" if sid in self.observers else "follower"
+            if sid != lead and st.get("Mode") != want:
                 return None
         return lead
 

@@ -91,6 +91,7 @@ server.3=[fd00::3]:2888:3888:observer;0.0.0.0:2181
         3: ("fd00::3", 2888, 3888),
     }
     assert cfg.my_id == 2 and not cfg.standalone
+    assert cfg.observers == {3} and cfg.participants == [1, 2] and not cfg.read_only_mode
     # Unknown and unused keys are kept and logged, never fatal.
     assert cfg.extra == {"initLimit": "10", "syncLimit": "5", "someFutureKey": "whatever"}
     assert "someFutureKey" in caplog.text and "initLimit" in caplog.text
@@ -229,3 +230,24 @@ def test_cli_help_lists_every_option() -> None:
         "--tick-time", "--min-session-timeout", "--max-session-timeout", "--my-id", "--log-level",
     ):
         assert option in out
+
+
+def test_observers_and_read_only_mode(tmp_path: Path) -> None:
+    path = write_cfg(tmp_path, f"""dataDir={tmp_path}
+readonlymode.enabled=true
+server.1=h1:2888:3888
+server.2=h2:2888:3888:participant
+server.3=h3:2888:3888:observer
+server.4=[::1]:2888:3888:OBSERVER;2181
+""")
+    cfg = build_config(path, my_id=4)
+    assert cfg.read_only_mode and cfg.observers == {3, 4} and cfg.participants == [1, 2]
+    assert "isro" in cfg.four_letter_words  # as in ZooKeeper: read-only clients need it
+    assert cfg.servers[4] == ("::1", 2888, 3888)
+    only_observers = write_cfg(tmp_path, f"dataDir={tmp_path}\nserver.1=h1:1:2:observer\n"
+                                         "server.2=h2:1:2:observer\n")
+    with pytest.raises(ConfigError, match="at least one must vote"):
+        build_config(only_observers, my_id=1)
+    bad = write_cfg(tmp_path, f"dataDir={tmp_path}\nreadonlymode.enabled=maybe\n")
+    with pytest.raises(ConfigError, match="readonlymode.enabled"):
+        build_config(bad)

@@ -1,8 +1,9 @@
-"""kazoo's own SASL and TLS tests, run against a zkfsd ensemble.
+"""kazoo's own SASL, TLS and read-only mode tests, run against a zkfsd ensemble.
 
 kazoo's test harness starts ZooKeeper as `java ... QuorumPeerMain zoo.cfg`; a `java` placed first
 on PATH here starts zkfsd with that same zoo.cfg instead (adding the JAAS file and superDigest
-that the harness passes as JVM properties, which zkfsd reads from zoo.cfg keys). Everything else
+and readonlymode.enabled that the harness passes as JVM properties, which zkfsd reads from
+zoo.cfg keys). Everything else
 is kazoo's, unchanged: its 3-member cluster, its JKS key and trust stores, its clients.
 """
 from __future__ import annotations
@@ -32,6 +33,8 @@ if jaas and os.path.exists(jaas) and "DigestLoginModule" in open(jaas).read():
 digest = props.get("zookeeper.DigestAuthenticationProvider.superDigest")
 if digest:
     lines.append("DigestAuthenticationProvider.superDigest=" + digest)
+if props.get("readonlymode.enabled") == "true":
+    lines.append("readonlymode.enabled=true")
 with open(cfg + ".zkfsd", "w") as f:
     f.write("\\n".join(lines) + "\\n")
 os.execv({zkfsd!r}, [{zkfsd!r}, "--config", cfg + ".zkfsd", "--log-level", "INFO"])
@@ -58,8 +61,9 @@ def test_kazoos_sasl_and_tls_tests_pass_against_zkfsd(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
          "--pyargs", "kazoo.tests.test_sasl", "kazoo.tests.test_client",
-         "-k", "SASLDigestAuthentication or SSLClient"],
+         "kazoo.tests.test_connection",
+         "-k", "SASLDigestAuthentication or SSLClient or ReadOnlyMode"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
     tail = (result.stdout + result.stderr)[-3000:]
     assert result.returncode == 0, tail
-    assert "5 passed" in result.stdout, tail
+    assert "6 passed" in result.stdout, tail

@@ -16,8 +16,10 @@ from zkfsd.storage import Entry, HardState, Snapshot
 class Cluster:
     """Members wired together with immediate, in-order delivery; `cut` isolates members."""
 
-    def __init__(self, n: int = 3, **kw: object) -> None:
-        self.ids = list(range(1, n + 1))
+    def __init__(self, n: int = 3, learners: int = 0, **kw: object) -> None:
+        """`n` voters 1..n, then `learners` learners (observers) n+1..n+learners."""
+        self.voters = list(range(1, n + 1))
+        self.ids = list(range(1, n + learners + 1))
         self.kw = kw
         self.nodes: dict[int, RaftNode] = {}
         self.disk: dict[int, tuple[HardState, list[Entry], Snapshot | None]] = {}
@@ -34,7 +36,8 @@ class Cluster:
         hs, ents, snap = self.disk[i]
         kw = dict(self.kw)
         kw.update(extra)
-        return RaftNode(i, self.ids, hard_state=HardState(hs.term, hs.vote, hs.commit),
+        kw.setdefault("learners", [j for j in self.ids if j not in self.voters])
+        return RaftNode(i, self.voters, hard_state=HardState(hs.term, hs.vote, hs.commit),
                         snapshot=snap, entries=list(ents), rng=random.Random(i), **kw)  # type: ignore[arg-type]
 
     def blocked(self, m: Message) -> bool:
@@ -802,3 +805,97 @@ def test_single_member_always_holds_its_lease() -> None:
     node = single()
     node.tick(500)
     assert node.has_lease()
+
+
+# -- learners (ZooKeeper's observers) ------------------------------------------------------------
+def test_learner_receives_the_log_but_never_campaigns_or_votes() -> None:
+    c = Cluster(3, learners=1)
+    learner = c.nodes[4]
+    assert learner.is_learner and learner.learners == [4]
+    c.tick(60, only=[4])  # many election timeouts: a learner never campaigns
+    assert learner.role == Role.FOLLOWER and learner.term == 0
+    assert not any(m.frm == 4 and m.type in (MsgType.VOTE, MsgType.PRE_VOTE) for m in c.sent)
+    leader = c.elect(1)
+    assert not any(m.to == 4 and m.type in (MsgType.VOTE, MsgType.PRE_VOTE) for m in c.sent)
+    leader.propose(b"x")
+    c.settle()
+    assert c.data(4) == [b"x"] and learner.leader_id == 1
+    assert 4 in leader.status()["progress"] and leader.status()["progress"][4]["match"] >= 2
+    # A vote request that reaches a learner anyway is ignored: no answer, term unchanged.
+    term = learner.term
+    learner.step(Message(MsgType.VOTE, 2, 4, term + 5, log_term=9, index=99))
+    learner.step(Message(MsgType.PRE_VOTE, 3, 4, term + 5, log_term=9, index=99))
+    assert learner.term == term == leader.term
+    assert not learner.has_ready()
+
+
+def test_learners_never_count_towards_commit_lease_or_check_quorum() -> None:
+    c = Cluster(3, learners=2)
+    leader = c.elect(1)
+    c.cut = {2, 3}  # only the learners still hear the leader
+    before = leader.commit
+    leader.propose(b"lost?")
+    c.settle()
+    assert leader.commit == before  # two learners acked, no voter did: not committed
+    assert c.data(4) == [] and c.data(5) == []
+    for _ in range(leader.election_ticks):
+        leader.tick()
+        c.settle()
+    assert not leader.has_lease()
+    c.tick(leader.election_ticks * 2, only=[1])
+    assert not leader.is_leader  # check-quorum: learners' answers do not keep it in office
+
+
+def test_read_index_and_lease_need_voters_not_learners() -> None:
+    node = RaftNode(1, [1, 2, 3], learners=[4, 5], hard_state=HardState(), rng=random.Random(0))
+    _make_leader_by_hand(node)
+    rd = node.ready()
+    assert {m.to for m in rd.messages if m.type == MsgType.APPEND} == {2, 3, 4, 5}
+    node.advance(rd)
+    node.step(Message(MsgType.APPEND_RESP, 2, 1, node.term, index=1, sent_tick=node.ticks))
+    node.advance(node.ready())
+    assert node.commit == 1
+    node.read_index(b"r")
+    rd = node.ready()
+    node.advance(rd)
+    for learner in (4, 5):  # both learners confirm: still no majority of voters
+        node.step(Message(MsgType.HEARTBEAT_RESP, learner, 1, node.term, context=b"r",
+                          sent_tick=node.ticks))
+    rd = node.ready()
+    assert not rd.read_states
+    node.advance(rd)
+    node.step(Message(MsgType.HEARTBEAT_RESP, 3, 1, node.term, context=b"r"))
+    rd = node.ready()
+    assert [(r.index, r.context) for r in rd.read_states] == [(1, b"r")]
+    node.advance(rd)
+    # The lease likewise: learners hearing us recently prove nothing about the voters.
+    for _ in range(node.election_ticks):
+        node.tick()
+        for learner in (4, 5):
+            node.step(Message(MsgType.HEARTBEAT_RESP, learner, 1, node.term,
+                              sent_tick=node.ticks))
+    assert not node.has_lease()
+
+
+def test_learner_reads_through_the_leader_and_two_voters_commit_without_it() -> None:
+    c = Cluster(3, learners=1)
+    leader = c.elect(1)
+    c.cut = {4, 3}
+    leader.propose(b"b")
+    c.settle()
+    assert c.data(2) == [b"b"] and c.data(4) == []
+    c.cut = set()
+    c.tick(2)
+    assert c.data(4) == [b"b"]
+    c.nodes[4].read_index(b"ctx")
+    c.settle()
+    assert c.applied[4]  # answered via READ_INDEX_RESP; nothing hangs
+
+
+def test_learner_ids_must_be_distinct_from_voters() -> None:
+    with pytest.raises(ValueError):
+        RaftNode(1, [1, 2], learners=[2], hard_state=HardState(), rng=random.Random(0))
+    with pytest.raises(ValueError):
+        RaftNode(4, [1, 2, 3], hard_state=HardState(), rng=random.Random(0))
+    node = RaftNode(4, [1, 2, 3], learners=[4], hard_state=HardState(), rng=random.Random(0))
+    assert node.is_learner and not node.is_leader

@@ -1,14 +1,15 @@
 """Deterministic whole-ensemble simulation of zkfsd.raft.
 
-3 or 5 RaftNodes in one process on a seeded, in-memory network that drops, duplicates, delays,
-reorders and partitions messages. Members crash and lose everything not persisted through a
-Ready (a crash in the middle of persisting keeps a torn prefix), restart from their "disk",
-take snapshots and compact. Clients propose values. Every message goes through
-Message.to_wire -> msgpack -> Message.from_wire.
+3 or 5 voting RaftNodes (plus 1 or 2 learners, ZooKeeper's observers, in about a third of the
+seeds; no invariant may depend on them) in one process on a seeded, in-memory network that
+drops, duplicates, delays, reorders and partitions messages. Members crash and lose everything
+not persisted through a Ready (a crash in the middle of persisting keeps a torn prefix),
+restart from their "disk", take snapshots and compact. Clients propose values. Every message
+goes through Message.to_wire -> msgpack -> Message.from_wire.
 
 Invariants are checked after every single action (a message delivered, a Ready taken or
 persisted, a tick, a crash):
-  - election safety: at most one leader per term, ever;
+  - election safety: at most one leader per term, ever, and never a learner;
   - a new leader's first entry of its term is the empty no-op, terms never decrease in its log;
   - committed entries never change: every index any member ever counted as committed keeps
     one (term, data), on every member, across crashes (this is log matching + state machine
@@ -213,7 +214,7 @@ class Member:
         sim = self.sim
         d = self.disk
         self.node = RaftNode(
-            self.id, sim.ids,
+            self.id, sim.voters, learners=sim.learners,
             hard_state=HardState(d.hs.term, d.hs.vote, d.hs.commit),
             snapshot=d.snapshot, entries=list(d.entries),
             rng=random.Random(sim.rng.getrandbits(64)),
@@ -407,7 +408,12 @@ class Sim:
         self.seed = seed
         self.rng = rng = random.Random(seed)
         self.n = n or rng.choice((3, 5))
-        self.ids = list(range(1, self.n + 1))
+        # Learners come from their own generator so that seeds without any run exactly as
+        # they did before learners existed.
+        n_learners = random.Random(seed * 7919 + 17).choice((0, 0, 0, 0, 1, 2))
+        self.voters = list(range(1, self.n + 1))
+        self.learners = list(range(self.n + 1, self.n + n_learners + 1))
+        self.ids = self.voters + self.learners
         self.election_ticks = rng.choice((3, 5, 10))
         self.heartbeat_ticks = rng.choice((1, 2))
         # Mostly the defaults the server runs with; sometimes without the optimizations, since
@@ -448,8 +454,9 @@ class Sim:
 
     # -- invariants ------------------------------------------------------------------------
     def fail(self, msg: str) -> None:
-        exc = SimFailure(f"seed {self.seed} (n={self.n}, tick {self.now}, action {self.actions})"
-                         f": {msg}\nreproduce: ZKFS_RAFT_SEED={self.seed} ZKFS_RAFT_N={self.n} "
+        exc = SimFailure(f"seed {self.seed} (n={self.n}, learners={self.learners}, tick "
+                         f"{self.now}, action {self.actions}): {msg}\nreproduce: "
+                         f"ZKFS_RAFT_SEED={self.seed} ZKFS_RAFT_N={self.n} "
                          f".venv/bin/pytest tests/test_raft_sim.py -k seed_from_env")
         exc.prefixed = True  # type: ignore[attr-defined]
         raise exc
@@ -475,6 +482,11 @@ class Sim:
                     self.fail(f"m{mem.id} committed ({e.term}, {e.data!r}) at {i}, but "
                               f"{self.committed[i - 1]} was committed there before")
             elif i == len(self.committed) + 1:
+                # Durable on a majority of the voters: learners' copies never count.
+                holders = [v for v in self.voters if self.members[v].disk.base() >= i
+                           or self.members[v].disk.term_at(i) == e.term]
+                if len(holders) <= len(self.voters) // 2:
+                    self.fail(f"m{mem.id} committed {i} held on disk by voters {holders} only")
                 self.committed.append((e.term, e.data))
                 self.session_committed(i, e.data)
             else:
@@ -582,6 +594,8 @@ class Sim:
 
     def check_new_leader(self, mem: Member, node: RaftNode) -> None:
         mem.last_leader_term = node.term
+        if mem.id in self.learners:
+            self.fail(f"learner m{mem.id} became leader of term {node.term}")
         other = self.leaders.setdefault(node.term, mem.id)
         if other != mem.id:
             self.fail(f"two leaders in term {node.term}: m{other} and m{mem.id}")

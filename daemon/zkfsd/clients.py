@@ -22,6 +22,7 @@ from zkfs import jute
 from zkfs.constants import Err, EventType, KeeperState, OpCode, Xid
 
 from zkfsd import fourlw, handlers, sasl, wire
+from zkfsd.sessions import new_password
 from zkfsd.tree import digest_auth_id
 
 if TYPE_CHECKING:
@@ -52,6 +53,9 @@ class ClientConnection:
         self.peer = peer
         self.session_id = 0
         self.timeout_ms = 0
+        # A read-only session (readonlymode.enabled, member cut off from the majority): reads
+        # only, never touched or reported, closed once the member rejoins (as ZooKeeper does).
+        self.read_only = False
         self.auth: list[tuple[str, str]] = [("ip", str(self.peer[0])), *auth]
         self._sasl: sasl.DigestMd5Server | None = None
         for ident in auth:
@@ -183,12 +187,16 @@ class ClientConnection:
                 continue
             self.received += 1
             self.server.stats.packets_received += 1
-            if self.session_id and not self.server.serving:
+            if self.read_only:
+                if not self.server.read_only:
+                    self.abort("this member is back in the quorum: read-only session ends")
+                    await trio.sleep_forever()
+            elif self.session_id and not self.server.serving:
                 # Cut off from the leader: the client must take its session to a member that
                 # can vouch for it, before the leader could expire it.
                 self.abort("this member is not serving")
                 await trio.sleep_forever()
-            if self.session_id and not self.server.touch_session(self.session_id):
+            elif self.session_id and not self.server.touch_session(self.session_id):
                 self.abort("session is no longer live")
                 await trio.sleep_forever()
             if isinstance(event, wire.BadRequest):
@@ -210,9 +218,9 @@ class ClientConnection:
                      self.peer[1])
             self._send(None)
             return False
-        if not server.serving:
-            log.info("refusing read-only session for %s:%s: read-only mode is not supported",
-                     self.peer[0], self.peer[1])
+        if not server.serving and not server.read_only:
+            log.info("refusing read-only session for %s:%s: this member has no leader and "
+                     "readonlymode.enabled is off", self.peer[0], self.peer[1])
             self._send(None)
             return False
         if request.last_zxid_seen > server.tree.last_zxid:
@@ -221,6 +229,8 @@ class ClientConnection:
             self._send(None)
             return False
         timeout = server.negotiate_timeout(request.timeout)
+        if not server.serving:
+            return self._connect_read_only(request, timeout)
         if request.session_id == 0:
             created = await server.create_session(timeout)
             if created is None:
@@ -254,6 +264,24 @@ class ClientConnection:
             jute.ConnectResponse(PROTOCOL_VERSION, timeout, session_id, password, False)))
         return True
 
+    def _connect_read_only(self, request: Any, timeout: int) -> bool:
+        """ZooKeeper's read-only server: the session lives on this member only (nothing is
+        proposed, nothing keeps a real session alive); a client that brings a live session
+        keeps its id, so its ephemeral nodes read as its own."""
+        server = self.server
+        info = server.tree.sessions.get(request.session_id) if request.session_id else None
+        if info is not None and info.password == request.passwd:
+            session_id, password, timeout = request.session_id, request.passwd, info.timeout
+        else:
+            session_id = server.session_ids.next(server.tree.sessions)
+            password = new_password()
+        self.session_id, self.timeout_ms, self.read_only = session_id, timeout, True
+        log.info("read-only session 0x%x for %s:%s (this member has no quorum)", session_id,
+                 self.peer[0], self.peer[1])
+        self._send(jute.encode_connect_response(
+            jute.ConnectResponse(PROTOCOL_VERSION, timeout, session_id, password, True)))
+        return True
+
     async def _dispatch(self, event: wire.Request) -> None:
         op, xid, record = event.op, event.xid, event.record
         started = time.monotonic()
@@ -270,6 +298,14 @@ class ClientConnection:
         if op == OpCode.AUTH:
             reply, fatal = self._authenticate(record)
             await self._pending_send.send(("reply", reply, fatal))
+            return
+        if self.read_only and op == OpCode.CLOSE_SESSION:
+            # The session exists only on this connection: nothing to propose.
+            zxid = self.server.tree.last_zxid
+            await self._pending_send.send(("reply", jute.encode_reply(xid, zxid, 0, None), True))
+            return
+        if self.read_only and (op in handlers.WRITE_OPS or op == OpCode.SYNC):
+            await self._pending_send.send(("error", xid, op, Err.NOT_READ_ONLY, False))
             return
         if op in handlers.WRITE_OPS:
             try:

@@ -78,6 +78,12 @@ class ServerConfig:
     max_session_timeout: int | None = None
     # server id -> (host, peer port, election port), from `server.N=host:peer:election` lines.
     servers: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    # The ids among `servers` whose line ends in `:observer`: they get the log and serve
+    # clients but never vote (ZooKeeper's observers; Raft learners).
+    observers: set[int] = field(default_factory=set)
+    # readonlymode.enabled (a Java system property in ZooKeeper, a zoo.cfg key here): a member
+    # cut off from the majority keeps serving clients that asked for read-only sessions.
+    read_only_mode: bool = False
     my_id: int | None = None
     snap_count: int = 10000
     peer_secret_file: str | None = None
@@ -118,6 +124,11 @@ class ServerConfig:
     def standalone(self) -> bool:
         return len(self.servers) <= 1
 
+    @property
+    def participants(self) -> list[int]:
+        """The voting members' ids (every server line that is not an observer)."""
+        return sorted(sid for sid in self.servers if sid not in self.observers)
+
     def validate(self) -> None:
         if not isinstance(self.tick_time, int) or self.tick_time <= 0:
             raise ConfigError(f"tickTime must be a positive number of milliseconds, got {self.tick_time!r}")
@@ -150,6 +161,10 @@ class ServerConfig:
         if not isinstance(self.snap_count, int) or self.snap_count <= 0:
             raise ConfigError(f"snapCount must be a positive integer, got {self.snap_count!r}")
         self.four_letter_words = set(self.four_letter_words)
+        if self.read_only_mode:
+            # As ZooKeeper does whatever the whitelist says: read-only clients ask `isro` to
+            # find a read-write member again.
+            self.four_letter_words.add("isro")
         unknown_words = self.four_letter_words - ZOOKEEPER_FOUR_LETTER_WORDS
         if unknown_words:
             raise ConfigError(
@@ -164,6 +179,13 @@ class ServerConfig:
             for port in (peer_port, election_port):
                 if not isinstance(port, int) or not 1 <= port <= 65535:
                     raise ConfigError(f"server.{sid}: port must be between 1 and 65535, got {port!r}")
+        self.observers = set(self.observers)
+        if not self.observers <= set(self.servers):
+            raise ConfigError(f"observers {sorted(self.observers - set(self.servers))} have no "
+                              "server.N line")
+        if self.servers and not self.participants:
+            raise ConfigError("every server.N line is an observer: at least one must vote "
+                              "(drop ':observer' from one)")
         if self.my_id is not None and (not isinstance(self.my_id, int) or self.my_id < 0):
             raise ConfigError(f"myid must be a non-negative integer, got {self.my_id!r}")
         if self.servers:
@@ -224,7 +246,7 @@ def parse_server_line(key: str, value: str) -> tuple[tuple[str, int, int], int |
     """Parse `host:peerport:electionport[:participant|:observer][;[clientaddr:]clientport]`.
 
     Returns ((host, peer_port, election_port), client_port or None). IPv6 hosts are written in
-    brackets, as ZooKeeper requires: `[::1]:2888:3888`.
+    brackets, as ZooKeeper requires: `[::1]:2888:3888`. `server_line_role` gives the role.
     """
     addr_part, _, client_part = value.partition(";")
     addr_part = addr_part.strip()
@@ -239,10 +261,7 @@ def parse_server_line(key: str, value: str) -> tuple[tuple[str, int, int], int |
     else:
         host, *rest = addr_part.split(":")
     if rest and rest[-1].lower() in ("participant", "observer"):
-        role = rest.pop().lower()
-        if role == "observer":
-            # zkfsd has no observers; a voting member is the closest thing that keeps the data.
-            log.warning("%s: observer role is not supported; treating it as a participant", key)
+        rest.pop()
     if len(rest) != 2 or not host:
         raise ConfigError(
             f"{key}: expected host:peerport:electionport[:participant|:observer][;clientport], got {value!r}"
@@ -255,6 +274,21 @@ def parse_server_line(key: str, value: str) -> tuple[tuple[str, int, int], int |
         # Either `port` or `address:port`; the address is ignored (clientPortAddress decides).
         client_port = _parse_port(key, client_part.rsplit(":", 1)[-1])
     return (host, peer_port, election_port), client_port
+
+
+def server_line_role(value: str) -> str:
+    """'observer' or 'participant' (the default) for a server.N value."""
+    addr_part = value.partition(";")[0].strip()
+    last = addr_part.rsplit("]", 1)[-1].rsplit(":", 1)[-1].strip().lower()
+    return "observer" if last == "observer" else "participant"
+
+
+def _parse_bool(key: str, value: str) -> bool:
+    if value.strip().lower() in ("true", "yes", "1"):
+        return True
+    if value.strip().lower() in ("false", "no", "0"):
+        return False
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
 
 
 def _read_properties(path: str) -> list[tuple[int, str, str]]:
@@ -346,8 +380,18 @@ def load_zoo_cfg(path: str) -> dict[str, Any]:
             if sid in servers:
                 raise ConfigError(f"{where}: server.{sid} is defined twice")
             servers[sid], client_port = parse_server_line(where, value)
+            if server_line_role(value) == "observer":
+                result.setdefault("observers", set()).add(sid)
             if client_port is not None:
                 server_client_ports[sid] = client_port
+        elif key == "readonlymode.enabled":
+            result["read_only_mode"] = _parse_bool(where, value)
+        elif key == "peerType":
+            # ZooKeeper's way for an observer to say so about itself; its server.N line must
+            # say the same, which is what zkfsd (and every other member) reads.
+            if value.strip().lower() not in ("observer", "participant"):
+                raise ConfigError(f"{where}: expected observer or participant, got {value!r}")
+            log.info("%s: the role comes from the server.N lines", where)
         elif is_security_key(key):
             security[key] = value
         else:

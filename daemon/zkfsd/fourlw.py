@@ -49,7 +49,7 @@ def _ensemble_lines(server: ZkServer) -> str:
 def _srvr(server: ZkServer) -> str:
     lo, avg, hi = _latency(server)
     s = server.stats
-    if not server.serving and not server.standalone:
+    if not server.serving and not server.standalone and not server.read_only:
         return ("This ZooKeeper instance is not currently serving requests\n"
                 + _ensemble_lines(server))
     return (f"Zookeeper version: {VERSION}\n"
@@ -118,9 +118,12 @@ def _mntr(server: ZkServer) -> str:
                  ("zk_applied_index", server.core.applied)]
         states = server.peer_states()
         if server.is_leader:
+            synced = {sid for sid, st in states.items() if st.startswith("synced")}
+            observers = set(server.observers)
+            # As ZooKeeper: followers are the voting learners, observers are counted apart.
             rows += [("zk_followers", len(states)),
-                     ("zk_synced_followers", sum(1 for st in states.values()
-                                                 if st.startswith("synced")))]
+                     ("zk_synced_followers", len(synced - observers)),
+                     ("zk_synced_observers", len(synced & observers))]
         rows += [(f"zk_peer_{sid}_state", state) for sid, state in states.items()]
     return "".join(f"{k}\t{v}\n" for k, v in rows)
 
@@ -179,6 +182,13 @@ def _envi(server: ZkServer) -> str:
     return "Environment:\n" + "".join(f"{k}={v}\n" for k, v in rows)
 
 
+def _isro(server: ZkServer) -> str:
+    # ZooKeeper: "null" when not serving at all; kazoo's read-only clients move to a "rw" one.
+    if server.serving:
+        return "rw"
+    return "ro" if server.read_only else "null"
+
+
 def _srst(server: ZkServer) -> str:
     server.stats.reset()
     return "Server stats reset.\n"
@@ -195,7 +205,7 @@ COMMANDS: dict[str, Callable[["ZkServer"], str]] = {
     "wchc": _wchc,
     "dump": _dump,
     "envi": _envi,
-    "isro": lambda server: "rw",
+    "isro": _isro,
     "srst": _srst,
     "crst": lambda server: "Connection stats reset.\n",
     "dirs": lambda server: "datadir_size: 0\nlogdir_size: 0\n",

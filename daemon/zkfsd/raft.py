@@ -22,6 +22,12 @@ No clock, socket, disk or global randomness: time is `tick()`, randomness an inj
 
 Member ids are positive integers (0 means "nobody" in HardState.vote and leader_id).
 
+Learners (ZooKeeper's observers, etcd's learners) receive the log like any follower (the leader
+tracks their progress and sends them appends, heartbeats and snapshots) but have no say: they
+never campaign, never vote (vote requests are not even sent to them), and the commit index,
+check-quorum, the leader lease and read-index rounds count voters only. Safety therefore never
+depends on them; a learner only makes more copies.
+
 On restart the caller restores its application state from the snapshot only and lets the first
 Readys hand it the committed entries after it: entries in the stored log beyond the commit index
 may not be committed and can be replaced by the next leader (pass `applied=` if the application
@@ -305,11 +311,14 @@ class RaftNode:
         max_msg_bytes: int = 1 << 20,
         compact_keep: int = 0,
         rebuilding: bool = False,
+        learners: Sequence[int] = (),
     ) -> None:
-        if id <= 0 or any(v <= 0 for v in voters):
+        if id <= 0 or any(v <= 0 for v in voters) or any(v <= 0 for v in learners):
             raise ValueError("member ids must be positive integers")
-        if len(set(voters)) != len(voters) or id not in voters:
-            raise ValueError(f"voters {list(voters)} must be distinct and include {id}")
+        members = [*voters, *learners]
+        if len(set(members)) != len(members) or id not in members or not voters:
+            raise ValueError(f"voters {list(voters)} and learners {list(learners)} must be "
+                             f"distinct, include {id} and at least one voter")
         if not 0 < heartbeat_ticks < election_ticks:
             raise ValueError("need 0 < heartbeat_ticks < election_ticks")
         if max_inflight < 1 or max_msg_entries < 1 or max_msg_bytes < 1 or compact_keep < 0:
@@ -317,7 +326,11 @@ class RaftNode:
         self.id = id
         self.voters = sorted(voters)  # sorted: message order must not depend on config order
         self._voter_set = frozenset(self.voters)
-        self._peers = [v for v in self.voters if v != id]
+        self.learners = sorted(learners)
+        self.is_learner = id in self.learners
+        self._member_set = frozenset(members)
+        self._peers = sorted(v for v in members if v != id)  # everyone we replicate to
+        self._voting_peers = [v for v in self.voters if v != id]
         self._quorum = len(self.voters) // 2 + 1
         self._rng = rng
         self.election_ticks = election_ticks
@@ -388,7 +401,7 @@ class RaftNode:
         self._bcast_entries = False
         self._bcast_commit = False
         self._become_follower(self.term, NONE)
-        if self.voters == [self.id]:
+        if self.voters == [self.id] and not self.is_learner:
             # Nobody to wait for: an ensemble of one leads at once, as a standalone server must.
             self._campaign(pre=False)
 
@@ -502,7 +515,7 @@ class RaftNode:
         self.role = Role.LEADER
         self.leader_id = self.id
         nxt = self.last_index + 1
-        self._progress = {v: _Progress(nxt) for v in self.voters}
+        self._progress = {v: _Progress(nxt) for v in (*self.voters, *self.learners)}
         self._progress[self.id].match = self._persisted
         # Raft §5.4.2: entries of earlier terms are committed only by counting replicas of an
         # entry of ours. The empty entry gives us one at once, and puts this term's zxids above
@@ -520,7 +533,7 @@ class RaftNode:
         self._votes[self.id] = True
         if self._tally() == 1:
             return
-        for peer in self._peers:
+        for peer in self._voting_peers:
             self._send(Message(mtype, self.id, peer, vote_term, log_term=self.last_term,
                                index=self.last_index))
 
@@ -558,6 +571,8 @@ class RaftNode:
         self._election_elapsed += 1
         if self._election_elapsed >= self._randomized_timeout:
             self._election_elapsed = 0
+            if self.is_learner:
+                return  # a learner waits for whichever leader the voters elect
             if self.rebuilding and self.last_index > 0:
                 return  # partly rebuilt: it could win without entries it once acknowledged
             self._campaign(pre=self.pre_vote)
@@ -582,7 +597,7 @@ class RaftNode:
                     # should go find it instead of waiting on us.
                     self._become_follower(self.term, NONE)
                     return
-                for v in self._peers:
+                for v in self._peers:  # learners too: only their liveness display uses it
                     self._progress[v].recent_active = False
         if self._heartbeat_elapsed >= self.heartbeat_ticks:
             self._heartbeat_elapsed = 0
@@ -675,8 +690,13 @@ class RaftNode:
             self._offset, self._offset_term = new_offset, t
 
     def step(self, m: Message) -> None:
-        if m.to != self.id or m.frm == self.id or m.frm not in self._voter_set:
+        if m.to != self.id or m.frm == self.id or m.frm not in self._member_set:
             return  # not for us, or from a non-member
+        if m.type in (MsgType.VOTE, MsgType.PRE_VOTE, MsgType.VOTE_RESP,
+                      MsgType.PRE_VOTE_RESP) and (self.is_learner or m.frm not in self._voter_set):
+            # Elections are the voters' business only: a learner neither answers vote requests
+            # nor lets them move its term (which would make it reject the live leader).
+            return
         if m.term > self.term:
             if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
                 # Leader lease: we heard from a live leader within the minimum election
@@ -960,7 +980,8 @@ class RaftNode:
     def _read_ack(self, frm: int, context: bytes) -> None:
         for i, rd in enumerate(self._reads):
             if rd.context == context:
-                rd.acks.add(frm)
+                if frm in self._voter_set:  # a learner's ack proves nothing about a majority
+                    rd.acks.add(frm)
                 if len(rd.acks) >= self._quorum:
                     # A majority still followed us after every earlier request arrived too.
                     done, self._reads = self._reads[: i + 1], self._reads[i + 1 :]
@@ -1049,6 +1070,7 @@ class RaftNode:
             "id": self.id, "role": str(self.role), "term": self.term, "vote": self.vote,
             "leader": self.leader_id, "commit": self.commit, "applied": self._applied,
             "last_index": self.last_index, "first_index": self.first_index,
+            "learner": self.is_learner,
         }
         if self.role == Role.LEADER:
             st["progress"] = {v: {"match": p.match, "next": p.next, "state": p.state.value}

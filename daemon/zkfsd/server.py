@@ -106,7 +106,10 @@ class ZkServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.member_id = config.my_id or 1
-        self.voters = sorted(config.servers) if config.servers else [self.member_id]
+        self.voters = config.participants if config.servers else [self.member_id]
+        # Observers get the log, hold sessions and serve clients, but never vote.
+        self.observers = sorted(config.observers)
+        self.members = sorted([*self.voters, *self.observers])
         self.storage = Storage(config.data_dir, config.data_log_dir)
         self._rebuild_marker = Path(config.data_dir) / "REBUILDING"
         self.tree = DataTree()
@@ -140,7 +143,9 @@ class ZkServer:
         # acknowledged stops serving after `cutoff` ticks, which must cover a cut-off leader's
         # check-quorum step-down (two election timeouts) as well; see sessions.py.
         report_every = max(1, round(config.tick_time / 1000.0 / 2 / self.raft_tick))
-        self.keeper = SessionKeeper(self.member_id, self.voters, report_every=report_every,
+        # Observers serve sessions too: the leader must hear their reports before it expires
+        # anything they might be keeping alive.
+        self.keeper = SessionKeeper(self.member_id, self.members, report_every=report_every,
                                     cutoff=2 * ELECTION_TICKS + 2 * report_every)
         self._was_serving = False
         self.listen_port: int | None = None
@@ -148,7 +153,18 @@ class ZkServer:
 
     @property
     def standalone(self) -> bool:
-        return self.voters == [self.member_id]
+        return self.members == [self.member_id]
+
+    @property
+    def is_observer(self) -> bool:
+        return self.member_id in self.observers
+
+    @property
+    def read_only(self) -> bool:
+        """Serving read-only sessions only: readonlymode.enabled and cut off from the leader
+        (ZooKeeper's ReadOnlyZooKeeperServer)."""
+        return (self.config.read_only_mode and not self.standalone and self._replayed
+                and not self.serving)
 
     @property
     def is_leader(self) -> bool:
@@ -170,6 +186,10 @@ class ZkServer:
     def role(self) -> str:
         if self.standalone:
             return "standalone"
+        if self.read_only:
+            return "read-only"
+        if self.is_observer:
+            return "observer"
         if self.core is None or self.core.leader_id == 0:
             return "looking"
         return "leader" if self.core.is_leader else "follower"
@@ -178,7 +198,7 @@ class ZkServer:
         """Each other member as this one sees it: connection and, on the leader, replication."""
         states: dict[int, str] = {}
         progress = self.core.status().get("progress", {}) if self.core else {}
-        for sid in self.voters:
+        for sid in self.members:
             if sid == self.member_id:
                 continue
             connected = self.transport is not None and sid in self.transport.connected_out
@@ -197,7 +217,7 @@ class ZkServer:
         if loaded.snapshot is not None:
             self.tree = DataTree.from_snapshot(loaded.snapshot.data)
             self._reset_sessions(0)
-        if self.standalone:
+        if self.voters == [self.member_id]:
             # A majority of one: everything durable here is committed and replays at once.
             self._replay_target = loaded.entries[-1].index if loaded.entries else 0
         else:
@@ -221,7 +241,7 @@ class ZkServer:
         self.core = RaftNode(self.member_id, self.voters, hard_state=loaded.hard_state,
                              snapshot=loaded.snapshot, entries=loaded.entries,
                              rng=random.Random(), election_ticks=ELECTION_TICKS,
-                             heartbeat_ticks=1,
+                             heartbeat_ticks=1, learners=self.observers,
                              rebuilding=rebuilding)
         self._since_snapshot = len(loaded.entries)
         log.info("loaded snapshot at index %d and %d log entries (commit %d) in %.3fs",
@@ -253,10 +273,12 @@ class ZkServer:
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._reaper_loop)
                 await self._listen(nursery)
-                log.info("serving clients on %s (%s, member %d of %s, tickTime %d ms, "
+                log.info("serving clients on %s (%s, member %d of %s%s, tickTime %d ms, "
                          "session timeout %d..%d ms)", self.listening_on(),
                          "standalone" if self.standalone else "ensemble",
-                         self.member_id, self.voters, self.config.tick_time,
+                         self.member_id, self.voters,
+                         f", observers {self.observers}" if self.observers else "",
+                         self.config.tick_time,
                          self.config.min_timeout, self.config.max_timeout)
                 task_status.started(self)
         finally:
@@ -315,6 +337,12 @@ class ZkServer:
         elif core.leader_id and self.transport is not None:
             self._report_sessions()
         serving = self.serving
+        if serving and not self._was_serving:
+            # Back in the quorum: read-only clients go find a read-write session (ZooKeeper
+            # closes them when its read-only server shuts down).
+            for conn in list(self.connections):
+                if conn.read_only:
+                    conn.abort("this member rejoined the quorum; read-only session ends")
         if self._was_serving and not serving:
             log.warning("member %d: no acknowledged contact with the leader for %d ticks; "
                         "closing client connections", self.member_id, self.keeper.cutoff)

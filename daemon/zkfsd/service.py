@@ -90,6 +90,14 @@ def status_line(server: Any) -> str:
     if role == "standalone":
         return f"standalone, serving clients on {where}"
     members = f"member {server.member_id} of {len(server.voters)}"
+    if role == "read-only":
+        return f"read-only: no quorum ({members}), serving read-only clients on {where}"
+    if role == "observer":
+        members = f"member {server.member_id}, beside {len(server.voters)} voting members"
+        if not server.core.leader_id:
+            return f"observer looking for a leader ({members}); not serving clients"
+        return (f"observer of leader {server.core.leader_id} ({members}), serving clients on "
+                f"{where}")
     if role == "looking":
         return f"looking for a leader ({members}); not serving clients"
     if role == "leader":
