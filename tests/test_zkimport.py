@@ -1,0 +1,160 @@
+"""`zkfsd import --from-zookeeper`: a tree written by Apache ZooKeeper (Debian's package, started
+here with its own dataDir) is served unchanged by zkfsd; zkfsd refuses ZooKeeper's data dir."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kazoo.security import make_digest_acl
+
+from helpers import (ZKFSD_BIN, ApacheZooKeeper, ZkfsdProcess, apache_zookeeper_missing,
+                     kazoo_client)
+
+AUTH = [("digest", "alice:secret")]
+
+
+class SmallSnapZooKeeper(ApacheZooKeeper):
+    """A throw-away ZooKeeper that snapshots every few transactions, so its data directory holds
+    several snapshots and logs that overlap them (fuzzy snapshots)."""
+
+    def write_config(self) -> None:
+        super().write_config()
+        with open(self.cfg_path, "a") as f:
+            f.write("snapCount=8\n")
+
+
+def _tree(client: Any, path: str = "/") -> dict[str, tuple[bytes, tuple[int, ...], list[Any]]]:
+    """path -> (data, Stat fields, ACL) of every znode outside /zookeeper."""
+    out = {}
+    data, stat = client.get(path)
+    acl, _ = client.get_acls(path)
+    out[path] = (data, tuple(stat), sorted((a.perms, a.id.scheme, a.id.id) for a in acl))
+    for child in sorted(client.get_children(path)):
+        child_path = f"{path.rstrip('/')}/{child}"
+        if child_path != "/zookeeper":
+            out.update(_tree(client, child_path))
+    return out
+
+
+def _populate(zk: ApacheZooKeeper) -> tuple[dict[str, Any], list[str]]:
+    """Writes a varied tree; returns it as seen by a client (ephemerals still alive) and the
+    ephemeral paths. ZooKeeper is stopped before the ephemeral's session ends."""
+    owner = kazoo_client(zk.hosts, auth_data=AUTH)
+    ephemeral_client = owner.__enter__()
+    with kazoo_client(zk.hosts, auth_data=AUTH) as k:
+        k.create("/app/config", b"name=demo\n", makepath=True)
+        k.create("/app/nested/deep/leaf", bytes(range(256)), makepath=True)
+        k.create("/app/empty", b"")
+        k.create("/app/secret", b"s3cret", acl=[make_digest_acl("alice", "secret", all=True)])
+        k.create("/app/readonly", b"ro")
+        k.set_acls("/app/readonly", [make_digest_acl("alice", "secret", read=True, admin=True),
+                                     make_digest_acl("bob", "pw", all=True)])
+        for i in range(3):
+            k.create("/app/queue/item-", str(i).encode(), sequence=True, makepath=True)
+        k.delete(k.get_children("/app/queue")[0] and "/app/queue/item-0000000000")
+        for i in range(40):  # many transactions: several snapshots and logs
+            k.set("/app/config", f"name=demo\nround={i}\n".encode())
+        t = k.transaction()
+        t.create("/app/multi-a", b"a")
+        t.set_data("/app/empty", b"filled")
+        t.delete("/app/nested/deep/leaf")
+        t.commit()
+        k.create("/app/gone", b"x")
+        k.delete("/app/gone")
+        ephemeral_client.create("/app/members/worker-1", b"host1", ephemeral=True, makepath=True)
+        k.create("/app/members/worker-", b"seq", ephemeral=True, sequence=True)
+        ephemerals = ["/app/members/worker-1"] + [
+            f"/app/members/{c}" for c in k.get_children("/app/members") if c != "worker-1"]
+        for i in range(5):
+            k.set("/app/nested/deep", str(i).encode())
+        tree = _tree(k)
+        zk.stop()  # sessions still open: their ephemerals are in ZooKeeper's files
+    owner.__exit__(None, None, None)
+    return tree, ephemerals
+
+
+def _expected(tree: dict[str, Any], dropped: list[str]) -> dict[str, Any]:
+    """The tree without the dropped paths: their parents count them as deleted children, as in
+    ZooKeeper once the sessions expired (ZooKeeper reports cversion as twice the creations minus
+    numChildren, Stat fields 5 and 9)."""
+    out = {}
+    for path, (data, stat, acl) in tree.items():
+        if path in dropped:
+            continue
+        stat = list(stat)
+        gone = sum(1 for d in dropped if d.rpartition("/")[0] == path)
+        stat[9] -= gone
+        stat[5] += gone
+        out[path] = (data, tuple(stat), acl)
+    return out
+
+
+@pytest.mark.skipif(apache_zookeeper_missing() is not None, reason="Apache ZooKeeper missing")
+def test_import_serves_the_same_tree(tmp_path: Path) -> None:
+    zk = SmallSnapZooKeeper(tmp_path / "zk")
+    zk.start()
+    try:
+        tree, ephemerals = _populate(zk)
+    finally:
+        zk.stop()
+    version2 = zk.data_dir / "version-2"
+    assert len(list(version2.glob("snapshot.*"))) >= 2
+    assert list(version2.glob("log.*"))
+
+    # zkfsd refuses to start on ZooKeeper's own directory, naming the import command.
+    refused = subprocess.run([str(ZKFSD_BIN), "--data-dir", str(zk.data_dir), "--client-port", "0"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "zkfsd import --from-zookeeper" in lines[0], refused.stderr
+
+    for keep, target in ((False, tmp_path / "imported"), (True, tmp_path / "kept")):
+        cmd = [str(ZKFSD_BIN), "import", "--from-zookeeper", str(zk.data_dir),
+               "--data-dir", str(target)] + (["--keep-ephemerals"] if keep else [])
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert f"{len(ephemerals)} ephemeral znodes" in done.stdout
+        server = ZkfsdProcess(target, log_path=tmp_path / f"{target.name}.log")
+        server.start()
+        try:
+            with kazoo_client(server.hosts, auth_data=AUTH) as k:
+                got = _tree(k)
+                if keep:
+                    expected = dict(tree)
+                    for path in ephemerals:
+                        data, stat, acl = expected[path]
+                        expected[path] = (data, stat[:7] + (0,) + stat[8:], acl)
+                else:
+                    expected = _expected(tree, ephemerals)
+                assert sorted(got) == sorted(expected)
+                for path in expected:
+                    assert got[path] == expected[path], path
+                # New writes get zxids above every imported one.
+                last = max(max(stat[1], stat[10]) for _, stat, _ in expected.values())
+                stat = k.set("/app/config", b"after import")
+                assert stat.mzxid > last and stat.version == expected["/app/config"][1][4] + 1
+        finally:
+            assert server.stop() == 0
+
+    # Importing again into a used directory is refused rather than mixing two trees.
+    again = subprocess.run([str(ZKFSD_BIN), "import", "--from-zookeeper", str(zk.data_dir),
+                            "--data-dir", str(tmp_path / "imported")],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_import_rejects_a_directory_without_zookeeper_data(tmp_path: Path) -> None:
+    (tmp_path / "zk" / "version-2").mkdir(parents=True)
+    (tmp_path / "zk" / "version-2" / "snapshot.0").write_bytes(b"garbage")
+    done = subprocess.run([str(ZKFSD_BIN), "import", "--from-zookeeper", str(tmp_path / "nope"),
+                           "--data-dir", str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "no version-2" in done.stderr
+    done = subprocess.run([str(ZKFSD_BIN), "import", "--from-zookeeper", str(tmp_path / "zk"),
+                           "--data-dir", str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "no readable snapshot" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
