@@ -2,6 +2,7 @@
 here with its own dataDir) is served unchanged by zkfsd; zkfsd refuses ZooKeeper's data dir."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from kazoo.security import make_digest_acl
 
 from helpers import (ZKFSD_BIN, ApacheZooKeeper, ZkfsdProcess, apache_zookeeper_missing,
                      kazoo_client)
+from zkfsd.zkimport import load_zookeeper_dir
 
 AUTH = [("digest", "alice:secret")]
 
@@ -116,6 +118,8 @@ def test_import_serves_the_same_tree(tmp_path: Path) -> None:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert f"{len(ephemerals)} ephemeral znodes" in done.stdout
+        newest = max(int(p.name.split(".")[1], 16) for p in version2.glob("snapshot.*"))
+        assert f"(snapshot 0x{newest:x} +" in done.stdout, done.stdout  # its checksum held
         server = ZkfsdProcess(target, log_path=tmp_path / f"{target.name}.log")
         server.start()
         try:
@@ -137,6 +141,19 @@ def test_import_serves_the_same_tree(tmp_path: Path) -> None:
                 assert stat.mzxid > last and stat.version == expected["/app/config"][1][4] + 1
         finally:
             assert server.stop() == 0
+
+    # A torn newest snapshot (a crash while ZooKeeper wrote it) fails its checksum: the import
+    # falls back to the one before and replays more of the log, reaching the same tree.
+    torn = tmp_path / "torn"
+    shutil.copytree(zk.data_dir, torn)
+    snaps = sorted(torn.glob("version-2/snapshot.*"), key=lambda p: int(p.name[9:], 16))
+    raw = bytearray(snaps[-1].read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    snaps[-1].write_bytes(bytes(raw))
+    whole, fallback = load_zookeeper_dir(zk.data_dir), load_zookeeper_dir(torn)
+    assert fallback.snapshot_zxid < whole.snapshot_zxid
+    assert fallback.txns_replayed > whole.txns_replayed
+    assert fallback.nodes == whole.nodes and fallback.last_zxid == whole.last_zxid
 
     # Importing again into a used directory is refused rather than mixing two trees.
     again = subprocess.run([str(ZKFSD_BIN), "import", "--from-zookeeper", str(zk.data_dir),
