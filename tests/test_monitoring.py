@@ -160,3 +160,43 @@ def test_monitoring_is_off_by_default_and_checked(tmp_path: Path,
     done = subprocess.run(proc.command(), capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "PrometheusMetricsProvider" in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+def test_consensus_figures_of_an_ensemble(tmp_path: Path) -> None:
+    """Each member's /metrics shows the same term and leader; the leader shows every peer's lag,
+    which grows for a stopped member while writes go on."""
+    from ensemble_helpers import Ensemble
+
+    ens = Ensemble(tmp_path / "ens", 3)
+    ports = {sid: free_port() for sid in ens.ids}
+    for sid in ens.ids:
+        with open(ens.base / f"m{sid}.cfg", "a") as f:
+            f.write("metricsProvider.className="
+                    "org.apache.zookeeper.metrics.prometheus.PrometheusMetricsProvider\n"
+                    f"metricsProvider.httpPort={ports[sid]}\n")
+    try:
+        ens.start()
+        leader = ens.wait_stable()
+
+        def scrape(sid: int) -> dict[str, float]:
+            return _parse_prometheus(_get(f"http://127.0.0.1:{ports[sid]}/metrics")[2].decode())
+
+        with ens.client(leader) as k:
+            k.create("/c", b"1")
+        by_member = {sid: scrape(sid) for sid in ens.ids}
+        assert {m["zkfs_raft_leader"] for m in by_member.values()} == {leader}
+        assert len({m["zkfs_raft_term"] for m in by_member.values()}) == 1
+        assert [sid for sid, m in by_member.items() if m["zkfs_raft_is_leader"] == 1] == [leader]
+        followers = [sid for sid in ens.ids if sid != leader]
+        assert {f'zkfs_raft_peer_lag{{peer="{sid}"}}' for sid in followers} \
+            <= set(by_member[leader])
+        assert int(ens.mntr(leader)["zk_quorum_size"]) == 3
+        stopped = followers[0]
+        ens.stop(stopped)
+        with ens.client(leader) as k:
+            for i in range(5):
+                k.set("/c", str(i).encode())
+        lag = scrape(leader)[f'zkfs_raft_peer_lag{{peer="{stopped}"}}']
+        assert lag >= 5
+    finally:
+        ens.stop_all()

@@ -102,22 +102,9 @@ async def _send(stream: trio.SocketStream, r: Response, with_body: bool) -> None
 
 # -- AdminServer commands ---------------------------------------------------------------------------
 
-def _number_or_text(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return float(value) if "." in value else int(value, 0)
-        except ValueError:
-            return value
-    return value
-
-
 def _monitor(server: ZkServer) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in mntr_rows(server, fourlw.VERSION):
-        name = key.removeprefix("zk_")
-        out[name] = value if name in ("version", "server_state", "last_zxid") \
-            else _number_or_text(value)
-    return out
+    # The mntr rows are typed already: numbers stay JSON numbers, as in ZooKeeper's answer.
+    return {key.removeprefix("zk_"): value for key, value in mntr_rows(server, fourlw.VERSION)}
 
 
 def _connections(server: ZkServer) -> list[dict[str, Any]]:

@@ -131,7 +131,7 @@ MNTR_WITHOUT_MEANING: dict[str, str] = {
 def _summary_rows(name: str, s: Summary) -> list[tuple[str, float | int | str]]:
     # ZooKeeper prints avg as a float and min/max/sum as whole numbers.
     lo = 0 if s.count == 0 else math.floor(s.min)
-    return [(f"zk_avg_{name}", f"{(s.total / s.count) if s.count else 0.0:.1f}"),
+    return [(f"zk_avg_{name}", round(s.total / s.count, 4) if s.count else 0.0),
             (f"zk_min_{name}", lo), (f"zk_max_{name}", math.ceil(s.max)),
             (f"zk_cnt_{name}", s.count), (f"zk_sum_{name}", round(s.total))]
 

@@ -106,7 +106,7 @@ class _Reader:
         self.buf = buf
         self.pos = offset
 
-    def _take(self, n: int) -> bytes:
+    def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.buf):
             raise ZkImportError("truncated record")
         out = self.buf[self.pos:self.pos + n]
@@ -114,20 +114,20 @@ class _Reader:
         return out
 
     def int(self) -> int:
-        return struct.unpack(">i", self._take(4))[0]
+        return struct.unpack(">i", self.take(4))[0]
 
     def long(self) -> int:
-        return struct.unpack(">q", self._take(8))[0]
+        return struct.unpack(">q", self.take(8))[0]
 
     def byte(self) -> int:
-        return self._take(1)[0]
+        return self.take(1)[0]
 
     def bool(self) -> bool:
-        return self._take(1)[0] != 0
+        return self.take(1)[0] != 0
 
     def buffer(self) -> bytes | None:
         n = self.int()
-        return None if n < 0 else self._take(n)
+        return None if n < 0 else self.take(n)
 
     def string(self) -> str | None:
         raw = self.buffer()
@@ -238,7 +238,7 @@ def read_txn_log(buf: bytes) -> Iterator[Txn]:
         n = r.int()
         if n <= 0 or n > r.left - 1:
             return  # preallocated zeros, or a record torn by a crash: the end of the log
-        entry = r._take(n)
+        entry = r.take(n)
         if r.byte() != _END_OF_RECORD or zlib.adler32(entry) != crc & 0xFFFFFFFF:
             return
         e = _Reader(entry)
