@@ -93,14 +93,26 @@ def _expected(tree: dict[str, Any], dropped: list[str]) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.skipif(apache_zookeeper_missing() is not None, reason="Apache ZooKeeper missing")
-def test_import_serves_the_same_tree(tmp_path: Path) -> None:
-    zk = SmallSnapZooKeeper(tmp_path / "zk")
+@pytest.fixture(scope="module")
+def zk_written(tmp_path_factory: pytest.TempPathFactory
+               ) -> tuple[ApacheZooKeeper, dict[str, Any], list[str]]:
+    """A stopped ZooKeeper's data directory, the tree a client saw before the stop and the
+    ephemeral paths in it."""
+    missing = apache_zookeeper_missing()
+    if missing:
+        pytest.skip(f"Apache ZooKeeper unavailable: {missing}")
+    zk = SmallSnapZooKeeper(tmp_path_factory.mktemp("zk-written"))
     zk.start()
     try:
         tree, ephemerals = _populate(zk)
     finally:
         zk.stop()
+    return zk, tree, ephemerals
+
+
+def test_import_serves_the_same_tree(
+        tmp_path: Path, zk_written: tuple[ApacheZooKeeper, dict[str, Any], list[str]]) -> None:
+    zk, tree, ephemerals = zk_written
     version2 = zk.data_dir / "version-2"
     assert len(list(version2.glob("snapshot.*"))) >= 2
     assert list(version2.glob("log.*"))
@@ -175,3 +187,35 @@ def test_import_rejects_a_directory_without_zookeeper_data(tmp_path: Path) -> No
     assert done.returncode == 2 and "no readable snapshot" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_import_into_an_ensemble(
+        tmp_path: Path, zk_written: tuple[ApacheZooKeeper, dict[str, Any], list[str]]) -> None:
+    """The same import in every member's data directory makes an ensemble that elects a leader,
+    serves the tree on every member and commits new writes above the imported zxids."""
+    from ensemble_helpers import Ensemble
+
+    zk, tree, ephemerals = zk_written
+    expected = _expected(tree, ephemerals)
+    ens = Ensemble(tmp_path / "ens", 3)
+    for sid in ens.ids:
+        done = subprocess.run([str(ZKFSD_BIN), "import", "--from-zookeeper", str(zk.data_dir),
+                               "--data-dir", str(ens.data_dir(sid))],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    try:
+        ens.start()
+        leader = ens.wait_stable()
+        last = max(max(stat[1], stat[10]) for _, stat, _ in expected.values())
+        with ens.client(leader, auth_data=AUTH) as k:
+            stat = k.set("/app/config", b"ensemble")
+            assert stat.mzxid > last
+        for sid in ens.ids:
+            with ens.client(sid, auth_data=AUTH) as k:
+                k.sync("/")
+                got = _tree(k)
+                assert got["/app/config"][0] == b"ensemble"
+                got.pop("/app/config")
+                assert got == {p: v for p, v in expected.items() if p != "/app/config"}, sid
+    finally:
+        ens.stop_all()
