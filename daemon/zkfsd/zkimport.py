@@ -18,6 +18,7 @@ Formats (all big-endian jute, as ZooKeeper 3.4-3.8 write them):
 """
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import struct
@@ -46,7 +47,8 @@ OP_CREATE_SESSION, OP_CLOSE_SESSION, OP_ERROR = -10, -11, -1
 Acl = tuple[int, str, str]
 OPEN_ACL_UNSAFE: list[Acl] = [(31, "world", "anyone")]
 
-_SNAP_RE = re.compile(r"^snapshot\.([0-9a-fA-F]+)$")
+# zookeeper.snapshot.compression.method=gz|snappy adds a suffix; gz is read, snappy is refused.
+_SNAP_RE = re.compile(r"^snapshot\.([0-9a-fA-F]+)(\.gz|\.snappy)?$")
 _LOG_RE = re.compile(r"^log\.([0-9a-fA-F]+)$")
 
 
@@ -407,6 +409,16 @@ def _zxid_files(directory: Path, pattern: re.Pattern[str]) -> list[tuple[int, Pa
     return sorted(out)
 
 
+def _snapshot_bytes(path: Path) -> bytes:
+    # SnapStream checksums the uncompressed stream, so a gz snapshot parses like a plain one.
+    if path.name.endswith(".snappy"):
+        raise ZkImportError("snappy-compressed snapshots are not supported; restart ZooKeeper "
+                            "without zookeeper.snapshot.compression.method to write a plain one")
+    if path.name.endswith(".gz"):
+        return gzip.decompress(path.read_bytes())
+    return path.read_bytes()
+
+
 def load_zookeeper_dir(data_dir: str | os.PathLike[str],
                        log_dir: str | os.PathLike[str] | None = None, *,
                        keep_ephemerals: bool = False) -> ImportedTree:
@@ -422,8 +434,8 @@ def load_zookeeper_dir(data_dir: str | os.PathLike[str],
     problems = []
     for zxid, path in reversed(_zxid_files(snap_dir, _SNAP_RE)):
         try:
-            sessions, nodes = read_snapshot(path.read_bytes())
-        except (ZkImportError, UnicodeDecodeError) as exc:
+            sessions, nodes = read_snapshot(_snapshot_bytes(path))
+        except (ZkImportError, UnicodeDecodeError, OSError, EOFError, zlib.error) as exc:
             problems.append(f"{path.name}: {exc}")
             continue
         builder = ZkTreeBuilder(sessions, nodes, zxid)
