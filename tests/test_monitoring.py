@@ -200,3 +200,35 @@ def test_consensus_figures_of_an_ensemble(tmp_path: Path) -> None:
         assert lag >= 5
     finally:
         ens.stop_all()
+
+
+def test_http_listeners_reject_bad_requests(monitored: tuple[ZkfsdProcess, int, int]) -> None:
+    import socket
+
+    _, admin, metrics = monitored
+    for port, request, status in ((admin, b"garbage\r\n\r\n", b"400"),
+                                  (admin, b"POST /commands/ruok HTTP/1.1\r\n\r\n", b"405"),
+                                  # A header past 8 KiB (just past: all of it is read
+                                  # before the answer, so the close sends no RST).
+                                  (metrics, b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * 1380,
+                                   b"400")):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(request)
+            reply = s.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 " + status), (request[:20], reply[:40])
+
+
+def test_monitoring_port_in_use_is_one_line(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        cfg = tmp_path / "zoo.cfg"
+        cfg.write_text(f"admin.enableServer=true\nadmin.serverPort={busy.getsockname()[1]}\n"
+                       "admin.serverAddress=127.0.0.1\n")
+        proc = ZkfsdProcess(tmp_path / "d", extra_args=["--config", str(cfg)], log_level="INFO")
+        done = subprocess.run(proc.command(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "cannot start" in done.stderr and "Traceback" not in done.stderr, done.stderr
