@@ -12,7 +12,7 @@ from kazoo.security import make_digest_acl
 
 from helpers import (ZKFSD_BIN, ApacheZooKeeper, ZkfsdProcess, apache_zookeeper_missing,
                      kazoo_client)
-from zkfsd.zkimport import load_zookeeper_dir
+from zkfsd.zkimport import ZkImportError, load_zookeeper_dir, read_txn_log
 
 AUTH = [("digest", "alice:secret")]
 
@@ -254,3 +254,22 @@ def test_import_reads_gzip_snapshots(tmp_path: Path) -> None:
         assert (node.czxid, node.mzxid, node.ctime, node.mtime, node.version, reported_cversion,
                 node.aversion, node.ephemeral_owner, node.pzxid) \
             == stat[:8] + (stat[10],) and len(node.children) == stat[9], path
+
+
+def test_txn_log_reader_stops_at_a_torn_record(
+        zk_written: tuple[ApacheZooKeeper, dict[str, Any], list[str]]) -> None:
+    """A log cut in the middle of a record (a crash while ZooKeeper appended it) yields the whole
+    records before it and then ends, as ZooKeeper's own reader does; a wrong CRC ends it too."""
+    zk, _, _ = zk_written
+    logs = sorted((zk.data_dir / "version-2").glob("log.*"), key=lambda p: int(p.name[4:], 16))
+    raw = max((p.read_bytes() for p in logs), key=lambda b: len(list(read_txn_log(b))))
+    txns = list(read_txn_log(raw))
+    assert len(txns) >= 3 and all(a.zxid < b.zxid for a, b in zip(txns, txns[1:]))
+    # Where the last record ends: zeros (preallocation) follow it.
+    end = len(raw.rstrip(b"\0"))
+    assert [t.zxid for t in read_txn_log(raw[:end - 3])] == [t.zxid for t in txns[:-1]]
+    flipped = bytearray(raw)
+    flipped[end - 5] ^= 0xFF  # inside the last record's payload: its Adler-32 no longer holds
+    assert [t.zxid for t in read_txn_log(bytes(flipped))] == [t.zxid for t in txns[:-1]]
+    with pytest.raises(ZkImportError):
+        list(read_txn_log(b"ZKSN" + raw[4:]))
