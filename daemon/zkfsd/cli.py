@@ -184,7 +184,8 @@ def main(
 @click.command(
     "import",
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-    epilog="Exit status: 0 imported, 2 unreadable ZooKeeper data or unusable target. See zkfsd(8).",
+    epilog="Exit status: 0 imported, 1 failed to write, 2 unreadable ZooKeeper data or unusable "
+           "target. See zkfsd(8).",
 )
 @click.option("--from-zookeeper", "zk_data_dir", required=True, metavar="ZK_DATA_DIR",
               help="ZooKeeper's dataDir (the directory holding version-2), read only.")
@@ -219,13 +220,17 @@ def import_main(zk_data_dir: str, zk_log_dir: str | None, data_dir: str,
         if problem:
             click.echo(f"zkfsd import: {problem}", err=True)
             sys.exit(EXIT_CONFIG)
-    term = write_zkfsd_data_dir(imported, data_dir, data_log_dir)
+    try:
+        write_zkfsd_data_dir(imported, data_dir, data_log_dir)
+    except OSError as e:
+        click.echo(f"zkfsd import: cannot write {data_dir}: {e.strerror or e}", err=True)
+        sys.exit(EXIT_FAILURE)
     click.echo(f"imported {len(imported.nodes)} znodes (snapshot 0x{imported.snapshot_zxid:x} "
                f"+ {imported.txns_replayed} logged transactions, last zxid "
                f"0x{imported.last_zxid:x}) into {data_dir}; "
                f"{len(imported.ephemerals)} ephemeral znodes "
-               f"{'kept as persistent' if keep_ephemerals else 'dropped'}; zkfsd starts at "
-               f"epoch {term}")
+               f"{'kept as persistent' if keep_ephemerals else 'dropped'}; new zxids continue "
+               f"above the imported ones")
 
 
 def run(argv: list[str] | None = None) -> None:
