@@ -11,6 +11,7 @@ import click
 
 from zkfsd.config import ConfigError, build_config
 from zkfsd.service import LOG_FORMAT, Logging, Reloader
+from zkfsd.zkimport import ZkImportError, is_zookeeper_dir, load_zookeeper_dir, write_zkfsd_data_dir
 
 log = logging.getLogger("zkfsd")
 
@@ -60,7 +61,9 @@ _STARTUP_ERRNOS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.ER
     epilog=(
         "Options given on the command line override the same setting in --config. "
         "SIGTERM (or SIGINT) stops the server cleanly; SIGHUP reopens --log-file and re-reads --config. Exit status: 0 clean stop, 1 failure, "
-        "2 bad configuration. See zkfsd(8) for zoo.cfg keys and four-letter words."
+        "2 bad configuration. 'zkfsd import --from-zookeeper ZK_DATA_DIR --data-dir DIR' converts "
+        "Apache ZooKeeper's data (see 'zkfsd import --help'). See zkfsd(8) for zoo.cfg keys and "
+        "four-letter words."
     ),
 )
 @click.option("--config", "config_file", metavar="FILE",
@@ -138,6 +141,13 @@ def main(
         click.echo(f"zkfsd: configuration error: {e}", err=True)
         sys.exit(EXIT_CONFIG)
     for what, path in (("data directory", config.data_dir), ("log directory", config.log_dir)):
+        if is_zookeeper_dir(path):
+            # Starting would serve an empty tree beside ZooKeeper's files: the data is there,
+            # just in another format.
+            click.echo(f"zkfsd: configuration error: {what} {path} holds Apache ZooKeeper data "
+                       f"(version-2); convert it with 'zkfsd import --from-zookeeper {path} "
+                       f"--data-dir NEW_DIR' and start on NEW_DIR", err=True)
+            sys.exit(EXIT_CONFIG)
         problem = _check_dir(what, path)
         if problem is not None:
             click.echo(f"zkfsd: configuration error: {problem}", err=True)
@@ -171,17 +181,76 @@ def main(
     sys.exit(EXIT_OK)
 
 
+@click.command(
+    "import",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog="Exit status: 0 imported, 1 failed to write, 2 unreadable ZooKeeper data or unusable "
+           "target. See zkfsd(8).",
+)
+@click.option("--from-zookeeper", "zk_data_dir", required=True, metavar="ZK_DATA_DIR",
+              help="ZooKeeper's dataDir (the directory holding version-2), read only.")
+@click.option("--from-zookeeper-log-dir", "zk_log_dir", metavar="ZK_LOG_DIR",
+              help="ZooKeeper's dataLogDir, if its transaction logs are not in ZK_DATA_DIR.")
+@click.option("--data-dir", required=True, metavar="DIR",
+              help="New zkfsd data directory to create (must be empty or missing).")
+@click.option("--data-log-dir", metavar="DIR",
+              help="zkfsd transaction log directory, if it is to be separate.")
+@click.option("--keep-ephemerals", is_flag=True,
+              help="Keep session-owned ephemeral znodes as persistent ones instead of dropping "
+                   "them (their sessions cannot move to zkfsd).")
+def import_main(zk_data_dir: str, zk_log_dir: str | None, data_dir: str,
+                data_log_dir: str | None, keep_ephemerals: bool) -> None:
+    """Convert a stopped Apache ZooKeeper's data into a new zkfsd data directory.
+
+    Reads the newest snapshot and every later transaction of the logs, and writes the same tree
+    (data, Stat fields, ACLs) as zkfsd's first snapshot. ZooKeeper's files are not changed.
+    For an ensemble, import into every member's data directory (each gets its own myid).
+    """
+    for path in filter(None, (data_dir, data_log_dir)):
+        if os.path.isdir(path) and os.listdir(path) and set(os.listdir(path)) != {"myid"}:
+            click.echo(f"zkfsd import: {path} is not empty; import into a new directory", err=True)
+            sys.exit(EXIT_CONFIG)
+    try:
+        imported = load_zookeeper_dir(zk_data_dir, zk_log_dir, keep_ephemerals=keep_ephemerals)
+    except (ZkImportError, OSError) as e:
+        click.echo(f"zkfsd import: cannot read ZooKeeper data: {e}", err=True)
+        sys.exit(EXIT_CONFIG)
+    for what, path in (("data directory", data_dir), ("log directory", data_log_dir)):
+        problem = path and _check_dir(what, path)
+        if problem:
+            click.echo(f"zkfsd import: {problem}", err=True)
+            sys.exit(EXIT_CONFIG)
+    try:
+        write_zkfsd_data_dir(imported, data_dir, data_log_dir)
+    except OSError as e:
+        click.echo(f"zkfsd import: cannot write {data_dir}: {e.strerror or e}", err=True)
+        sys.exit(EXIT_FAILURE)
+    click.echo(f"imported {len(imported.nodes)} znodes (snapshot 0x{imported.snapshot_zxid:x} "
+               f"+ {imported.txns_replayed} logged transactions, last zxid "
+               f"0x{imported.last_zxid:x}) into {data_dir}; "
+               f"{len(imported.ephemerals)} ephemeral znodes "
+               f"{'kept as persistent' if keep_ephemerals else 'dropped'}; new zxids continue "
+               f"above the imported ones")
+
+
 def run(argv: list[str] | None = None) -> None:
     """Console script `zkfsd`: `main`, with click's usage errors as one line and exit 2, like
-    every other configuration error (systemd's journal shows one clear line)."""
+    every other configuration error (systemd's journal shows one clear line).
+
+    `zkfsd import ...` is the one subcommand; it is dispatched here rather than by a click group
+    so that `zkfsd --data-dir ...` keeps parsing exactly as before."""
+    args = sys.argv[1:] if argv is None else argv
+    command, prog = main, "zkfsd"
+    if args[:1] == ["import"]:
+        command, prog, args = import_main, "zkfsd import", args[1:]
     try:
-        status = main.main(args=argv, prog_name="zkfsd", standalone_mode=False)
+        status = command.main(args=args, prog_name=prog, standalone_mode=False)
     except click.UsageError as e:
         message = " ".join(e.format_message().split())
-        click.echo(f"zkfsd: {message} (see 'zkfsd --help')", err=True)
+        click.echo(f"{prog}: {message} (see '{prog} --help')", err=True)
         status = EXIT_CONFIG
     except click.ClickException as e:
-        click.echo(f"zkfsd: {' '.join(e.format_message().split())}", err=True)
+        click.echo(f"{prog}: {' '.join(e.format_message().split())}", err=True)
         status = e.exit_code
     except click.Abort:
         status = EXIT_INTERRUPTED

@@ -35,9 +35,6 @@ _KNOWN_UNUSED_KEYS = frozenset(
         "syncLimit",
         "autopurge.snapRetainCount",
         "autopurge.purgeInterval",
-        "admin.enableServer",
-        "admin.serverPort",
-        "admin.serverAddress",
         "preAllocSize",
         "globalOutstandingLimit",
         "leaderServes",
@@ -46,8 +43,6 @@ _KNOWN_UNUSED_KEYS = frozenset(
         "reconfigEnabled",
         "dynamicConfigFile",
         "quorumListenOnAllIPs",
-        "metricsProvider.className",
-        "metricsProvider.httpPort",
         "metricsProvider.exportJvmInfo",
         "electionAlg",
         "syncEnabled",
@@ -95,6 +90,15 @@ class ServerConfig:
     # Replies queued for all clients together; past it the slowest reader is dropped.
     max_client_reply_bytes: int = 128 << 20
     security: Security = field(default_factory=Security)
+    # ZooKeeper's AdminServer (admin.*): HTTP commands under /commands/. zkfs: off by default
+    # and on loopback, like the client port (ZooKeeper's is on, on every address).
+    admin_enabled: bool = False
+    admin_port: int = 8080
+    admin_address: str = "127.0.0.1"
+    # metricsProvider.*: the Prometheus endpoint, when className names ZooKeeper's provider.
+    metrics_prometheus: bool = False
+    metrics_port: int = 7000
+    metrics_address: str = "127.0.0.1"
     # Keys from zoo.cfg that zkfsd does not interpret, kept so tools can still see them.
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -226,6 +230,33 @@ _STR_KEYS = {
 }
 
 _SERVER_KEY = re.compile(r"^server\.(\d+)$")
+
+PROMETHEUS_PROVIDER = "org.apache.zookeeper.metrics.prometheus.PrometheusMetricsProvider"
+# ZooKeeper's default provider exports nothing; naming it is the same as leaving the key out.
+_NULL_PROVIDER = "org.apache.zookeeper.metrics.impl.DefaultMetricsProvider"
+_MONITORING_KEYS = frozenset({"admin.enableServer", "admin.serverPort", "admin.serverAddress",
+                              "metricsProvider.className", "metricsProvider.httpPort",
+                              "metricsProvider.httpHost"})
+
+
+def _parse_monitoring(where: str, key: str, value: str) -> dict[str, Any]:
+    if key == "admin.enableServer":
+        if value.lower() not in ("true", "false"):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return {"admin_enabled": value.lower() == "true"}
+    if key == "admin.serverPort":
+        return {"admin_port": _parse_port(where, value)}
+    if key == "metricsProvider.httpPort":
+        return {"metrics_port": _parse_port(where, value)}
+    if not value:
+        raise ConfigError(f"{where}: empty value")
+    if key == "admin.serverAddress":
+        return {"admin_address": value}
+    if key == "metricsProvider.httpHost":
+        return {"metrics_address": value}
+    if value not in (PROMETHEUS_PROVIDER, _NULL_PROVIDER):
+        raise ConfigError(f"{where}: zkfsd provides only {PROMETHEUS_PROVIDER}, not {value}")
+    return {"metrics_prometheus": value == PROMETHEUS_PROVIDER}
 
 
 def _parse_int(key: str, value: str) -> int:
@@ -375,6 +406,8 @@ def load_zoo_cfg(path: str) -> dict[str, Any]:
                     log.warning("%s: ignoring unknown four-letter words: %s",
                                 where, ", ".join(sorted(unknown_words)))
                 result["four_letter_words"] = words & ZOOKEEPER_FOUR_LETTER_WORDS
+        elif key in _MONITORING_KEYS:
+            result.update(_parse_monitoring(where, key, value))
         elif m := _SERVER_KEY.match(key):
             sid = int(m.group(1))
             if sid in servers:

@@ -4,32 +4,19 @@ The formats follow ZooKeeper's, since monitoring scripts parse them line by line
 """
 from __future__ import annotations
 
-import math
 import os
 import platform
 import socket
 import sys
-import time
 from typing import TYPE_CHECKING, Callable
 
-import psutil
-
 import zkfs
+from zkfsd.metrics import latency, mntr_rows
 
 if TYPE_CHECKING:
     from zkfsd.server import ZkServer
 
 VERSION = f"3.8.0-zkfsd-{zkfs.__version__}, built on zkfs"
-
-
-def _latency(server: ZkServer) -> tuple[float, float, float]:
-    s = server.stats
-    if not s.latency_count:
-        return 0.0, 0.0, 0.0
-    # ZooKeeper reports whole milliseconds for min and max; rounding outwards keeps
-    # min <= avg <= max true for scripts that check it.
-    return (math.floor(s.latency_min), s.latency_total / s.latency_count,
-            math.ceil(s.latency_max))
 
 
 def _mode(server: ZkServer) -> str:
@@ -47,7 +34,7 @@ def _ensemble_lines(server: ZkServer) -> str:
 
 
 def _srvr(server: ZkServer) -> str:
-    lo, avg, hi = _latency(server)
+    lo, avg, hi = latency(server)
     s = server.stats
     if not server.serving and not server.standalone and not server.read_only:
         return ("This ZooKeeper instance is not currently serving requests\n"
@@ -80,52 +67,7 @@ def _stat(server: ZkServer) -> str:
 
 
 def _mntr(server: ZkServer) -> str:
-    lo, avg, hi = _latency(server)
-    s = server.stats
-    proc = psutil.Process()
-    try:
-        fds = proc.num_fds()
-    except (AttributeError, psutil.Error):
-        fds = 0
-    limit = os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 0
-    rows = [
-        ("zk_version", VERSION),
-        ("zk_server_state", _mode(server)),
-        ("zk_avg_latency", f"{avg:.4f}"),
-        ("zk_max_latency", f"{hi:.0f}"),
-        ("zk_min_latency", f"{lo:.0f}"),
-        ("zk_packets_received", s.packets_received),
-        ("zk_packets_sent", s.packets_sent),
-        ("zk_num_alive_connections", len(server.connections)),
-        ("zk_outstanding_requests", server.outstanding),
-        ("zk_znode_count", server.tree.node_count),
-        ("zk_watch_count", server.watches.count()),
-        ("zk_ephemerals_count", sum(len(server.tree.ephemerals(sid))
-                                    for sid in server.tree.sessions)),
-        ("zk_approximate_data_size", server.tree.approximate_data_size),
-        ("zk_open_file_descriptor_count", fds),
-        ("zk_max_file_descriptor_count", limit),
-        ("zk_global_sessions", len(server.tree.sessions)),
-        ("zk_last_zxid", f"0x{server.tree.last_zxid:x}"),
-        ("zk_fsync_count", s.fsyncs),
-        ("zk_txn_count", s.txns),
-        ("zk_uptime", int((time.time() - s.started) * 1000)),
-    ]
-    if not server.standalone and server.core is not None:
-        rows += [("zk_epoch", server.core.term),
-                 ("zk_leader_id", server.core.leader_id),
-                 ("zk_commit_index", server.core.commit),
-                 ("zk_applied_index", server.core.applied)]
-        states = server.peer_states()
-        if server.is_leader:
-            synced = {sid for sid, st in states.items() if st.startswith("synced")}
-            observers = set(server.observers)
-            # As ZooKeeper: followers are the voting learners, observers are counted apart.
-            rows += [("zk_followers", len(states)),
-                     ("zk_synced_followers", len(synced - observers)),
-                     ("zk_synced_observers", len(synced & observers))]
-        rows += [(f"zk_peer_{sid}_state", state) for sid, state in states.items()]
-    return "".join(f"{k}\t{v}\n" for k, v in rows)
+    return "".join(f"{k}\t{v}\n" for k, v in mntr_rows(server, VERSION))
 
 
 def _conf(server: ZkServer) -> str:

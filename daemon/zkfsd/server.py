@@ -38,6 +38,7 @@ from zkfs.constants import Err, OpCode
 from zkfsd import tls
 from zkfsd.clients import ClientConnection
 from zkfsd.config import ServerConfig
+from zkfsd.adminserver import start_monitoring
 from zkfsd.consensus import make_zxid
 from zkfsd.peers import PeerTransport
 from zkfsd.raft import Message, RaftNode
@@ -150,6 +151,7 @@ class ZkServer:
         self._was_serving = False
         self.listen_port: int | None = None
         self.secure_listen_port: int | None = None
+        self.monitoring_ports: dict[str, int] = {}  # AdminServer / Prometheus, once bound
 
     @property
     def standalone(self) -> bool:
@@ -273,6 +275,7 @@ class ZkServer:
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._reaper_loop)
                 await self._listen(nursery)
+                self.monitoring_ports = await start_monitoring(self, nursery)
                 log.info("serving clients on %s (%s, member %d of %s%s, tickTime %d ms, "
                          "session timeout %d..%d ms)", self.listening_on(),
                          "standalone" if self.standalone else "ensemble",

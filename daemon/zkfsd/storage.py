@@ -32,12 +32,15 @@ import logging
 import os
 import re
 import struct
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgpack
+
+from zkfsd.metrics import Summary
 
 __all__ = [
     "Entry",
@@ -196,6 +199,12 @@ class Storage:
             raise ValueError("segment_bytes must be positive")
         self.segment_bytes = segment_bytes
         self.fsync_count = 0
+        # Durations in ms, for mntr and the Prometheus endpoint (ZooKeeper's fsynctime,
+        # snapshottime, dbinittime) and how many entries the last load() replayed.
+        self.fsync_ms = Summary()
+        self.snapshot_ms = Summary()
+        self.load_ms = Summary()
+        self.loaded_entries = Summary()
         self._loaded = False
         self._closed = False
         self._snap_index = 0
@@ -217,6 +226,7 @@ class Storage:
     def load(self) -> LoadedState:
         if self._loaded:
             raise RuntimeError("load() may only be called once")
+        started = time.monotonic()
         self._check_version()
         segments = self._list_segments()
         replay = self._replay(segments)
@@ -239,6 +249,8 @@ class Storage:
                 self._write([_REC_HARD, hs.term, hs.vote, hs.commit])
         else:
             self._roll(base + 1)
+        self.load_ms.add((time.monotonic() - started) * 1000)
+        self.loaded_entries.add(len(self._entries))
         return LoadedState(
             snapshot=snap,
             hard_state=HardState(hs.term, hs.vote, hs.commit),
@@ -465,6 +477,7 @@ class Storage:
     def sync(self) -> None:
         self._check_open()
         assert self._file is not None
+        started = time.monotonic()
         while self._unsynced:
             f = self._unsynced[0]
             f.flush()
@@ -477,6 +490,7 @@ class Storage:
             _fsync_dir(self.log_dir)
             self._dir_dirty = False
         self.fsync_count += 1
+        self.fsync_ms.add((time.monotonic() - started) * 1000)
 
     def save_snapshot(self, snap: Snapshot) -> None:
         self._check_open()
@@ -501,6 +515,7 @@ class Storage:
             del self._entries[:]
         self.sync()
 
+        started = time.monotonic()
         path = self.data_dir / f"snapshot.{snap.index:020d}"
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
@@ -510,6 +525,7 @@ class Storage:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(self.data_dir)
+        self.snapshot_ms.add((time.monotonic() - started) * 1000)
         self._snap_index, self._snap_term = snap.index, snap.term
         self._compact()
 

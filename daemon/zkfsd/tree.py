@@ -812,15 +812,24 @@ class DataTree:
         state = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)
         if state.get("format") != SNAPSHOT_FORMAT:
             raise ValueError(f"unsupported snapshot format {state.get('format')!r}")
+        sessions = {sid: SessionInfo(timeout, password)
+                    for sid, timeout, password in state["sessions"]}
+        return cls.from_nodes(state["last_zxid"], sessions, state["nodes"])
+
+    @classmethod
+    def from_nodes(cls, last_zxid: int, sessions: dict[int, SessionInfo],
+                   rows: Iterable[tuple[Any, ...]]) -> DataTree:
+        """A tree from rows laid out as in snapshot() (path, data, acl, czxid, mzxid, ctime,
+        mtime, version, cversion, aversion, ephemeral_owner, pzxid); every parent must be there.
+        Also how `zkfsd import` turns a ZooKeeper tree into a zkfsd one."""
         tree = cls.__new__(cls)
         tree._reset()
-        tree.last_zxid = state["last_zxid"]
-        for sid, timeout, password in state["sessions"]:
-            tree.sessions[sid] = SessionInfo(timeout, password)
+        tree.last_zxid = last_zxid
+        tree.sessions.update(sessions)
         nodes = tree._nodes
         size = 0
         for (path, node_data, acl, czxid, mzxid, ctime, mtime, version, cversion, aversion,
-             owner, pzxid) in state["nodes"]:
+             owner, pzxid) in rows:
             node = Node.__new__(Node)
             node.data = node_data
             node.acl = [(perms, scheme, ident) for perms, scheme, ident in acl]
