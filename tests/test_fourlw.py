@@ -116,7 +116,14 @@ def test_mntr_format_and_values(zkfsd: ZkfsdProcess) -> None:
         assert int(m["zk_packets_sent"]) > int(m0["zk_packets_sent"])
         if "zk_global_sessions" in m:
             assert int(m["zk_global_sessions"]) == 2
-    m = mntr_fields(word(zkfsd, "mntr"))
+    # The sessions are closed (their ephemerals went with the closeSession); the connections
+    # and their watches go once the server has seen each socket end, a moment later.
+    deadline = time.monotonic() + 5
+    while True:
+        m = mntr_fields(word(zkfsd, "mntr"))
+        if int(m["zk_watch_count"]) == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert int(m["zk_ephemerals_count"]) == 0
     assert int(m["zk_watch_count"]) == 0  # the watchers' connections are gone
 

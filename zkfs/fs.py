@@ -599,6 +599,14 @@ class ZkOperations(pyfuse3.Operations):
         file, `data` is the content at `stat` if known: page-cache reads serve exactly that;
         without it the attributes are handed with a zero timeout (the kernel asks again, and
         getattr fetches data and stat together)."""
+        known = inode.known_stat
+        if (known is not None and known.czxid == stat.czxid and known.mzxid > stat.mzxid):
+            # An older read (an event's replay fetched before a newer change, say) must never
+            # take the kernel's attributes of this znode backwards: mzxid only grows.
+            stat = known
+            content = inode.content
+            data = content[1] if content is not None and content[0].mzxid == known.mzxid \
+                else NO_DATA
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode.ino
         a.generation = 0
