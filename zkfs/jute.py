@@ -307,9 +307,22 @@ R = TypeVar("R", bound="Record")
 
 
 class Record:
-    """Base of all jute records (subclasses are dataclasses)."""
+    """Base of all jute records (subclasses are dataclasses).
+
+    A subclass that does not write its own serialize/deserialize gets code compiled from its
+    schema on first use (one struct.Struct per run of fixed-width fields, strings and buffers
+    inline): the schema walk costs several times more per record, and records are the
+    server's and the client's hot path."""
 
     _schema: ClassVar[tuple[tuple[str, Kind], ...] | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Per class, so that a subclass of a compiled record compiles its own schema.
+        if "serialize" not in cls.__dict__:
+            cls.serialize = _lazy_serialize  # type: ignore[method-assign]
+        if "deserialize" not in cls.__dict__:
+            cls.deserialize = classmethod(_lazy_deserialize)  # type: ignore[assignment]
 
     @classmethod
     def schema(cls) -> tuple[tuple[str, Kind], ...]:
@@ -343,6 +356,147 @@ class Record:
         if r.remaining:
             raise JuteError(f"{r.remaining} trailing bytes after {cls.__name__}")
         return rec
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled codecs (see Record)
+
+_FIXED = {"int": ("i", 4), "long": ("q", 8), "bool": ("?", 1)}
+_NULL = _INT.pack(-1)
+
+
+def _lazy_serialize(self: Record, w: Writer) -> None:
+    cls = type(self)
+    fn = _compile_serialize(cls)
+    cls.serialize = fn  # type: ignore[method-assign]
+    fn(self, w)
+
+
+def _lazy_deserialize(cls: type[R], r: Reader) -> R:
+    fn = _compile_deserialize(cls)
+    cls.deserialize = classmethod(fn)  # type: ignore[assignment]
+    return fn(cls, r)
+
+
+def _fixed_runs(schema: tuple[tuple[str, Kind], ...]) -> list[tuple[str, Any]]:
+    """The schema with consecutive fixed-width fields merged: ("fixed", (fmt, size, names))
+    or (name, kind)."""
+    out: list[tuple[str, Any]] = []
+    for name, kind in schema:
+        if isinstance(kind, str) and kind in _FIXED:
+            code, size = _FIXED[kind]
+            if out and out[-1][0] == "\0fixed":
+                fmt, total, names = out[-1][1]
+                out[-1] = ("\0fixed", (fmt + code, total + size, names + [name]))
+            else:
+                out.append(("\0fixed", (">" + code, size, [name])))
+        else:
+            out.append((name, kind))
+    return out
+
+
+def _compile(source: str, env: dict[str, Any], name: str) -> Any:
+    namespace: dict[str, Any] = {}
+    exec(compile(source, f"<jute {name}>", "exec"), env, namespace)  # noqa: S102 - own code
+    return namespace[name]
+
+
+def _compile_serialize(cls: type[Record]) -> Callable[[Record, Writer], None]:
+    env: dict[str, Any] = {"JuteError": JuteError, "_INT": _INT, "_NULL": _NULL,
+                           "struct_error": struct.error, "_write_kind": _write_kind,
+                           "_BYTES": (bytes, bytearray, memoryview)}
+    body = ["def serialize(self, w):", "    buf = w._buf"]
+    for n, (name, kind) in enumerate(_fixed_runs(cls.schema())):
+        if name == "\0fixed":
+            fmt, _size, names = kind
+            env[f"_S{n}"] = struct.Struct(fmt)
+            args = ", ".join(f"self.{f}" for f in names)
+            body += ["    try:",
+                     f"        buf += _S{n}.pack({args})",
+                     "    except struct_error as e:",
+                     f"        raise JuteError('cannot encode {cls.__name__}: ' + str(e)) from None"]
+        elif kind == "ustring":
+            body += [f"    v = self.{name}",
+                     "    if v is None:",
+                     "        buf += _NULL",
+                     "    else:",
+                     "        try:",
+                     "            v = v.encode('utf-8')",
+                     "        except (UnicodeEncodeError, AttributeError) as e:",
+                     "            raise JuteError(f'cannot encode ustring {v!r}') from e",
+                     "        buf += _INT.pack(len(v))",
+                     "        buf += v"]
+        elif kind == "buffer":
+            body += [f"    v = self.{name}",
+                     "    if v is None:",
+                     "        buf += _NULL",
+                     "    elif isinstance(v, _BYTES):",
+                     "        v = bytes(v)",
+                     "        buf += _INT.pack(len(v))",
+                     "        buf += v",
+                     "    else:",
+                     "        raise JuteError('buffer must be bytes or None, not '"
+                     " + type(v).__name__)"]
+        else:
+            env[f"_K{n}"] = kind
+            body.append(f"    _write_kind(w, _K{n}, self.{name})")
+    return _compile("\n".join(body) + "\n", env, "serialize")  # type: ignore[no-any-return]
+
+
+def _compile_deserialize(cls: type[R]) -> Callable[[type[R], Reader], R]:
+    env: dict[str, Any] = {"JuteError": JuteError, "_INT": _INT, "_read_kind": _read_kind,
+                           "_truncated": _truncated}
+    schema = cls.schema()
+    body = ["def deserialize(cls, r):", "    data = r._data", "    pos = r._pos",
+            "    end = len(data)"]
+    for n, (name, kind) in enumerate(_fixed_runs(schema)):
+        if name == "\0fixed":
+            fmt, size, names = kind
+            env[f"_S{n}"] = struct.Struct(fmt)
+            targets = "".join(f"f_{f}, " for f in names)
+            body += [f"    if pos + {size} > end:",
+                     f"        _truncated(r, pos, {size})",
+                     f"    {targets}= _S{n}.unpack_from(data, pos)",
+                     f"    pos += {size}"]
+        elif kind in ("ustring", "buffer"):
+            what = kind
+            body += ["    if pos + 4 > end:",
+                     "        _truncated(r, pos, 4)",
+                     "    (n,) = _INT.unpack_from(data, pos)",
+                     "    pos += 4",
+                     "    if n == -1:",
+                     f"        f_{name} = None",
+                     "    else:",
+                     "        if n < 0:",
+                     f"            raise JuteError(f'negative {what} length {{n}}')",
+                     "        if n > end - pos:",
+                     f"            raise JuteError(f'{what} length {{n}} past end of record "
+                     "({end - pos} left)')"]
+            if kind == "ustring":
+                body += ["        try:",
+                         f"            f_{name} = data[pos:pos + n].decode('utf-8')",
+                         "        except UnicodeDecodeError as e:",
+                         "            raise JuteError(f'invalid UTF-8 in ustring: {e}') from e"]
+            else:
+                body.append(f"        f_{name} = data[pos:pos + n]")
+            body.append("        pos += n")
+        else:
+            env[f"_K{n}"] = kind
+            body += ["    r._pos = pos",
+                     f"    f_{name} = _read_kind(r, _K{n})",
+                     "    pos = r._pos"]
+    body.append("    r._pos = pos")
+    if len(dataclasses.fields(cls)) == len(schema):  # type: ignore[arg-type]
+        body.append(f"    return cls({', '.join(f'f_{name}' for name, _ in schema)})")
+    else:
+        body.append(f"    return cls({', '.join(f'{name}=f_{name}' for name, _ in schema)})")
+    return _compile("\n".join(body) + "\n", env, "deserialize")  # type: ignore[no-any-return]
+
+
+def _truncated(r: Reader, pos: int, n: int) -> None:
+    r._pos = pos
+    r._take(n)  # raises the JuteError
+    raise AssertionError("unreachable")
 
 
 def record_schema(cls: type[Record]) -> tuple[tuple[str, Kind], ...]:
