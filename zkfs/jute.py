@@ -39,7 +39,7 @@ __all__ = [
     "WhoAmIResponse", "ErrorResponse", "WatcherEvent", "MultiHeader", "MultiRequest",
     "MultiResponse", "MULTI_REQUEST_RECORDS", "MULTI_RESPONSE_RECORDS",
     "REQUEST_RECORDS", "RESPONSE_RECORDS", "frame", "FrameDecoder",
-    "encode_request", "decode_request", "encode_reply", "decode_reply",
+    "encode_request", "decode_request", "encode_reply", "append_reply", "decode_reply",
     "encode_connect_request", "decode_connect_request",
     "encode_connect_response", "decode_connect_response",
 ]
@@ -83,8 +83,9 @@ T = TypeVar("T")
 class Writer:
     """Accumulates jute-encoded bytes."""
 
-    def __init__(self) -> None:
-        self._buf = bytearray()
+    def __init__(self, buf: bytearray | None = None) -> None:
+        """`buf`: append to this buffer (a connection's outgoing bytes) instead of a new one."""
+        self._buf = bytearray() if buf is None else buf
 
     def getvalue(self) -> bytes:
         return bytes(self._buf)
@@ -1056,6 +1057,27 @@ class FrameDecoder:
         del self._buf[:4 + n]
         return payload
 
+    def frames(self) -> list[bytes]:
+        """Every complete payload buffered, consumed with one deletion (deleting frame by frame
+        moves the rest of the buffer each time). A bad length prefix behind good frames stays
+        buffered and raises FrameTooLarge on the next call, so the good ones come first."""
+        buf = self._buf
+        out = []
+        pos, end = 0, len(buf)
+        while end - pos >= 4:
+            (n,) = _INT.unpack_from(buf, pos)
+            if n < 0 or n > self.max_frame:
+                if not out:
+                    raise FrameTooLarge(f"frame length {n} outside 0..{self.max_frame}")
+                break
+            if end - pos - 4 < n:
+                break
+            out.append(bytes(buf[pos + 4:pos + 4 + n]))
+            pos += 4 + n
+        if pos:
+            del buf[:pos]
+        return out
+
 
 # ---------------------------------------------------------------------------------------------
 # Convenience encode/decode
@@ -1088,13 +1110,31 @@ def decode_request(payload: bytes) -> tuple[RequestHeader, Record]:
     return header, cls.deserialize(r)
 
 
+_FRAMED_REPLY_HEADER = struct.Struct(">iiqi")  # frame length, xid, zxid, err
+
+
+def append_reply(out: bytearray, xid: int, zxid: int, err: int, record: Record | None) -> None:
+    """encode_reply, appended to `out` in place (no intermediate bytes objects): the frame's
+    length is patched in once the body is written."""
+    start = len(out)
+    try:
+        out += _FRAMED_REPLY_HEADER.pack(16, xid, zxid, err)
+    except struct.error as e:
+        raise JuteError(f"cannot encode ReplyHeader: {e}") from None
+    if err == 0 and record is not None:
+        try:
+            record.serialize(Writer(out))
+        except BaseException:
+            del out[start:]
+            raise
+        _INT.pack_into(out, start, len(out) - start - 4)
+
+
 def encode_reply(xid: int, zxid: int, err: int, record: Record | None) -> bytes:
     """Framed ReplyHeader + body; the body is sent only when err == 0 and record is given."""
-    w = Writer()
-    ReplyHeader(xid, zxid, err).serialize(w)
-    if err == 0 and record is not None:
-        record.serialize(w)
-    return frame(w.getvalue())
+    out = bytearray()
+    append_reply(out, xid, zxid, err, record)
+    return bytes(out)
 
 
 def decode_reply(payload: bytes, op: int | None) -> tuple[ReplyHeader, Record | None]:

@@ -1,54 +1,80 @@
 """One client connection of zkfsd: the ZooKeeper client protocol on a socket, on trio.
 
-Three tasks per connection, in one nursery the connection owns:
-  reader   bytes → protocol events (wire.ServerConnection); writes are proposed at once (so
-           they pipeline and share fsyncs), every request is queued for the replier in order
-  replier  answers strictly in arrival order: a write once it is applied here, a read when
-           it reaches the head of the queue, so a session reads its own writes
-  writer   sends queued replies and watch notifications, coalescing them into few syscalls
-A client that stops reading is disconnected once its queue passes a bound; nothing it does
-can reach the server's other connections.
+The connection only moves bytes: `wire.ServerConnection` turns what arrives into events and
+encodes replies into one outgoing buffer, and the member behind it is reached through the
+narrow `backend.Backend` (open a session, touch it, submit a write, read). Two tasks:
+  reader   everything readable on the socket, decoded in one go; reads are answered at once
+           (encoded straight into the outgoing buffer) unless an earlier write of this session
+           is still in flight, writes are submitted and queued in order
+  sender   answers the queue's head as it becomes ready (a write once applied here, a read
+           after the writes before it), then sends all encoded bytes with one syscall
+Replies thus leave in request order and a session reads its own writes; a watch event is
+encoded when the change is applied, so it precedes every reply that could show the change.
+There is no task or channel hop per request: the sender wakes once per turn, not per reply.
+A client that stops reading is disconnected once its unsent replies pass a bound; nothing it
+does can reach the server's other connections.
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Union
 
 import trio
 
 from zkfs import jute
-from zkfs.constants import Err, EventType, KeeperState, OpCode, Xid
+from zkfs.constants import Err, EventType, OpCode, Xid
 
-from zkfsd import fourlw, handlers, sasl, wire
-from zkfsd.sessions import new_password
+from zkfsd import sasl, wire
+from zkfsd.backend import Backend, SubmittedWrite
+from zkfsd.handlers import WRITE_OPS
 from zkfsd.tree import digest_auth_id
-
-if TYPE_CHECKING:
-    from zkfsd.server import ZkServer
 
 log = logging.getLogger("zkfsd.server")
 
 MAX_PENDING_REQUESTS = 1000   # per connection; past this we stop reading its socket
-MAX_OUTBOUND_MESSAGES = 20000  # per connection; a client that stops reading is disconnected
-# Also bound the *bytes* queued for one connection: 20000 replies of up to 1 MiB each would let
-# one client that never reads its socket make the server buffer gigabytes (test_faults).
+# Unsent replies of one connection: a client that never reads its socket must not make the
+# server buffer gigabytes of 1 MiB replies (test_faults); the server-wide budget is
+# maxClientReplyBytes (Backend.account_reply_bytes).
 MAX_OUTBOUND_BYTES = 64 * 1024 * 1024
 # Errors a client connection can end with; none of them may reach the listener's nursery (an
 # exception escaping a connection handler would take the whole server down with it).
 _CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-PROTOCOL_VERSION = 0
+RECEIVE_SIZE = 256 * 1024
+ACCOUNT_EVERY = 256 * 1024  # encoded bytes between two checks of the reply budgets
+
+
+class _Read:
+    """A read that waits behind a write of its session (so that it sees that write)."""
+    __slots__ = ("xid", "op", "record", "started")
+
+    def __init__(self, xid: int, op: int, record: Any, started: float) -> None:
+        self.xid, self.op, self.record, self.started = xid, op, record, started
+
+
+class _Header:
+    """A reply without a body (an error, an auth result) that keeps its place in the order;
+    `close` ends the connection once it is sent."""
+    __slots__ = ("xid", "err", "close")
+
+    def __init__(self, xid: int, err: int, close: bool) -> None:
+        self.xid, self.err, self.close = xid, err, close
+
+
+_Queued = Union[_Read, _Header, SubmittedWrite]
 
 
 class ClientConnection:
-    """One client socket: reader → (ordered replies) → writer."""
+    """One client socket: bytes → wire events → backend → replies → bytes."""
 
-    def __init__(self, server: ZkServer, stream: trio.abc.Stream, peer: tuple[str, int],
+    def __init__(self, backend: Backend, stream: trio.abc.Stream, peer: tuple[str, int],
                  auth: Sequence[tuple[str, str]] = ()) -> None:
-        """`stream` is a TCP stream or a TLS stream over one; `auth` holds the ids that the
-        transport already proved (a client certificate's x509 id)."""
-        self.server = server
+        """`stream` is a TCP stream or a TLS stream over one (or one end of a memory stream in
+        tests); `auth` holds the ids that the transport already proved (a client
+        certificate's x509 id)."""
+        self.backend = backend
         self.stream = stream
         self.peer = peer
         self.session_id = 0
@@ -61,12 +87,15 @@ class ClientConnection:
         for ident in auth:
             self._grant_super(ident)
         self.codec = wire.ServerConnection()
-        self._out_send, self._out_recv = trio.open_memory_channel[Any](MAX_OUTBOUND_MESSAGES)
-        self._pending_send, self._pending_recv = trio.open_memory_channel[Any](MAX_PENDING_REQUESTS)
+        self._queue: deque[_Queued] = deque()  # replies owed, in request order
+        self._wake = trio.lowlevel.ParkingLot()     # the sender waits here for work
+        self._drained = trio.lowlevel.ParkingLot()  # the reader waits here for queue room
+        self._closing = False  # the last reply is encoded: send it, then close
         self._scope: trio.CancelScope | None = None
+        self._in_send = 0      # bytes handed to the stream, not yet confirmed written
         self.received = 0
         self.sent = 0
-        self.queued_bytes = 0  # replies handed to the writer but not yet written to the socket
+        self.queued_bytes = 0  # encoded or being sent, not yet written (the reply budget)
         self.connected_at = time.time()
         # Set by the first frame (a handshake or a four-letter word): a connection that says
         # nothing is closed after the sessionless-connection timeout.
@@ -75,24 +104,18 @@ class ClientConnection:
     def __hash__(self) -> int:
         return id(self)
 
-    # -- outbound --------------------------------------------------------------------------------
-    def _send(self, data: bytes | None) -> None:
-        if data is not None:
-            if self.queued_bytes + len(data) > MAX_OUTBOUND_BYTES:
-                self.abort("client is not reading its replies")
-                return
-            self.queued_bytes += len(data)
-            self.server.reserve_reply_bytes(self, len(data))
-        try:
-            self._out_send.send_nowait(data)
-        except trio.WouldBlock:
-            self.abort("client is not reading its replies")
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+    @property
+    def watcher(self) -> ClientConnection:
+        """Watches are registered for the connection (handlers.ReadContext)."""
+        return self
 
+    # -- what the member calls ------------------------------------------------------------------
     def notify(self, event_type: EventType, path: str) -> None:
-        event = jute.WatcherEvent(int(event_type), int(KeeperState.SYNC_CONNECTED), path)
-        self._send(jute.encode_reply(Xid.NOTIFICATION, -1, 0, event))
+        """A watch of this connection fired (called while the change is applied)."""
+        if self._closing:
+            return
+        self.codec.send_event(event_type, path)
+        self._encoded()
 
     def abort(self, reason: str) -> None:
         if self._scope is not None and self._scope.cancel_called:
@@ -108,45 +131,18 @@ class ClientConnection:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
 
-    async def _writer(self) -> None:
-        async for first in self._out_recv:
-            batch = [first]
-            # Coalesce whatever else is queued into one send (fewer syscalls under load).
-            while len(batch) < 256:
-                try:
-                    batch.append(self._out_recv.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            closing = None in batch
-            data = b"".join(b for b in batch if b is not None)
-            if data:
-                try:
-                    await self.stream.send_all(data)
-                except _CONNECTION_ERRORS:
-                    # The peer is gone (e.g. reset while we wrote): end the whole connection.
-                    assert self._scope is not None
-                    self._scope.cancel()
-                    return
-                self.queued_bytes -= len(data)
-                self.server.reply_bytes -= len(data)
-                self.sent += len(batch)
-                self.server.stats.packets_sent += len(batch)
-            if closing:
-                assert self._scope is not None
-                self._scope.cancel()
-                return
-
     # -- main ------------------------------------------------------------------------------------
     async def serve(self) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
                 nursery.start_soon(self._handshake_deadline)
-                nursery.start_soon(self._writer)
-                nursery.start_soon(self._replier)
+                nursery.start_soon(self._sender)
                 await self._reader()
-                # The peer closed its side: nothing left to say to it.
-                nursery.cancel_scope.cancel()
+                # The peer closed its side (or sent something unforgivable): nothing is left
+                # to say to it, except a last reply already encoded.
+                if not self._closing:
+                    nursery.cancel_scope.cancel()
         except* _CONNECTION_ERRORS:
             # trio wraps a child task's error in an ExceptionGroup, so a plain `except` never
             # matched here and a reset connection crashed the server: match inside the group.
@@ -155,235 +151,213 @@ class ClientConnection:
     async def _handshake_deadline(self) -> None:
         # ZooKeeper closes connections that establish no session within 10 s (its
         # sessionlessCnxnTimeout); idle sockets would otherwise hold descriptors for ever.
-        await trio.sleep(self.server.config.sessionless_timeout / 1000.0)
+        await trio.sleep(self.backend.config.sessionless_timeout / 1000.0)
         if not self.introduced:
             self.abort("no handshake within the sessionless-connection timeout")
 
+    @property
+    def _aborted(self) -> bool:
+        return self._scope is not None and self._scope.cancel_called
+
+    def _encoded(self) -> None:
+        """Bytes were added to the outgoing buffer: account them and wake the sender."""
+        queued = self.codec.outgoing + self._in_send
+        if queued != self.queued_bytes:
+            delta, self.queued_bytes = queued - self.queued_bytes, queued
+            if queued > MAX_OUTBOUND_BYTES:
+                self.abort("client is not reading its replies")
+            self.backend.account_reply_bytes(self, delta)
+        self._wake.unpark_all()
+
+    # -- reader ----------------------------------------------------------------------------------
     async def _reader(self) -> None:
-        while True:
-            event = self.codec.next_event()
-            if event is wire.NEED_DATA:
-                try:
-                    data = await self.stream.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    return
-                if not data:
-                    return
-                self.codec.receive_data(data)
-                continue
-            self.introduced = True
-            if isinstance(event, wire.FourLetterWord):
-                text = fourlw.answer(event.command, self.server)
-                self._send(text.encode())
-                self._send(None)
-                await trio.sleep_forever()
-            if isinstance(event, wire.ProtocolError):
-                log.info("closing connection from %s:%s: %s", self.peer[0], self.peer[1],
-                         event.reason)
+        while not self._closing:
+            while len(self._queue) >= MAX_PENDING_REQUESTS:
+                await self._drained.park()
+            try:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+            except _CONNECTION_ERRORS:
                 return
-            if isinstance(event, wire.Connect):
-                if not await self._connect(event.request):
-                    await trio.sleep_forever()  # the writer closes after the refusal is sent
-                continue
-            self.received += 1
-            self.server.stats.packets_received += 1
-            if self.read_only:
-                if not self.server.read_only:
-                    self.abort("this member is back in the quorum: read-only session ends")
-                    await trio.sleep_forever()
-            elif self.session_id and not self.server.serving:
-                # Cut off from the leader: the client must take its session to a member that
-                # can vouch for it, before the leader could expire it.
-                self.abort("this member is not serving")
-                await trio.sleep_forever()
-            elif self.session_id and not self.server.touch_session(self.session_id):
-                self.abort("session is no longer live")
-                await trio.sleep_forever()
-            if isinstance(event, wire.BadRequest):
+            if not data:
+                return
+            self.codec.receive_data(data)
+            if not await self._handle(self.codec.events()):
+                return
+            self._encoded()
+
+    async def _handle(self, events: list[wire.Event]) -> bool:
+        """Handle one turn's events; False once the connection must end (without a reply)."""
+        checked = False
+        requests = 0
+        for event in events:
+            if self._closing or self._aborted:
+                break
+            self.introduced = True
+            if isinstance(event, wire.Request):
+                if not checked:
+                    # Once per turn, not per request: the session is live and this member
+                    # still serves it (ZooKeeper touches per request; the outcome is the same).
+                    reason = self.backend.refuse_request(self)
+                    if reason is not None:
+                        self.abort(reason)
+                        return False
+                    checked = True
+                requests += 1
+                self._request(event.xid, event.op, event.record)
+            elif isinstance(event, wire.Connect):
+                await self._connect(event.request)
+            elif isinstance(event, wire.BadRequest):
                 log.info("bad request from %s:%s (xid %d, op %d): %s", self.peer[0],
                          self.peer[1], event.xid, event.op, event.err.name)
-                await self._pending_send.send(("error", event.xid, event.op, event.err,
-                                               event.fatal))
-                if event.fatal:
-                    await trio.sleep_forever()
-                continue
-            await self._dispatch(event)
-
-    async def _connect(self, request: Any) -> bool:
-        server = self.server
-        if not server.serving and not request.read_only:
-            # Like a ZooKeeper member that is not in a quorum: close, so the client moves on
-            # to the next server in its list.
-            log.info("refusing session for %s:%s: this member has no leader", self.peer[0],
-                     self.peer[1])
-            self._send(None)
-            return False
-        if not server.serving and not server.read_only:
-            log.info("refusing read-only session for %s:%s: this member has no leader and "
-                     "readonlymode.enabled is off", self.peer[0], self.peer[1])
-            self._send(None)
-            return False
-        if request.last_zxid_seen > server.tree.last_zxid:
-            log.info("refusing session for %s:%s: it has seen zxid 0x%x, ours is 0x%x",
-                     self.peer[0], self.peer[1], request.last_zxid_seen, server.tree.last_zxid)
-            self._send(None)
-            return False
-        timeout = server.negotiate_timeout(request.timeout)
-        if not server.serving:
-            return self._connect_read_only(request, timeout)
-        if request.session_id == 0:
-            created = await server.create_session(timeout)
-            if created is None:
-                self._send(None)
+                requests += 1
+                self._header(event.xid, event.err, event.fatal)
+            elif isinstance(event, wire.FourLetterWord):
+                self.codec.send_text(self.backend.four_letter_word(event.command))
+                self._closing = True
+            else:
+                assert isinstance(event, wire.ProtocolError)
+                log.info("closing connection from %s:%s: %s", self.peer[0], self.peer[1],
+                         event.reason)
                 return False
-            session_id, password = created
-        else:
-            session_id, password = request.session_id, request.passwd
-            if session_id not in server.tree.sessions and not server.is_leader:
-                # This member may simply lag behind the createSession: only after applying
-                # everything the leader has committed may it call the session expired.
-                await server.sync_barrier()
-            info = server.tree.sessions.get(session_id)
-            if (info is None or info.password != password
-                    or not server.touch_session(session_id)):
-                log.info("session 0x%x from %s:%s is unknown or expired", session_id,
-                         self.peer[0], self.peer[1])
-                self._send(jute.encode_connect_response(
-                    jute.ConnectResponse(PROTOCOL_VERSION, 0, 0, bytes(16), False)))
-                self._send(None)
-                return False
-            timeout = info.timeout
-            log.info("session 0x%x resumed from %s:%s", session_id, self.peer[0], self.peer[1])
-        previous = server.by_session.get(session_id)
-        if previous is not None and previous is not self:
-            previous.abort("session moved to another connection")
-        server.by_session[session_id] = self
-        self.session_id = session_id
-        self.timeout_ms = timeout
-        self._send(jute.encode_connect_response(
-            jute.ConnectResponse(PROTOCOL_VERSION, timeout, session_id, password, False)))
+        self.received += requests
+        self.backend.count_received(requests)
         return True
 
-    def _connect_read_only(self, request: Any, timeout: int) -> bool:
-        """ZooKeeper's read-only server: the session lives on this member only (nothing is
-        proposed, nothing keeps a real session alive); a client that brings a live session
-        keeps its id, so its ephemeral nodes read as its own."""
-        server = self.server
-        info = server.tree.sessions.get(request.session_id) if request.session_id else None
-        if info is not None and info.password == request.passwd:
-            session_id, password, timeout = request.session_id, request.passwd, info.timeout
-        else:
-            session_id = server.session_ids.next(server.tree.sessions)
-            password = new_password()
-        self.session_id, self.timeout_ms, self.read_only = session_id, timeout, True
-        log.info("read-only session 0x%x for %s:%s (this member has no quorum)", session_id,
-                 self.peer[0], self.peer[1])
-        self._send(jute.encode_connect_response(
-            jute.ConnectResponse(PROTOCOL_VERSION, timeout, session_id, password, True)))
-        return True
-
-    async def _dispatch(self, event: wire.Request) -> None:
-        op, xid, record = event.op, event.xid, event.record
-        started = time.monotonic()
-        if self.session_id == 0:
+    async def _connect(self, request: jute.ConnectRequest) -> None:
+        grant = await self.backend.open_session(self, request)
+        if grant.response is None:
+            self._closing = True  # refused without an answer: the client tries another member
             return
-        if (self.server.config.security.require_sasl and op not in _BEFORE_SASL
+        if grant.response.session_id:
+            self.session_id = grant.response.session_id
+            self.timeout_ms = grant.response.timeout
+            self.read_only = grant.read_only
+        self.codec.send_connect_response(grant.response)
+        if grant.close:
+            self._closing = True
+
+    def _header(self, xid: int, err: int, close: bool) -> None:
+        if self._queue:
+            self._queue.append(_Header(xid, err, close))
+            return
+        self.codec.send_reply(xid, self.backend.last_zxid, err)
+        self._closing = self._closing or close
+
+    def _request(self, xid: int, op: int, record: Any) -> None:
+        if self.session_id == 0:
+            return  # requests before a session was granted are ignored, as before
+        if (self.backend.config.security.require_sasl and op not in _BEFORE_SASL
                 and not any(scheme == "sasl" for scheme, _ in self.auth)):
             # requireClientAuthScheme=sasl: nothing but the SASL exchange until it succeeded.
             log.info("session 0x%x sent op %d before authenticating with SASL; closing",
                      self.session_id, op)
-            await self._pending_send.send(("error", xid, op,
-                                           Err.SESSION_CLOSED_REQUIRE_SASL_AUTH, True))
+            self._header(xid, Err.SESSION_CLOSED_REQUIRE_SASL_AUTH, True)
             return
         if op == OpCode.AUTH:
-            reply, fatal = self._authenticate(record)
-            await self._pending_send.send(("reply", reply, fatal))
+            # addauth is applied at once, so that the requests after it (a create with an
+            # `auth` ACL, say) already carry the new id; its reply keeps its place.
+            err = self._authenticate(record)
+            self._header(Xid.AUTH, err, err != Err.OK)
             return
-        if self.read_only and op == OpCode.CLOSE_SESSION:
-            # The session exists only on this connection: nothing to propose.
-            zxid = self.server.tree.last_zxid
-            await self._pending_send.send(("reply", jute.encode_reply(xid, zxid, 0, None), True))
-            return
-        if self.read_only and (op in handlers.WRITE_OPS or op == OpCode.SYNC):
-            await self._pending_send.send(("error", xid, op, Err.NOT_READ_ONLY, False))
-            return
-        if op in handlers.WRITE_OPS:
-            try:
-                txn = handlers.write_txn(op, record, self.session_id, self.auth)
-            except handlers.RequestError as exc:
-                await self._pending_send.send(("error", xid, op, exc.err, False))
+        if self.read_only:
+            if op == OpCode.CLOSE_SESSION:
+                # The session exists only on this connection: nothing to propose.
+                self._header(xid, Err.OK, True)
                 return
-            proposal = self.server.propose(txn)
-            await self._pending_send.send(("write", xid, op, proposal, started))
-        elif op == OpCode.SYNC and not self.server.standalone:
-            # Through the leader: once this empty transaction is applied here, everything the
-            # leader had committed before it is too.
-            proposal = self.server.propose({"type": int(OpCode.SYNC), "session": self.session_id,
-                                            "auth": [], "path": record.path})
-            await self._pending_send.send(("write", xid, op, proposal, started))
+            if op in WRITE_OPS or op == OpCode.SYNC:
+                self._header(xid, Err.NOT_READ_ONLY, False)
+                return
+        if op in WRITE_OPS or op == OpCode.SYNC:
+            submitted = self.backend.submit(self, xid, op, record)
+            if isinstance(submitted, SubmittedWrite):
+                self._queue.append(submitted)
+                return
+            if submitted is not None:
+                self._header(xid, submitted, False)
+                return
+            # None: nothing to replicate (sync on a standalone member), a read after all.
+        if self._queue:
+            self._queue.append(_Read(xid, op, record, time.monotonic()))
         else:
-            await self._pending_send.send(("read", xid, op, record, started))
-
-    async def _replier(self) -> None:
-        """Answers requests strictly in arrival order; a read waits for this session's writes."""
-        server = self.server
-        async for item in self._pending_recv:
-            kind = item[0]
-            if kind == "write":
-                _, xid, op, proposal, started = item
-                await proposal.done.wait()
-                if proposal.result is None:
-                    self.abort("its write could not be committed (leader lost)")
-                    return
-                if op == OpCode.SYNC:
-                    err, body = Err.OK, jute.SyncResponse(proposal.txn["path"])
-                else:
-                    err, body = handlers.write_response(op, proposal.result)
-                zxid = proposal.txn["zxid"]
-                self._send(jute.encode_reply(xid, zxid, err, body))
-                server.stats.record_latency(time.monotonic() - started)
-                if op == OpCode.CLOSE_SESSION:
-                    self._send(None)
-                    return
-            elif kind == "read":
-                _, xid, op, record, started = item
-                self._answer_read(xid, op, record)
-                server.stats.record_latency(time.monotonic() - started)
-            elif kind == "reply":
-                _, reply, fatal = item
-                self._send(reply)
-                if fatal:
-                    self._send(None)
-                    return
-            else:
-                _, xid, op, err, fatal = item
-                self._send(jute.encode_reply(xid, server.tree.last_zxid, err, None))
-                if fatal:
-                    self._send(None)
-                    return
+            self._answer_read(xid, op, record)
 
     def _answer_read(self, xid: int, op: int, record: Any) -> None:
-        server = self.server
-        zxid = server.tree.last_zxid
+        backend = self.backend
         if op == OpCode.PING:
-            self._send(jute.encode_reply(Xid.PING, zxid, 0, None))
-            return
-        if op == OpCode.SASL:
+            self.codec.send_reply(Xid.PING, backend.last_zxid, 0)
+        elif op == OpCode.SASL:
             self._sasl_step(xid, record)
-            return
-        if op in (OpCode.SET_WATCHES, OpCode.SET_WATCHES2):
-            for event_type, path in handlers.set_watches(server.tree, server.watches, self, record):
-                self.notify(event_type, path)
-            self._send(jute.encode_reply(xid, zxid, 0, None))
-            return
-        ctx = handlers.ReadContext(self, self.session_id, self.auth)
-        err, body = handlers.execute_read(server.tree, server.watches, ctx, op, record)
-        self._send(jute.encode_reply(xid, zxid, err, body))
+        elif op in (OpCode.SET_WATCHES, OpCode.SET_WATCHES2):
+            for event_type, path in backend.set_watches(self, record):
+                self.codec.send_event(event_type, path)
+            self.codec.send_reply(xid, backend.last_zxid, 0)
+        else:
+            zxid, err, body = backend.read(self, op, record)
+            self.codec.send_reply(xid, zxid, err, body)
+        if self.codec.outgoing + self._in_send - self.queued_bytes > ACCOUNT_EVERY:
+            # Big replies (up to 1 MiB each) count against the budgets at once, not only at
+            # the end of a turn that may hold hundreds of them.
+            self._encoded()
 
-    def _authenticate(self, record: Any) -> tuple[bytes, bool]:
-        """addauth, applied at once by the reader so that the requests after it (a create
-        with an `auth` ACL, say) already carry the new id; the reply keeps its place."""
-        zxid = self.server.tree.last_zxid
+    # -- sender ----------------------------------------------------------------------------------
+    async def _sender(self) -> None:
+        queue = self._queue
+        backend = self.backend
+        while True:
+            replied = 0
+            while queue and not self._closing and not self._aborted:
+                head = queue[0]
+                if isinstance(head, SubmittedWrite):
+                    if not head.done.is_set():
+                        break
+                    queue.popleft()
+                    reply = backend.write_reply(head)
+                    if reply is None:
+                        self.abort("its write could not be committed (leader lost)")
+                        return
+                    self.codec.send_reply(head.xid, *reply)
+                    backend.record_latency(time.monotonic() - head.started)
+                    if head.op == OpCode.CLOSE_SESSION:
+                        self._closing = True
+                elif isinstance(head, _Read):
+                    queue.popleft()
+                    self._answer_read(head.xid, head.op, head.record)
+                    backend.record_latency(time.monotonic() - head.started)
+                else:
+                    queue.popleft()
+                    self.codec.send_reply(head.xid, backend.last_zxid, head.err)
+                    self._closing = head.close
+                replied += 1
+            if replied:
+                self._drained.unpark_all()
+            if self.codec.outgoing:
+                data = self.codec.data_to_send()
+                self._in_send = len(data)
+                try:
+                    await self.stream.send_all(data)
+                except _CONNECTION_ERRORS:
+                    # The peer is gone (e.g. reset while we wrote): end the whole connection.
+                    assert self._scope is not None
+                    self._scope.cancel()
+                    return
+                self._in_send = 0
+                frames = self.codec.take_frame_count()
+                self.sent += frames
+                backend.count_sent(frames)
+                self._encoded()
+                continue
+            if self._closing:
+                assert self._scope is not None
+                self._scope.cancel()
+                return
+            if queue and isinstance(queue[0], SubmittedWrite):
+                # One wait per turn: the writes behind it are applied in the same batch.
+                await queue[0].done.wait()
+            else:
+                await self._wake.park()
+
+    # -- authentication --------------------------------------------------------------------------
+    def _authenticate(self, record: Any) -> Err:
         credential = record.auth or b""
         if record.scheme == "digest":
             try:
@@ -395,14 +369,14 @@ class ClientConnection:
                 if ident not in self.auth:
                     self.auth.append(ident)
                 self._grant_super(ident)
-                return jute.encode_reply(Xid.AUTH, zxid, 0, None), False
+                return Err.OK
         log.info("authentication with scheme %r failed for session 0x%x", record.scheme,
                  self.session_id)
-        return jute.encode_reply(Xid.AUTH, zxid, Err.AUTH_FAILED, None), True
+        return Err.AUTH_FAILED
 
     def _sasl_step(self, xid: int, record: jute.GetSASLRequest) -> None:
-        zxid = self.server.tree.last_zxid
-        users = self.server.config.security.sasl_users
+        zxid = self.backend.last_zxid
+        users = self.backend.config.security.sasl_users
         try:
             if users is None:
                 raise sasl.SaslError("SASL is not configured (jaasLoginFile)")
@@ -413,8 +387,8 @@ class ClientConnection:
             # As ZooKeeper: a failed SASL exchange ends the connection.
             log.info("SASL authentication failed for session 0x%x from %s: %s", self.session_id,
                      self.peer[0], exc)
-            self._send(jute.encode_reply(xid, zxid, Err.AUTH_FAILED, None))
-            self._send(None)
+            self.codec.send_reply(xid, zxid, Err.AUTH_FAILED)
+            self._closing = True
             return
         if step.username is not None:
             ident = ("sasl", step.username)
@@ -422,11 +396,12 @@ class ClientConnection:
                 self.auth.append(ident)
             log.info("session 0x%x authenticated with SASL as %s", self.session_id,
                      step.username)
-        self._send(jute.encode_reply(xid, zxid, 0, jute.SetSASLResponse(step.token)))
+        self.codec.send_reply(xid, zxid, 0, jute.SetSASLResponse(step.token))
 
     def _grant_super(self, ident: tuple[str, str]) -> None:
         """An id named as the administrator (superDigest, X509 superUser) passes every ACL."""
-        if ident in self.server.config.security.super_ids and ("super", ident[1]) not in self.auth:
+        if (ident in self.backend.config.security.super_ids
+                and ("super", ident[1]) not in self.auth):
             self.auth.append(("super", ident[1]))
             log.info("session 0x%x is the administrator (%s:%s)", self.session_id, *ident)
 

@@ -6,7 +6,7 @@ registered in the same step as the read, so no change can slip between them.
 """
 from __future__ import annotations
 
-from typing import Any, Hashable
+from typing import Any, Hashable, Protocol
 
 from zkfs import jute
 from zkfs.constants import MAX_DATA, Err, EventType, OpCode, Perm
@@ -40,6 +40,18 @@ def to_stat(stat: Any) -> jute.Stat:
     cversion = _int32(stat.cversion * 2 - stat.num_children)
     owner = 0 if _is_container_or_ttl(stat.ephemeral_owner) else stat.ephemeral_owner
     return jute.Stat(*stat._replace(cversion=cversion, ephemeral_owner=owner))
+
+
+def node_stat(node: Any) -> jute.Stat:
+    """to_stat(node.stat()) without the intermediate tuples (reads build one per reply)."""
+    owner = node.ephemeral_owner
+    if owner and _is_container_or_ttl(owner):
+        owner = 0
+    children = len(node.children)
+    data = node.data
+    return jute.Stat(node.czxid, node.mzxid, node.ctime, node.mtime, node.version,
+                     _int32(node.cversion * 2 - children), node.aversion, owner,
+                     0 if data is None else len(data), children, node.pzxid)
 
 
 def _acl_to_txn(acl: list[jute.ACL] | None) -> list[list]:
@@ -119,13 +131,14 @@ def write_response(op: int, result: ApplyResult) -> tuple[int, Any]:
     return Err.OK, _op_response(op, result.value)[1]
 
 
-class ReadContext:
-    """What a read needs to know about the connection that sent it."""
+class ReadContext(Protocol):
+    """What a read needs to know about the connection that sent it (a client connection is
+    one): its watcher identity, its session and the ids it authenticated as."""
+    session_id: int
+    auth: list[tuple[str, str]]
 
-    def __init__(self, watcher: Hashable, session_id: int, auth: list[tuple[str, str]]) -> None:
-        self.watcher = watcher
-        self.session_id = session_id
-        self.auth = auth
+    @property
+    def watcher(self) -> Hashable: ...
 
 
 def _lookup(tree: DataTree, path: Any) -> Any:
@@ -167,13 +180,13 @@ def _read(tree: DataTree, watches: WatchManager, ctx: ReadContext, op: int, reco
             watches.add_data(record.path, ctx.watcher)
         if node is None:
             raise RequestError(Err.NO_NODE)
-        return jute.ExistsResponse(to_stat(node.stat()))
+        return jute.ExistsResponse(node_stat(node))
     if op == OpCode.GET_DATA:
         node = _node_or_raise(tree, record.path)
         _require(node, Perm.READ, ctx)
         if record.watch:
             watches.add_data(record.path, ctx.watcher)
-        return jute.GetDataResponse(node.data, to_stat(node.stat()))
+        return jute.GetDataResponse(node.data, node_stat(node))
     if op in (OpCode.GET_CHILDREN, OpCode.GET_CHILDREN2):
         node = _node_or_raise(tree, record.path)
         _require(node, Perm.READ, ctx)
@@ -182,11 +195,11 @@ def _read(tree: DataTree, watches: WatchManager, ctx: ReadContext, op: int, reco
         children = sorted(node.children)
         if op == OpCode.GET_CHILDREN:
             return jute.GetChildrenResponse(children)
-        return jute.GetChildren2Response(children, to_stat(node.stat()))
+        return jute.GetChildren2Response(children, node_stat(node))
     if op == OpCode.GET_ACL:
         node = _node_or_raise(tree, record.path)
         _require(node, Perm.READ | Perm.ADMIN, ctx)
-        return jute.GetACLResponse(_acl_to_wire(node.acl), to_stat(node.stat()))
+        return jute.GetACLResponse(_acl_to_wire(node.acl), node_stat(node))
     if op == OpCode.GET_ALL_CHILDREN_NUMBER:
         node = _node_or_raise(tree, record.path)
         _require(node, Perm.READ, ctx)

@@ -36,6 +36,7 @@ import trio
 from zkfs.constants import Err, OpCode
 
 from zkfsd import tls
+from zkfsd.backend import MemberBackend
 from zkfsd.clients import ClientConnection
 from zkfsd.config import ServerConfig
 from zkfsd.adminserver import start_monitoring
@@ -152,6 +153,7 @@ class ZkServer:
         self.listen_port: int | None = None
         self.secure_listen_port: int | None = None
         self.monitoring_ports: dict[str, int] = {}  # AdminServer / Prometheus, once bound
+        self.backend = MemberBackend(self)  # what client connections see of this member
 
     @property
     def standalone(self) -> bool:
@@ -735,7 +737,16 @@ class ZkServer:
             if not client:
                 self._connection_gone(address)
                 return
-        conn = ClientConnection(self, client, peer, auth)
+        try:
+            await self.serve_connection(client, peer, auth)
+        finally:
+            self._connection_gone(address)
+
+    async def serve_connection(self, stream: trio.abc.Stream, peer: tuple[str, int],
+                               auth: list[tuple[str, str]] | None = None) -> None:
+        """Serve one client over `stream` until either side ends it: a socket accepted
+        above, or one end of a trio memory stream (the in-process tests)."""
+        conn = ClientConnection(self.backend, stream, peer, auth or [])
         self.connections.add(conn)
         try:
             await conn.serve()
@@ -746,7 +757,6 @@ class ZkServer:
             self.connections.discard(conn)
             self.reply_bytes -= conn.queued_bytes
             conn.queued_bytes = 0
-            self._connection_gone(address)
             self.watches.remove_watcher(conn)
             if conn.session_id and self.by_session.get(conn.session_id) is conn:
                 del self.by_session[conn.session_id]
