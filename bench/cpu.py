@@ -4,6 +4,7 @@ zkfsd process (user + system, all threads) divided by the requests it answered.
     .venv/bin/python -m bench.cpu                       # 16 sessions x 32 in flight, 2 s per op
     .venv/bin/python -m bench.cpu --cpus 0              # zkfsd pinned to one core (taskset)
     .venv/bin/python -m bench.cpu --flame bench/flame   # also py-spy flame graphs, one per op
+    .venv/bin/python -m bench.cpu --flame /tmp/prof.txt # collapsed stacks instead of svg
 
 The figure includes everything the process does for a request: decoding, the tree, the log
 append and its share of an fsync, encoding and the send. `--flame PREFIX` writes
@@ -57,11 +58,13 @@ def measure(port: int, pid: int, ops: list[str], sessions: int, window: int, dur
         cell = Cell(op, sessions, window, duration, 10**9, prefix)
         spy = None
         if flame:
-            spy_bin = Path(sys.executable).parent / "py-spy"
-            out = f"{flame}-{op.replace('/', '')}.svg"
-            spy = subprocess.Popen([str(spy_bin), "record", "-o", out, "--pid", str(pid),
-                                    "--duration", str(int(duration) + 2), "--rate", "200",
-                                    "--nonblocking"],
+            # PREFIX-op.svg, or collapsed stacks (py-spy's raw format) for PREFIX ending in .txt
+            raw = flame.endswith(".txt")
+            out = f"{flame.removesuffix('.txt')}-{op.replace('/', '')}.{'txt' if raw else 'svg'}"
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
+                                    "-o", out, "--pid", str(pid), "--rate", "200",
+                                    "--duration", str(int(duration) + 2), "--nonblocking",
+                                    *(["--format", "raw"] if raw else [])],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
         result, before, after = driver.run_cell(address, cell, 2, lambda: _cpu_seconds(proc))

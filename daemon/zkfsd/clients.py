@@ -44,6 +44,9 @@ MAX_OUTBOUND_BYTES = 64 * 1024 * 1024
 _CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 RECEIVE_SIZE = 256 * 1024
 ACCOUNT_EVERY = 256 * 1024  # encoded bytes between two checks of the reply budgets
+# The reader sends a turn's replies itself up to this size; bigger ones go through the sender,
+# so that a client that does not read cannot stop the reader (which must notice it).
+INLINE_SEND_MAX = 64 * 1024
 
 
 class _Read:
@@ -93,6 +96,7 @@ class ClientConnection:
         self._closing = False  # the last reply is encoded: send it, then close
         self._scope: trio.CancelScope | None = None
         self._in_send = 0      # bytes handed to the stream, not yet confirmed written
+        self._sending = False  # a send_all is under way (the reader's or the sender's)
         self.received = 0
         self.sent = 0
         self.queued_bytes = 0  # encoded or being sent, not yet written (the reply budget)
@@ -183,6 +187,11 @@ class ClientConnection:
             self.codec.receive_data(data)
             if not await self._handle(self.codec.events()):
                 return
+            if 0 < self.codec.outgoing <= INLINE_SEND_MAX and not self._sending:
+                # Replies already encoded (reads, errors) leave from here: handing them to
+                # the sender would cost a task switch and a scheduler pass per turn.
+                if not await self._send_encoded():
+                    return
             self._encoded()
 
     async def _handle(self, events: list[wire.Event]) -> bool:
@@ -330,31 +339,42 @@ class ClientConnection:
                 replied += 1
             if replied:
                 self._drained.unpark_all()
-            if self.codec.outgoing:
-                data = self.codec.data_to_send()
-                self._in_send = len(data)
-                try:
-                    await self.stream.send_all(data)
-                except _CONNECTION_ERRORS:
+            if self.codec.outgoing and not self._sending:
+                if not await self._send_encoded():
                     # The peer is gone (e.g. reset while we wrote): end the whole connection.
                     assert self._scope is not None
                     self._scope.cancel()
                     return
-                self._in_send = 0
-                frames = self.codec.take_frame_count()
-                self.sent += frames
-                backend.count_sent(frames)
                 self._encoded()
                 continue
-            if self._closing:
+            if self._closing and not self._sending:
                 assert self._scope is not None
                 self._scope.cancel()
                 return
-            if queue and isinstance(queue[0], SubmittedWrite):
+            if self._sending or not queue or not isinstance(queue[0], SubmittedWrite):
+                # (The reader is sending: it wakes us when it is done.)
+                await self._wake.park()
+            else:
                 # One wait per turn: the writes behind it are applied in the same batch.
                 await queue[0].done.wait()
-            else:
-                await self._wake.park()
+
+    async def _send_encoded(self) -> bool:
+        """Send everything encoded so far with one call; False if the peer is gone. Reader
+        and sender both send, never at once (`_sending`)."""
+        data = self.codec.data_to_send()
+        self._in_send = len(data)
+        self._sending = True
+        try:
+            await self.stream.send_all(data)
+        except _CONNECTION_ERRORS:
+            return False
+        finally:
+            self._sending = False
+        self._in_send = 0
+        frames = self.codec.take_frame_count()
+        self.sent += frames
+        self.backend.count_sent(frames)
+        return True
 
     # -- authentication --------------------------------------------------------------------------
     def _authenticate(self, record: Any) -> Err:
