@@ -7,6 +7,7 @@ Fast and deterministic tests of clients.py, wire.py and backend.py: request orde
 """
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -49,6 +50,7 @@ class RawClient:
         self.stream = stream
         self.server_end = server_end
         self.frames = jute.FrameDecoder()
+        self.payloads: deque[bytes] = deque()
         self.ops: dict[int, int] = {}
         self.xid = 0
         self.session_id = 0
@@ -70,16 +72,12 @@ class RawClient:
 
     async def next_payload(self) -> bytes:
         with trio.fail_after(10):
-            while True:
-                frames = self.frames.frames()
-                if frames:
-                    # Put back all but the first: the decoder keeps raw bytes, so re-frame.
-                    for later in reversed(frames[1:]):
-                        self.frames._buf[:0] = jute.frame(later)
-                    return frames[0]
+            while not self.payloads:
                 data = await self.stream.receive_some(65536)
                 assert data, "server closed the connection"
                 self.frames.feed(data)
+                self.payloads.extend(self.frames.frames())
+            return self.payloads.popleft()
 
     async def reply(self) -> tuple[jute.ReplyHeader, Any]:
         payload = await self.next_payload()
@@ -106,8 +104,14 @@ def run_with_server(tmp_path: Path,
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
 
-            async def open_client() -> RawClient:
-                client_end, server_end = trio.testing.memory_stream_pair()
+            async def open_client(socketpair: bool = False) -> RawClient:
+                """Memory streams (unbounded), or a socketpair: real kernel buffers that fill
+                up when one side does not read."""
+                if socketpair:
+                    a, b = trio.socket.socketpair()
+                    client_end, server_end = trio.SocketStream(a), trio.SocketStream(b)
+                else:
+                    client_end, server_end = trio.testing.memory_stream_pair()
                 counting = CountingStream(server_end)
                 nursery.start_soon(server.serve_connection, counting, ("127.0.0.1", 40000))
                 return RawClient(client_end, counting)
@@ -238,5 +242,28 @@ def test_close_session_is_the_last_reply(tmp_path: Path) -> None:
         assert (await c.reply())[0].xid == 2
         assert await c.closed() == b""
         assert server.tree.get("/eph") is None and c.session_id not in server.tree.sessions
+
+    run_with_server(tmp_path, scenario)
+
+
+def test_client_that_sends_everything_before_reading_is_served(tmp_path: Path) -> None:
+    """Megabytes of pipelined requests, sent before the client reads a single reply: the
+    server keeps reading while its replies wait to be sent (kernel buffers full both ways)."""
+    async def scenario(server: ZkServer, open_client: Any) -> None:
+        c = await open_client(socketpair=True)
+        await c.connect()
+        await c.send(c.request(OpCode.CREATE, jute.CreateRequest("/p", b"y" * 200, OPEN_ACL, 0)))
+        await c.reply()
+        count = 20000  # ~0.7 MB of requests, ~5 MB of replies
+        with trio.fail_after(20):
+            # In small pieces, each read by the server on its own: every turn's replies are
+            # small, and they pile up in the kernel until the client reads.
+            for _ in range(count // 200):
+                await c.send(*[c.request(OpCode.GET_DATA, jute.GetDataRequest("/p", False))
+                               for _ in range(200)])
+                await trio.sleep(0)
+        for n in range(count):
+            header, body = await c.reply()
+            assert header.xid == n + 2 and body.data == b"y" * 200
 
     run_with_server(tmp_path, scenario)

@@ -44,9 +44,6 @@ MAX_OUTBOUND_BYTES = 64 * 1024 * 1024
 _CONNECTION_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 RECEIVE_SIZE = 256 * 1024
 ACCOUNT_EVERY = 256 * 1024  # encoded bytes between two checks of the reply budgets
-# The reader sends a turn's replies itself up to this size; bigger ones go through the sender,
-# so that a client that does not read cannot stop the reader (which must notice it).
-INLINE_SEND_MAX = 64 * 1024
 
 
 class _Read:
@@ -96,7 +93,6 @@ class ClientConnection:
         self._closing = False  # the last reply is encoded: send it, then close
         self._scope: trio.CancelScope | None = None
         self._in_send = 0      # bytes handed to the stream, not yet confirmed written
-        self._sending = False  # a send_all is under way (the reader's or the sender's)
         self.received = 0
         self.sent = 0
         self.queued_bytes = 0  # encoded or being sent, not yet written (the reply budget)
@@ -187,11 +183,9 @@ class ClientConnection:
             self.codec.receive_data(data)
             if not await self._handle(self.codec.events()):
                 return
-            if 0 < self.codec.outgoing <= INLINE_SEND_MAX and not self._sending:
-                # Replies already encoded (reads, errors) leave from here: handing them to
-                # the sender would cost a task switch and a scheduler pass per turn.
-                if not await self._send_encoded():
-                    return
+            # The sender sends what this turn encoded. Sending from here would save a task
+            # switch per turn, but a client that pipelines requests and reads its replies only
+            # after sending them all would deadlock with a reader blocked in send.
             self._encoded()
 
     async def _handle(self, events: list[wire.Event]) -> bool:
@@ -339,7 +333,7 @@ class ClientConnection:
                 replied += 1
             if replied:
                 self._drained.unpark_all()
-            if self.codec.outgoing and not self._sending:
+            if self.codec.outgoing:
                 if not await self._send_encoded():
                     # The peer is gone (e.g. reset while we wrote): end the whole connection.
                     assert self._scope is not None
@@ -347,29 +341,24 @@ class ClientConnection:
                     return
                 self._encoded()
                 continue
-            if self._closing and not self._sending:
+            if self._closing:
                 assert self._scope is not None
                 self._scope.cancel()
                 return
-            if self._sending or not queue or not isinstance(queue[0], SubmittedWrite):
-                # (The reader is sending: it wakes us when it is done.)
+            if not queue or not isinstance(queue[0], SubmittedWrite):
                 await self._wake.park()
             else:
                 # One wait per turn: the writes behind it are applied in the same batch.
                 await queue[0].done.wait()
 
     async def _send_encoded(self) -> bool:
-        """Send everything encoded so far with one call; False if the peer is gone. Reader
-        and sender both send, never at once (`_sending`)."""
+        """Send everything encoded so far with one call; False if the peer is gone."""
         data = self.codec.data_to_send()
         self._in_send = len(data)
-        self._sending = True
         try:
             await self.stream.send_all(data)
         except _CONNECTION_ERRORS:
             return False
-        finally:
-            self._sending = False
         self._in_send = 0
         frames = self.codec.take_frame_count()
         self.sent += frames
