@@ -86,3 +86,48 @@ def test_garbage_never_raises(data: bytes, after_connect: bool) -> None:
     for ev in events(conn):
         assert isinstance(ev, (wire.Connect, wire.Request, wire.BadRequest, wire.ProtocolError,
                                wire.FourLetterWord))
+
+
+def test_replies_events_and_connect_response_go_out_as_one_buffer() -> None:
+    conn = wire.ServerConnection()
+    conn.receive_data(connect_bytes())
+    assert isinstance(conn.events()[0], wire.Connect)
+    conn.send_connect_response(jute.ConnectResponse(0, 10000, 7, bytes(16), False))
+    stat = jute.Stat(1, 2, 3, 4, 5, 6, 7, 0, 1, 0, 9)
+    conn.send_event(3, "/a")  # NodeDataChanged
+    conn.send_reply(5, 0x100000002, 0, jute.GetDataResponse(b"x", stat))
+    conn.send_reply(6, 0x100000002, Err.NO_NODE, jute.GetDataResponse(b"x", stat))
+    assert conn.take_frame_count() == 3  # replies and events; the connect response is no packet
+    data = conn.data_to_send()
+    assert conn.outgoing == 0 and conn.data_to_send() == b""
+    frames = jute.FrameDecoder()
+    frames.feed(bytes(data))
+    payloads = frames.frames()
+    assert jute.decode_connect_response(payloads[0]).session_id == 7
+    header, event = jute.decode_reply(payloads[1], None)
+    assert header.xid == -1 and (event.type, event.path) == (3, "/a")
+    header, body = jute.decode_reply(payloads[2], OpCode.GET_DATA)
+    assert (header.xid, header.zxid, header.err) == (5, 0x100000002, 0)
+    assert body == jute.GetDataResponse(b"x", stat)
+    header, body = jute.decode_reply(payloads[3], OpCode.GET_DATA)
+    assert header.err == Err.NO_NODE and body is None and len(payloads[3]) == 16
+
+
+def test_every_request_of_a_turn_in_one_call() -> None:
+    conn = wire.ServerConnection()
+    requests = b"".join(jute.encode_request(i, OpCode.EXISTS, jute.ExistsRequest(f"/n{i}", False))
+                        for i in range(1, 101))
+    conn.receive_data(connect_bytes() + requests + requests[:7])  # and a partial frame
+    evs = conn.events()
+    assert len(evs) == 101 and [e.xid for e in evs[1:]] == list(range(1, 101))
+    conn.receive_data(requests[7:len(requests) // 100])  # the rest of the first request
+    assert [e.xid for e in conn.events()] == [1]
+
+
+def test_a_bad_length_behind_good_frames_comes_after_them() -> None:
+    conn = wire.ServerConnection()
+    good = jute.encode_request(1, OpCode.EXISTS, jute.ExistsRequest("/", False))
+    conn.receive_data(connect_bytes() + good + (1 << 30).to_bytes(4, "big"))
+    evs = conn.events()
+    assert [type(e) for e in evs] == [wire.Connect, wire.Request, wire.ProtocolError]
+    assert conn.state is wire.State.CLOSED
