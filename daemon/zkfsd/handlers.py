@@ -11,7 +11,7 @@ from typing import Any, Hashable, Protocol
 from zkfs import jute
 from zkfs.constants import MAX_DATA, Err, EventType, OpCode, Perm
 
-from zkfsd.tree import ApplyResult, DataTree, Stat, _int32, _is_container_or_ttl, check_acl
+from zkfsd.tree import ApplyResult, DataTree, _int32, _is_container_or_ttl, check_acl
 from zkfsd.watches import WatchManager
 
 WRITE_OPS = frozenset({OpCode.CREATE, OpCode.CREATE2, OpCode.CREATE_CONTAINER, OpCode.CREATE_TTL,
@@ -36,10 +36,12 @@ def to_stat(stat: Any) -> jute.Stat:
     cversion*2 - numChildren (creations plus deletions: "the number of changes to the
     children") and ephemeralOwner 0 for container and TTL nodes.
     """
-    stat = Stat(*stat)
-    cversion = _int32(stat.cversion * 2 - stat.num_children)
-    owner = 0 if _is_container_or_ttl(stat.ephemeral_owner) else stat.ephemeral_owner
-    return jute.Stat(*stat._replace(cversion=cversion, ephemeral_owner=owner))
+    (czxid, mzxid, ctime, mtime, version, cversion, aversion, owner, data_length, children,
+     pzxid) = stat
+    if owner and _is_container_or_ttl(owner):
+        owner = 0
+    return jute.Stat(czxid, mzxid, ctime, mtime, version, _int32(cversion * 2 - children),
+                     aversion, owner, data_length, children, pzxid)
 
 
 def node_stat(node: Any) -> jute.Stat:
