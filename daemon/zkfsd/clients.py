@@ -22,6 +22,7 @@ from zkfs import jute
 from zkfs.constants import Err, EventType, KeeperState, OpCode, Xid
 
 from zkfsd import fourlw, handlers, sasl, wire
+from zkfsd.reconfig import ReconfigError
 from zkfsd.sessions import new_password
 from zkfsd.tree import digest_auth_id
 
@@ -304,8 +305,19 @@ class ClientConnection:
             zxid = self.server.tree.last_zxid
             await self._pending_send.send(("reply", jute.encode_reply(xid, zxid, 0, None), True))
             return
-        if self.read_only and (op in handlers.WRITE_OPS or op == OpCode.SYNC):
+        if self.read_only and (op in handlers.WRITE_OPS or op in (OpCode.SYNC, OpCode.RECONFIG)):
             await self._pending_send.send(("error", xid, op, Err.NOT_READ_ONLY, False))
+            return
+        if op == OpCode.RECONFIG:
+            try:
+                txn = self.server.reconfig_request(record, self.session_id, self.auth)
+            except ReconfigError as exc:
+                log.info("session 0x%x: reconfig refused (%s): %s", self.session_id,
+                         exc.err.name, exc)
+                await self._pending_send.send(("error", xid, op, exc.err, False))
+                return
+            proposal = self.server.propose(txn)
+            await self._pending_send.send(("write", xid, op, proposal, started))
             return
         if op in handlers.WRITE_OPS:
             try:

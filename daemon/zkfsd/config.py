@@ -40,7 +40,6 @@ _KNOWN_UNUSED_KEYS = frozenset(
         "leaderServes",
         "cnxTimeout",
         "standaloneEnabled",
-        "reconfigEnabled",
         "dynamicConfigFile",
         "quorumListenOnAllIPs",
         "metricsProvider.exportJvmInfo",
@@ -79,6 +78,11 @@ class ServerConfig:
     # readonlymode.enabled (a Java system property in ZooKeeper, a zoo.cfg key here): a member
     # cut off from the majority keeps serving clients that asked for read-only sessions.
     read_only_mode: bool = False
+    # The `;[address:]port` client part of each server.N line, for /zookeeper/config.
+    server_clients: dict[int, tuple[str, int]] = field(default_factory=dict)
+    # reconfigEnabled: the reconfig request is answered ReconfigDisabled unless this is on
+    # (ZooKeeper's default is off too).
+    reconfig_enabled: bool = False
     my_id: int | None = None
     snap_count: int = 10000
     peer_secret_file: str | None = None
@@ -417,6 +421,11 @@ def load_zoo_cfg(path: str) -> dict[str, Any]:
                 result.setdefault("observers", set()).add(sid)
             if client_port is not None:
                 server_client_ports[sid] = client_port
+                client_host = value.partition(";")[2].strip().rpartition(":")[0].strip("[]")
+                result.setdefault("server_clients", {})[sid] = (client_host or "0.0.0.0",
+                                                                client_port)
+        elif key == "reconfigEnabled":
+            result["reconfig_enabled"] = _parse_bool(where, value)
         elif key == "readonlymode.enabled":
             result["read_only_mode"] = _parse_bool(where, value)
         elif key == "peerType":

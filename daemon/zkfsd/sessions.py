@@ -143,6 +143,17 @@ class SessionKeeper:
         else:
             self._lead(leading_term, now)
 
+    def set_members(self, members: Iterable[int], now: int) -> None:
+        """A reconfig changed the ensemble: a new member's reports count from now (as if it
+        had just reported), a removed one's are no longer waited for."""
+        others = [m for m in sorted(set(members)) if m != self.me]
+        if others == self._others:
+            return
+        self._others = others
+        if self._term is not None:
+            self._covered = {m: self._covered.get(m, _NEVER) for m in others}
+            self._reported_at = {m: self._reported_at.get(m, now) for m in others}
+
     def _lead(self, term: int, now: int) -> None:
         self._term = term
         self._deadline = {sid: now + t for sid, t in self._timeout.items()}
