@@ -832,13 +832,25 @@ class RaftNode:
             self._offset, self._offset_term = new_offset, t
 
     def step(self, m: Message) -> None:
-        if m.to != self.id or m.frm == self.id or m.frm not in self._member_set:
-            return  # not for us, or from a non-member
-        if m.type in (MsgType.VOTE, MsgType.PRE_VOTE, MsgType.VOTE_RESP,
-                      MsgType.PRE_VOTE_RESP) and (self.id not in self._voter_set
-                                                  or m.frm not in self._voter_set):
+        if m.to != self.id or m.frm == self.id:
+            return  # not for us
+        if m.frm not in self._member_set and (
+                self._conf_of_entry is None or m.type in (MsgType.VOTE, MsgType.PRE_VOTE)):
+            # From a non-member. With membership changes, a leader (or an answer) from outside
+            # our configuration is heeded: a newer configuration we lack may include it, and
+            # terms keep a stale one harmless. Elections stay closed to strangers, so a removed
+            # member cannot disrupt the ensemble it left.
+            return
+        if m.type in (MsgType.VOTE_RESP, MsgType.PRE_VOTE_RESP) and (
+                self.id not in self._voter_set or m.frm not in self._voter_set):
+            return  # only the votes of our configuration's voters count
+        if m.type in (MsgType.VOTE, MsgType.PRE_VOTE) and self._conf_of_entry is None and (
+                self.is_learner or m.frm not in self._voter_set):
             # Elections are the voters' business only: a learner neither answers vote requests
-            # nor lets them move its term (which would make it reject the live leader).
+            # nor lets them move its term (which would make it reject the live leader). With
+            # membership changes every member answers (Ongaro's thesis §4.2): a newer
+            # configuration it has not received yet may make it, or the candidate, a voter,
+            # and without its answer no leader could be elected to tell it so.
             return
         if m.term > self.term:
             if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
@@ -934,8 +946,16 @@ class RaftNode:
         else:
             self._handle_snapshot(m)
         if (self.rebuilding and self._rebuild_target is not None
-                and self.commit >= self._rebuild_target):
+                and max(self.commit, self._leader_matched(m)) >= self._rebuild_target):
             self.rebuilding = False
+
+    def _leader_matched(self, m: Message) -> int:
+        """How far our log is now known to equal the leader's: voting needs the entries, not
+        the knowledge that they committed (which lags behind under a steady write load and
+        would keep a member that just joined from ever voting)."""
+        if m.type == MsgType.APPEND and self.term_at(m.index) == m.log_term:
+            return min(m.index + len(m.entries), self.last_index)
+        return 0
 
     def _commit_to(self, index: int) -> None:
         # The leader only sends commit indexes we are known to hold; the clamp keeps a bad
@@ -1041,6 +1061,8 @@ class RaftNode:
             pr.free_le(m.index)
         if self._maybe_commit():
             self._bcast_commit = True
+        if self.role != Role.LEADER:
+            return  # it removed itself, and that just committed
         while self._send_append(m.frm, send_if_empty=False):
             pass
 

@@ -434,6 +434,12 @@ async def lead_reconfig(server: Any, txn: dict[str, Any], catch_up_seconds: floa
         if _synced(core, new.voters, target) < len(new.voters) // 2 + 1:
             raise ReconfigError(Err.NEW_CONFIG_NO_QUORUM, "Reconfig failed - there must be a "
                                 "connected and synced quorum in new configuration")
+        if joining is not None and (core.match_of(joining) or 0) < target:
+            # zkfs: ZooKeeper would take a voter that is not up yet if the others make a
+            # quorum. Here it must have caught up: a voter that joins empty does not vote
+            # until it has the log, so it would leave the ensemble one failure from a stall.
+            raise ReconfigError(Err.NEW_CONFIG_NO_QUORUM, f"server.{joining} did not catch up "
+                                f"with the leader within {catch_up_seconds:.1f}s")
         node = server.tree.get(CONFIG_PATH)
         if not check_acl(node.acl, Perm.WRITE, [tuple(a) for a in txn.get("auth") or []]):
             raise ReconfigError(Err.NO_AUTH, "no write permission on /zookeeper/config")
