@@ -304,12 +304,14 @@ class ReconfigSim:
             joiner = self.rng.choice(idle)
             new = ConfState(tuple(sorted(voters | {joiner})), tuple(sorted(learners)))
             mem = self.members.get(joiner)
-            if mem is None or mem.node is None:
-                # A new (or wiped) process, told of the current voters and itself.
+            if mem is None:
+                # A new process, told of the current voters and itself.
                 mem = self.members[joiner] = Member(self, joiner, new)
                 mem.start()
+            elif mem.node is None:
+                mem.start()  # one that was here before comes back with its disk
             node.start_catch_up(joiner)
-            self.pending_join = (lead.id, node.term, joiner, new, node.commit, self.now + (
+            self.pending_join = (lead.id, node.term, joiner, new, node.last_index, self.now + (
                 self.rng.randint(1, 3 * self.election_ticks)))
             return
         if choice < 0.75 and len(voters) > 2:
@@ -317,9 +319,11 @@ class ReconfigSim:
             new = ConfState(tuple(sorted(voters - {gone})), tuple(sorted(learners)))
         elif choice < 0.9 and idle:
             learner = self.rng.choice(idle)
-            if learner not in self.members or self.members[learner].node is None:
+            if learner not in self.members:
                 self.members[learner] = Member(self, learner, ConfState(
                     tuple(sorted(voters)), tuple(sorted(learners | {learner}))))
+                self.members[learner].start()
+            elif self.members[learner].node is None:
                 self.members[learner].start()
             new = ConfState(tuple(sorted(voters)), tuple(sorted(learners | {learner})))
         elif learners:
@@ -328,7 +332,7 @@ class ReconfigSim:
             return
         # The server's rule (reconfig.lead_reconfig): a quorum of the new voters holds what
         # is committed (NewConfigNoQuorum otherwise).
-        if sum(1 for v in new.voters if (node.match_of(v) or 0) >= node.commit) \
+        if sum(1 for v in new.voters if (node.match_of(v) or -1) >= node.last_index) \
                 <= len(new.voters) // 2:
             return
         if self.propose(conf_entry(new)):
@@ -347,7 +351,7 @@ class ReconfigSim:
         if lead is None or lead.node is None or lead.node.term != term or not lead.node.is_leader:
             return
         node = lead.node
-        synced = [v for v in new.voters if (node.match_of(v) or 0) >= target]
+        synced = [v for v in new.voters if (node.match_of(v) or -1) >= target]
         if joiner in synced and len(synced) > len(new.voters) // 2:
             try:
                 node.propose(conf_entry(new))

@@ -363,6 +363,11 @@ class RaftNode:
         self._conf_of_entry = conf_of_entry
         self._conf_of_snapshot = conf_of_snapshot
         self._catch_up: set[int] = set()  # leader only: joining voters, replicated to first
+        # Leader only: members the newest change removed. They still get appends and
+        # heartbeats (never counted), so they learn that the change committed and can answer
+        # a client that asked through them; dropped at the next change or leader.
+        self._retiring: set[int] = set()
+        self._member_set: frozenset[int] = frozenset()
         self._progress: dict[int, _Progress] = {}
         self.role = Role.FOLLOWER
         self._set_conf(ConfState(tuple(voters), tuple(learners)))
@@ -458,6 +463,7 @@ class RaftNode:
         return self.conf_index > self.commit
 
     def _set_conf(self, conf: ConfState) -> None:
+        before = {*getattr(self, "voters", ()), *getattr(self, "learners", ())}
         voters, learners = sorted(conf.voters), sorted(conf.learners)
         self.voters = voters  # sorted: message order must not depend on config order
         self._voter_set = frozenset(voters)
@@ -465,8 +471,13 @@ class RaftNode:
         self.is_learner = self.id in learners
         members = {*voters, *learners}
         self._catch_up -= members
-        self._member_set = frozenset(members | self._catch_up)
-        self._peers = sorted(v for v in self._member_set if v != self.id)  # we replicate to
+        member_set = frozenset(members | self._catch_up)
+        if self.role == Role.LEADER and members != before:
+            self._retiring = before - members - {self.id}
+        self._retiring -= members
+        self._member_set = member_set
+        # Everyone we replicate to:
+        self._peers = sorted(v for v in member_set | self._retiring if v != self.id)
         self._voting_peers = [v for v in voters if v != self.id]
         self._quorum = len(voters) // 2 + 1
         if self.role == Role.LEADER:
@@ -475,7 +486,7 @@ class RaftNode:
                 if v not in self._progress:
                     self._progress[v] = _Progress(nxt)
             for v in list(self._progress):
-                if v not in self._member_set and v != self.id:
+                if v not in self._member_set and v not in self._retiring and v != self.id:
                     del self._progress[v]
 
     def _scan_confs(self, entries: Iterable[Entry]) -> None:
@@ -609,8 +620,9 @@ class RaftNode:
         self._reads = []
         self._reads_waiting = []
         self._bcast_entries = self._bcast_commit = False
-        if self._catch_up:
+        if self._catch_up or self._retiring:
             self._catch_up.clear()
+            self._retiring.clear()
             self._set_conf(self.conf)
 
     def _become_follower(self, term: int, leader: int) -> None:

@@ -397,8 +397,10 @@ class Memberships:
 
 # -- the leader's part --------------------------------------------------------------------------
 
-def _synced(core: Any, voters: tuple[int, ...], target: int) -> int:
-    return sum(1 for v in voters if (core.match_of(v) or 0) >= target)
+def _synced(core: Any, voter: int, target: int) -> bool:
+    """`voter` answered the leader lately and holds its log up to `target`."""
+    match = core.match_of(voter)
+    return match is not None and match >= target
 
 
 async def lead_reconfig(server: Any, txn: dict[str, Any], catch_up_seconds: float) -> None:
@@ -417,7 +419,8 @@ async def lead_reconfig(server: Any, txn: dict[str, Any], catch_up_seconds: floa
         current = server.current_membership()
         new = next_membership(current, plan)
         server.memberships.busy = True
-        target = core.commit
+        # What the leader had when the request came: the members that count must hold it.
+        target = core.last_index
         added = set(new.voters) - set(current.voters)
         if added:
             # Raft's catch-up round: the new voter gets the log as a learner first, so the
@@ -426,15 +429,26 @@ async def lead_reconfig(server: Any, txn: dict[str, Any], catch_up_seconds: floa
             server.learn_servers([new.get(joining)])
             core.start_catch_up(joining)
             server.wakeup()
-            with trio.move_on_after(catch_up_seconds):
-                while (core.match_of(joining) or 0) < target and core.is_leader:
-                    await trio.sleep(0.02)
+
+        def ready() -> bool:
+            quorum = sum(_synced(core, v, target) for v in new.voters) > len(new.voters) // 2
+            return quorum and (joining is None or _synced(core, joining, target))
+
+        # A joiner that never answers within a second is not there (ZooKeeper decides at once;
+        # the client's connection waits meanwhile, so a dead server must not take long).
+        started = trio.current_time()
+        with trio.move_on_after(catch_up_seconds):
+            while core.is_leader and not ready():
+                if (joining is not None and core.match_of(joining) is None
+                        and trio.current_time() - started > 1.0):
+                    break
+                await trio.sleep(0.02)
         if not core.is_leader:
             return  # the asking member fails the request when it learns of the new leader
-        if _synced(core, new.voters, target) < len(new.voters) // 2 + 1:
+        if sum(_synced(core, v, target) for v in new.voters) < len(new.voters) // 2 + 1:
             raise ReconfigError(Err.NEW_CONFIG_NO_QUORUM, "Reconfig failed - there must be a "
                                 "connected and synced quorum in new configuration")
-        if joining is not None and (core.match_of(joining) or 0) < target:
+        if joining is not None and not _synced(core, joining, target):
             # zkfs: ZooKeeper would take a voter that is not up yet if the others make a
             # quorum. Here it must have caught up: a voter that joins empty does not vote
             # until it has the log, so it would leave the ensemble one failure from a stall.

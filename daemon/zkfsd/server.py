@@ -394,8 +394,10 @@ class ZkServer:
             txn.pop("members", None)
             txn.pop("err", None)
             assert self._nursery is not None
+            # A joining voter gets a few election timeouts, and never less than 5 s, to
+            # catch up (ZooKeeper gives a syncing learner initLimit ticks).
             self._nursery.start_soon(reconfig.lead_reconfig, self, txn,
-                                     4 * ELECTION_TICKS * self.raft_tick)
+                                     max(5.0, 4 * ELECTION_TICKS * self.raft_tick))
             return True
         if self.core.is_leader:
             term, index = self.core.next_position()
