@@ -362,3 +362,39 @@ def test_disabled_and_standalone_answers(tmp_path: Path) -> None:
         with kazoo_client(server.hosts) as k:
             with pytest.raises(UnimplementedError):
                 k.reconfig(joining=None, leaving="2", new_members=None)
+
+
+@pytest.mark.timeout(180)
+def test_zkcli_reconfig(tmp_path: Path) -> None:
+    """zkCli.sh's `reconfig -add/-remove` and `config`, in one zkCli session (addauth first)."""
+    import subprocess
+
+    from helpers import ZKCLI
+
+    if not ZKCLI.exists() or apache_zookeeper_missing() is not None:
+        pytest.skip("zkCli.sh or Java missing (run scripts/setup.sh)")
+    ens = Ensemble(tmp_path, 3, extra_cfg=RECONFIG_CFG)
+    try:
+        ens.start()
+        ens.wait_stable()
+        observer = f"server.60={LOCALHOST}:{free_port()}:{free_port()}:observer;{free_port()}"
+        script = "\n".join(["addauth digest super:test",
+                            f"reconfig -add {observer}",
+                            "config",
+                            "reconfig -remove 60",
+                            "config",
+                            "quit", ""])
+        result = subprocess.run(["bash", str(ZKCLI), "-server", ens.hosts([1])], input=script,
+                                capture_output=True, text=True, timeout=120)
+        out = result.stdout
+        assert "Committed new configuration:" in out, out + result.stderr
+        added = observer.split(";")[0] + f";0.0.0.0:{observer.rsplit(';', 1)[1]}"
+        assert out.count(added) == 2, out  # in reconfig's answer and in `config`
+        with ens.client(2) as k:
+            data, _ = config_of(k)
+        assert b"server.60" not in data and data.decode() in out
+    except BaseException:
+        print(ens.log_tails(20))
+        raise
+    finally:
+        ens.stop_all()
