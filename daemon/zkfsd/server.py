@@ -186,6 +186,8 @@ class ZkServer:
         core = self.core
         if not self._replayed or core is None or core.leader_id == 0:
             return False
+        if self.member_id not in self.members:
+            return False  # a reconfig removed this member
         return core.is_leader or self.keeper.follower_serving(core.ticks)
 
     @property
@@ -467,9 +469,17 @@ class ZkServer:
         if (voters, observers) != (self.voters, self.observers):
             log.info("member %d: membership is now voters %s, observers %s (log index %d)",
                      self.member_id, voters, observers, core.conf_index)
+        was_member = self.member_id in self.members
         self.voters, self.observers = voters, observers
         self.members = sorted([*voters, *observers])
         self.keeper.set_members(self.members, core.ticks)
+        if was_member and self.member_id not in self.members:
+            # As ZooKeeper's removed servers do: clients go find a member (their pings here
+            # would no longer reach the leader's session bookkeeping).
+            log.warning("member %d: removed from the ensemble by a reconfig; not serving",
+                        self.member_id)
+            for conn in list(self.connections):
+                conn.abort("this member was removed from the ensemble")
         if self.transport is not None:
             for sid in self.members:
                 spec = self.memberships.known.get(sid)
