@@ -37,7 +37,7 @@ from zkfsd.storage import Entry, HardState, Snapshot
 
 STEPS = 300
 LIVENESS_TICKS = 600
-SEEDS = 300
+SEEDS = 200
 UNIVERSE = 7  # member ids 1..7; 1..3 (or 1..5) start as voters
 
 

@@ -28,8 +28,8 @@ never campaign, never vote (vote requests are not even sent to them), and the co
 check-quorum, the leader lease and read-index rounds count voters only. Safety therefore never
 depends on them; a learner only makes more copies.
 
-Membership changes (reconfig.py has the request side) are single-server changes, Ragnar-style
-as in Ongaro's thesis §4.1: a log entry that `conf_of_entry` recognises carries the complete new
+Membership changes (reconfig.py has the request side) are single-server changes, as in
+Ongaro's thesis §4.1: a log entry that `conf_of_entry` recognises carries the complete new
 set of voters and learners, differing from the previous set in at most one voter; a member uses
 the newest configuration in its log, committed or not (and falls back to the previous one if that
 entry is truncated away). The leader accepts such an entry only once an entry of its own term is
@@ -37,7 +37,10 @@ committed and no earlier change is still uncommitted (ConfChangeRefused otherwis
 never overlap; any majority of the old voters then overlaps any majority of the new ones. A leader
 that removed itself keeps leading (without counting itself) until the entry commits, then steps
 down. Before a voter is added, the caller lets it catch up as a temporary learner
-(`start_catch_up`), so the new majority does not have to wait for its log.
+(`start_catch_up`), so the new majority does not have to wait for its log. With changes enabled
+(`conf_of_entry` given) members heed a leader from outside their configuration and answer vote
+requests whatever their own role (thesis §4.2: a newer configuration they lack may count them),
+while vote requests from non-members are still ignored, so a removed member cannot disrupt.
 
 On restart the caller restores its application state from the snapshot only and lets the first
 Readys hand it the committed entries after it: entries in the stored log beyond the commit index
@@ -370,6 +373,8 @@ class RaftNode:
         self._member_set: frozenset[int] = frozenset()
         self._progress: dict[int, _Progress] = {}
         self.role = Role.FOLLOWER
+        self.voters: list[int] = []
+        self.learners: list[int] = []
         self._set_conf(ConfState(tuple(voters), tuple(learners)))
         self._rng = rng
         self.election_ticks = election_ticks
@@ -463,7 +468,7 @@ class RaftNode:
         return self.conf_index > self.commit
 
     def _set_conf(self, conf: ConfState) -> None:
-        before = {*getattr(self, "voters", ()), *getattr(self, "learners", ())}
+        before = {*self.voters, *self.learners}
         voters, learners = sorted(conf.voters), sorted(conf.learners)
         self.voters = voters  # sorted: message order must not depend on config order
         self._voter_set = frozenset(voters)
@@ -947,6 +952,7 @@ class RaftNode:
         if self.rebuilding and m.type in (MsgType.APPEND, MsgType.SNAPSHOT):
             seen = m.commit if m.type == MsgType.APPEND else m.snapshot.index  # type: ignore[union-attr]
             self._rebuild_target = max(self._rebuild_target or 0, seen)
+        commit_before = self.commit
         if m.type == MsgType.APPEND:
             self._handle_append(m)
         elif m.type == MsgType.HEARTBEAT:
@@ -958,14 +964,17 @@ class RaftNode:
         else:
             self._handle_snapshot(m)
         if (self.rebuilding and self._rebuild_target is not None
-                and max(self.commit, self._leader_matched(m)) >= self._rebuild_target):
+                and max(self.commit, self._leader_matched(m, commit_before))
+                >= self._rebuild_target):
             self.rebuilding = False
 
-    def _leader_matched(self, m: Message) -> int:
+    def _leader_matched(self, m: Message, commit_before: int) -> int:
         """How far our log is now known to equal the leader's: voting needs the entries, not
         the knowledge that they committed (which lags behind under a steady write load and
-        would keep a member that just joined from ever voting)."""
-        if m.type == MsgType.APPEND and self.term_at(m.index) == m.log_term:
+        would keep a member that just joined from ever voting). Only an append that was
+        processed (not one answered early as already committed) tells."""
+        if (m.type == MsgType.APPEND and m.index >= commit_before
+                and self.term_at(m.index) == m.log_term):
             return min(m.index + len(m.entries), self.last_index)
         return 0
 
