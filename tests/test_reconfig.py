@@ -399,3 +399,61 @@ def test_zkcli_reconfig(tmp_path: Path) -> None:
         raise
     finally:
         ens.stop_all()
+
+
+# -- the request and the format, without processes --------------------------------------------
+
+def test_server_specs_and_config_format() -> None:
+    from zkfsd import reconfig as rc
+
+    spec = rc.parse_server("server.100", "0.0.0.0:1:2:observer;0.0.0.0:3")
+    assert spec.line() == "server.100=0.0.0.0:1:2:observer;0.0.0.0:3"
+    assert rc.parse_server("server.4", "h:1:2;5").line() == "server.4=h:1:2:participant;0.0.0.0:5"
+    assert rc.parse_server("server.5", "[::1]:1:2").line() == "server.5=[::1]:1:2:participant"
+    for key, value in (("server.x", "h:1:2"), ("server.1", "h:1"), ("server.1", "h:1:70000"),
+                       ("srv.1", "h:1:2"), ("server.1", "h:1:2;a:b:c")):
+        with pytest.raises(rc.ReconfigError):
+            rc.parse_server(key, value)
+    members = rc.Membership((spec, rc.parse_server("server.1", "h:1:2;5")), 0x100000003)
+    data = members.config_data()
+    assert data == (b"server.1=h:1:2:participant;0.0.0.0:5\n"
+                    b"server.100=0.0.0.0:1:2:observer;0.0.0.0:3\nversion=100000003")
+    assert rc.parse_config_data(data) == rc.Membership(
+        tuple(sorted(members.servers, key=lambda s: s.sid)), 0x100000003)
+    assert members.conf.voters == (1,) and members.conf.learners == (100,)
+
+
+def test_next_membership_rules() -> None:
+    from zkfs.constants import Err
+    from zkfsd import reconfig as rc
+
+    three = rc.Membership(tuple(rc.parse_server(f"server.{i}", f"h{i}:1:2;3") for i in (1, 2, 3)),
+                          7)
+
+    def plan(**kw: Any) -> rc.ReconfigPlan:
+        return rc.parse_request(kw.get("joining"), kw.get("leaving"), kw.get("new"),
+                                kw.get("version", -1))
+
+    assert rc.next_membership(three, plan(leaving="3")).voters == (1, 2)
+    grown = rc.next_membership(three, plan(joining="server.4=h4:1:2;3", version=7))
+    assert grown.voters == (1, 2, 3, 4)
+    observer = rc.next_membership(three, plan(joining="server.9=h9:1:2:observer;3,"
+                                                      "server.8=h8:1:2:observer;3"))
+    assert observer.observers == (8, 9) and observer.voters == (1, 2, 3)
+    cases = [(plan(leaving="2,3"), Err.BAD_ARGUMENTS),  # one voter left
+             (plan(new="server.1=h1:1:2;3,server.7=h7:1:2;3,server.8=h8:1:2;3"),
+              Err.BAD_ARGUMENTS),  # four voters changed at once
+             (plan(joining="server.4=h1:1:2;3"), Err.BAD_ARGUMENTS),  # server.1's address
+             (plan(leaving="3", version=6), Err.BAD_VERSION)]
+    for p, err in cases:
+        with pytest.raises(rc.ReconfigError) as info:
+            rc.next_membership(three, p)
+        assert info.value.err == err
+    with pytest.raises(rc.ReconfigError):  # joining needs all three ports
+        plan(joining="server.4=h4:1:2")
+    txn = rc.reconfig_txn(grown, 5, [("super", "x")], plan(joining="server.4=h4:1:2;3"))
+    txn["zxid"] = 0x100000009
+    import msgpack
+    conf = rc.entry_conf(msgpack.packb(txn, use_bin_type=True))
+    assert conf is not None and conf.voters == (1, 2, 3, 4)
+    assert rc.entry_conf(msgpack.packb({"type": 5, "path": "/members"})) is None

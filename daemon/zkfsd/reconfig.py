@@ -410,10 +410,15 @@ async def lead_reconfig(server: Any, txn: dict[str, Any], catch_up_seconds: floa
     import trio  # the rest of this module is sans-IO
 
     core = server.core
-    plan = ReconfigPlan.from_wire(txn["plan"])
+    plan = ReconfigPlan()
     members = None
     joining: int | None = None
     try:
+        try:
+            plan = ReconfigPlan.from_wire(txn["plan"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # Another member forwarded it; a bad one must not take the leader down.
+            raise ReconfigError(Err.BAD_ARGUMENTS, f"malformed reconfig request: {exc}")
         if server.memberships.busy or core.conf_change_pending:
             raise ReconfigError(Err.RECONFIG_IN_PROGRESS, "a reconfig is in progress")
         current = server.current_membership()
