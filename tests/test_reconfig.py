@@ -401,6 +401,37 @@ def test_zkcli_reconfig(tmp_path: Path) -> None:
         ens.stop_all()
 
 
+
+@pytest.mark.timeout(120)
+def test_removing_the_leader(tmp_path: Path) -> None:
+    """The leader removes itself: it answers, steps down once the change commits, a remaining
+    voter leads, and the removed member stops serving."""
+    ens = Ensemble(tmp_path, 3, extra_cfg=RECONFIG_CFG)
+    try:
+        ens.start()
+        leader = ens.wait_stable()
+        rest = [s for s in ens.ids if s != leader]
+        with ens.client(rest, auth_data=[SUPER]) as admin:
+            admin.create("/before", b"1")
+            data, _ = reconfig_retrying(admin, joining=None, leaving=str(leader),
+                                        new_members=None)
+            assert set(members_in(data)) == set(rest)
+        # Its followers lose their leader, as in any leader change: clients reconnect.
+        ens.wait_not_serving(leader, timeout=15)
+        new_leader = ens.wait_stable(rest, timeout=20)
+        assert new_leader in rest
+        ens.drop_member(leader)
+        with ens.client() as k:
+            k.create("/after", b"2")
+        assert wait_config_everywhere(ens) == data
+        assert_converged(ens, "/before", {"/before": b"1"})
+        assert_converged(ens, "/after", {"/after": b"2"})
+    except BaseException:
+        print(ens.log_tails(30))
+        raise
+    finally:
+        ens.stop_all()
+
 # -- the request and the format, without processes --------------------------------------------
 
 def test_server_specs_and_config_format() -> None:
