@@ -95,6 +95,31 @@ class Ensemble:
         path.write_text("\n".join(lines) + "\n")
         return path
 
+    def add_member(self, sid: int) -> None:
+        """A new member (for reconfig): its zoo.cfg lists the current members and itself, as a
+        server joining a ZooKeeper ensemble must; not started, and not in anyone else's file."""
+        if self.mesh is not None:
+            raise RuntimeError("add_member does not work with a proxied ensemble")
+        client, peer, election = _distinct_ports(3)
+        self.ids.append(sid)
+        self.client_ports[sid], self.peer_ports[sid], self.election_ports[sid] = \
+            client, peer, election
+        cfg = self._write_config(sid)
+        self.members[sid] = ZkfsdProcess(
+            self.data_dir(sid), client, tick_time=self.tick_time,
+            log_path=self.base / f"m{sid}.log", log_level=self.members[self.ids[0]].log_level,
+            extra_args=["--config", str(cfg), "--my-id", str(sid)])
+
+    def server_line(self, sid: int, role: str = "participant") -> str:
+        """`server.N=...;client` as a reconfig's joining list names member `sid`."""
+        return (f"server.{sid}={LOCALHOST}:{self.peer_ports[sid]}:{self.election_ports[sid]}"
+                f":{role};{LOCALHOST}:{self.client_ports[sid]}")
+
+    def drop_member(self, sid: int) -> None:
+        """Stop a member a reconfig removed and forget it (running(), hosts() leave it out)."""
+        self.members[sid].stop()
+        self.ids.remove(sid)
+
     # -- processes -------------------------------------------------------------------------------
     def start(self) -> None:
         for sid in self.ids:

@@ -251,3 +251,21 @@ server.4=[::1]:2888:3888:OBSERVER;2181
     bad = write_cfg(tmp_path, f"dataDir={tmp_path}\nreadonlymode.enabled=maybe\n")
     with pytest.raises(ConfigError, match="readonlymode.enabled"):
         build_config(bad)
+
+
+def test_reconfig_keys_and_dynamic_config_file(tmp_path: Path) -> None:
+    """reconfigEnabled (off by default, as in ZooKeeper), the client part of server.N lines
+    (for /zookeeper/config), and ZooKeeper 3.5's dynamicConfigFile holding the server.N lines."""
+    assert build_config(None, data_dir=str(tmp_path)).reconfig_enabled is False
+    dynamic = tmp_path / "zoo.cfg.dynamic.100000000"
+    dynamic.write_text("server.1=zk1:2888:3888:participant;0.0.0.0:2181\n"
+                       "server.2=zk2:2888:3888:observer;2182\nversion=100000000\n")
+    path = write_cfg(tmp_path, f"dataDir={tmp_path}\nreconfigEnabled=true\n"
+                               f"dynamicConfigFile={dynamic}\n")
+    cfg = build_config(path, my_id=1)
+    assert cfg.reconfig_enabled is True
+    assert cfg.servers == {1: ("zk1", 2888, 3888), 2: ("zk2", 2888, 3888)}
+    assert cfg.observers == {2}
+    assert cfg.server_clients == {1: ("0.0.0.0", 2181), 2: ("0.0.0.0", 2182)}
+    with pytest.raises(ConfigError, match="reconfigEnabled"):
+        load_zoo_cfg(write_cfg(tmp_path, "reconfigEnabled=maybe\n", "bad.cfg"))

@@ -1,4 +1,4 @@
-"""kazoo's own SASL, TLS and read-only mode tests, run against a zkfsd ensemble.
+"""kazoo's own SASL, TLS, read-only mode and reconfig tests, run against a zkfsd ensemble.
 
 kazoo's test harness starts ZooKeeper as `java ... QuorumPeerMain zoo.cfg`; a `java` placed first
 on PATH here starts zkfsd with that same zoo.cfg instead (adding the JAAS file and superDigest
@@ -62,8 +62,9 @@ def test_kazoos_sasl_and_tls_tests_pass_against_zkfsd(tmp_path: Path) -> None:
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
          "--pyargs", "kazoo.tests.test_sasl", "kazoo.tests.test_client",
          "kazoo.tests.test_connection",
-         "-k", "SASLDigestAuthentication or SSLClient or ReadOnlyMode"],
+         "-k", "SASLDigestAuthentication or SSLClient or ReadOnlyMode or TestReconfig"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=280)
     tail = (result.stdout + result.stderr)[-3000:]
     assert result.returncode == 0, tail
-    assert "6 passed" in result.stdout, tail
+    # 6 SASL/TLS/read-only tests and TestReconfig's 3 (its harness writes reconfigEnabled=true).
+    assert "9 passed" in result.stdout, tail

@@ -678,6 +678,16 @@ class GetAllChildrenNumberRequest(Record):
 
 
 @dataclass
+class ReconfigRequest(Record):
+    """reconfig (16): incremental (joining/leaving) or non-incremental (new_members); each a
+    comma-separated string or null. cur_config_id is -1 for "whatever is current"."""
+    joining_servers: str | None = ustring()
+    leaving_servers: str | None = ustring()
+    new_members: str | None = ustring()
+    cur_config_id: int = int64()
+
+
+@dataclass
 class GetEphemeralsRequest(Record):
     prefix_path: str | None = ustring()
 
@@ -966,6 +976,7 @@ REQUEST_RECORDS: dict[int, type[Record]] = {
     OpCode.GET_ALL_CHILDREN_NUMBER: GetAllChildrenNumberRequest,
     OpCode.ADD_WATCH: AddWatchRequest,
     OpCode.WHO_AM_I: WhoAmIRequest,
+    OpCode.RECONFIG: ReconfigRequest,
     OpCode.CLOSE_SESSION: CloseSessionRequest,
 }
 
@@ -1000,6 +1011,8 @@ RESPONSE_RECORDS: dict[int, type[Record] | None] = {
     OpCode.GET_ALL_CHILDREN_NUMBER: GetAllChildrenNumberResponse,
     OpCode.ADD_WATCH: None,
     OpCode.WHO_AM_I: WhoAmIResponse,
+    # The new /zookeeper/config, as getConfig would read it.
+    OpCode.RECONFIG: GetDataResponse,
     OpCode.CLOSE_SESSION: None,
 }
 

@@ -21,6 +21,7 @@ from zkfs.constants import Err, EventType, OpCode
 
 from zkfsd import fourlw, handlers, metrics
 from zkfsd.config import ServerConfig
+from zkfsd.reconfig import ReconfigError
 from zkfsd.sessions import new_password
 
 if TYPE_CHECKING:
@@ -212,6 +213,14 @@ class MemberBackend:
             return SubmittedWrite(xid, op, server.propose(
                 {"type": int(OpCode.SYNC), "session": conn.session_id, "auth": [],
                  "path": record.path}))
+        if op == OpCode.RECONFIG:
+            try:
+                txn = server.reconfig_request(record, conn.session_id, conn.auth)
+            except ReconfigError as exc:
+                log.info("session 0x%x: reconfig refused (%s): %s", conn.session_id,
+                         exc.err.name, exc)
+                return exc.err
+            return SubmittedWrite(xid, op, server.propose(txn))
         try:
             txn = handlers.write_txn(op, record, conn.session_id, conn.auth)
         except handlers.RequestError as exc:

@@ -267,10 +267,10 @@ class ClientConnection:
                 # The session exists only on this connection: nothing to propose.
                 self._header(xid, Err.OK, True)
                 return
-            if op in WRITE_OPS or op == OpCode.SYNC:
+            if op in WRITE_OPS or op in (OpCode.SYNC, OpCode.RECONFIG):
                 self._header(xid, Err.NOT_READ_ONLY, False)
                 return
-        if op in WRITE_OPS or op == OpCode.SYNC:
+        if op in WRITE_OPS or op in (OpCode.SYNC, OpCode.RECONFIG):
             submitted = self.backend.submit(self, xid, op, record)
             if isinstance(submitted, SubmittedWrite):
                 self._queue.append(submitted)

@@ -40,8 +40,6 @@ _KNOWN_UNUSED_KEYS = frozenset(
         "leaderServes",
         "cnxTimeout",
         "standaloneEnabled",
-        "reconfigEnabled",
-        "dynamicConfigFile",
         "quorumListenOnAllIPs",
         "metricsProvider.exportJvmInfo",
         "electionAlg",
@@ -79,6 +77,11 @@ class ServerConfig:
     # readonlymode.enabled (a Java system property in ZooKeeper, a zoo.cfg key here): a member
     # cut off from the majority keeps serving clients that asked for read-only sessions.
     read_only_mode: bool = False
+    # The `;[address:]port` client part of each server.N line, for /zookeeper/config.
+    server_clients: dict[int, tuple[str, int]] = field(default_factory=dict)
+    # reconfigEnabled: the reconfig request is answered ReconfigDisabled unless this is on
+    # (ZooKeeper's default is off too).
+    reconfig_enabled: bool = False
     my_id: int | None = None
     snap_count: int = 10000
     peer_secret_file: str | None = None
@@ -386,6 +389,19 @@ def load_zoo_cfg(path: str) -> dict[str, Any]:
     server_client_ports: dict[int, int] = {}
     extra: dict[str, str] = {}
     security: dict[str, str] = {}
+
+    def add_server(where: str, sid: int, value: str) -> None:
+        if sid in servers:
+            raise ConfigError(f"{where}: server.{sid} is defined twice")
+        servers[sid], client_port = parse_server_line(where, value)
+        if server_line_role(value) == "observer":
+            result.setdefault("observers", set()).add(sid)
+        if client_port is not None:
+            server_client_ports[sid] = client_port
+            client_host = value.partition(";")[2].strip().rpartition(":")[0].strip("[]")
+            result.setdefault("server_clients", {})[sid] = (client_host or "0.0.0.0",
+                                                            client_port)
+
     for lineno, key, value in _read_properties(path):
         where = f"{path}:{lineno}: {key}"
         if key in _INT_KEYS:
@@ -409,14 +425,18 @@ def load_zoo_cfg(path: str) -> dict[str, Any]:
         elif key in _MONITORING_KEYS:
             result.update(_parse_monitoring(where, key, value))
         elif m := _SERVER_KEY.match(key):
-            sid = int(m.group(1))
-            if sid in servers:
-                raise ConfigError(f"{where}: server.{sid} is defined twice")
-            servers[sid], client_port = parse_server_line(where, value)
-            if server_line_role(value) == "observer":
-                result.setdefault("observers", set()).add(sid)
-            if client_port is not None:
-                server_client_ports[sid] = client_port
+            add_server(where, int(m.group(1)), value)
+        elif key == "dynamicConfigFile":
+            # ZooKeeper 3.5's split configuration: the server.N lines live in that file.
+            for dyn_lineno, dyn_key, dyn_value in _read_properties(value):
+                dyn_where = f"{value}:{dyn_lineno}: {dyn_key}"
+                if dm := _SERVER_KEY.match(dyn_key):
+                    add_server(dyn_where, int(dm.group(1)), dyn_value)
+                elif dyn_key != "version":
+                    log.warning("%s: unknown setting in a dynamic configuration file, ignored",
+                                dyn_where)
+        elif key == "reconfigEnabled":
+            result["reconfig_enabled"] = _parse_bool(where, value)
         elif key == "readonlymode.enabled":
             result["read_only_mode"] = _parse_bool(where, value)
         elif key == "peerType":

@@ -110,6 +110,9 @@ def _op_response(op: int, value: Any) -> tuple[int, Any]:
         return OpCode.SET_DATA, jute.SetDataResponse(to_stat(value))
     if op == OpCode.SET_ACL:
         return OpCode.SET_ACL, jute.SetACLResponse(to_stat(value))
+    if op == OpCode.RECONFIG:
+        # The new /zookeeper/config, as getConfig reads it.
+        return OpCode.RECONFIG, jute.GetDataResponse(value[0], to_stat(value[1]))
     return op, None
 
 

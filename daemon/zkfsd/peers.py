@@ -97,6 +97,17 @@ class PeerTransport:
             for peer in addresses if peer != member_id}
         self.connected_out: set[int] = set()
         self.connected_in: set[int] = set()
+        self._nursery: trio.Nursery | None = None
+
+    def add_peer(self, peer: int, address: tuple[str, int]) -> None:
+        """A reconfig named a member (or moved one): dial it, and accept it when it dials."""
+        if peer == self.member_id or self.addresses.get(peer) == address:
+            return
+        self.addresses[peer] = address  # the dial loop reads it on its next attempt
+        if peer not in self._queues:
+            self._queues[peer] = trio.open_memory_channel[bytes](QUEUE_DEPTH)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._dial_loop, peer)
 
     def send(self, to: int, obj: Any) -> bool:
         """Queue a message for a member; False if it was dropped (queue full or unknown)."""
@@ -112,6 +123,7 @@ class PeerTransport:
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         host, port = self.addresses[self.member_id]
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             await nursery.start(functools.partial(trio.serve_tcp, self._accept, port, host=host))
             for peer in self._queues:
                 nursery.start_soon(self._dial_loop, peer)
@@ -120,10 +132,10 @@ class PeerTransport:
 
     # -- outgoing ------------------------------------------------------------------------------
     async def _dial_loop(self, peer: int) -> None:
-        host, port = self.addresses[peer]
         delay = 0.05
         receive = self._queues[peer][1]
         while True:
+            host, port = self.addresses[peer]
             try:
                 stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
             except OSError:

@@ -28,6 +28,20 @@ never campaign, never vote (vote requests are not even sent to them), and the co
 check-quorum, the leader lease and read-index rounds count voters only. Safety therefore never
 depends on them; a learner only makes more copies.
 
+Membership changes (reconfig.py has the request side) are single-server changes, as in
+Ongaro's thesis §4.1: a log entry that `conf_of_entry` recognises carries the complete new
+set of voters and learners, differing from the previous set in at most one voter; a member uses
+the newest configuration in its log, committed or not (and falls back to the previous one if that
+entry is truncated away). The leader accepts such an entry only once an entry of its own term is
+committed and no earlier change is still uncommitted (ConfChangeRefused otherwise), so changes
+never overlap; any majority of the old voters then overlaps any majority of the new ones. A leader
+that removed itself keeps leading (without counting itself) until the entry commits, then steps
+down. Before a voter is added, the caller lets it catch up as a temporary learner
+(`start_catch_up`), so the new majority does not have to wait for its log. With changes enabled
+(`conf_of_entry` given) members heed a leader from outside their configuration and answer vote
+requests whatever their own role (thesis §4.2: a newer configuration they lack may count them),
+while vote requests from non-members are still ignored, so a removed member cannot disrupt.
+
 On restart the caller restores its application state from the snapshot only and lets the first
 Readys hand it the committed entries after it: entries in the stored log beyond the commit index
 may not be committed and can be replaced by the next leader (pass `applied=` if the application
@@ -37,7 +51,7 @@ from __future__ import annotations
 
 import enum
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +59,8 @@ from zkfsd.consensus import NotLeader, Ready
 from zkfsd.storage import Entry, HardState, Snapshot
 
 __all__ = [
+    "ConfChangeRefused",
+    "ConfState",
     "MsgType",
     "Message",
     "NotLeader",
@@ -176,6 +192,24 @@ def _uints(what: str, *values: Any) -> None:
     for v in values:
         if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < _U64:
             raise ValueError(f"{what}: expected an unsigned 64-bit integer, got {v!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfState:
+    """A membership as the core sees it: who votes and who only learns (etcd's ConfState)."""
+
+    voters: tuple[int, ...]
+    learners: tuple[int, ...] = ()
+
+
+class ConfChangeRefused(Exception):
+    """The leader cannot take a configuration change now. `in_progress`: an earlier change is
+    still uncommitted, or this leader has not committed an entry of its term yet (retry);
+    otherwise the change itself is unsafe (more than one voter changed)."""
+
+    def __init__(self, message: str, *, in_progress: bool) -> None:
+        super().__init__(message)
+        self.in_progress = in_progress
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,11 +346,16 @@ class RaftNode:
         compact_keep: int = 0,
         rebuilding: bool = False,
         learners: Sequence[int] = (),
+        conf_of_entry: Callable[[bytes], ConfState | None] | None = None,
+        conf_of_snapshot: Callable[[bytes], ConfState | None] | None = None,
     ) -> None:
         if id <= 0 or any(v <= 0 for v in voters) or any(v <= 0 for v in learners):
             raise ValueError("member ids must be positive integers")
         members = [*voters, *learners]
-        if len(set(members)) != len(members) or id not in members or not voters:
+        # A member a reconfig removed may restart with a configuration that lacks it: it then
+        # neither campaigns nor votes (nobody sends it anything any more).
+        if len(set(members)) != len(members) or not voters or (
+                id not in members and conf_of_entry is None):
             raise ValueError(f"voters {list(voters)} and learners {list(learners)} must be "
                              f"distinct, include {id} and at least one voter")
         if not 0 < heartbeat_ticks < election_ticks:
@@ -324,14 +363,19 @@ class RaftNode:
         if max_inflight < 1 or max_msg_entries < 1 or max_msg_bytes < 1 or compact_keep < 0:
             raise ValueError("flow-control limits must be positive")
         self.id = id
-        self.voters = sorted(voters)  # sorted: message order must not depend on config order
-        self._voter_set = frozenset(self.voters)
-        self.learners = sorted(learners)
-        self.is_learner = id in self.learners
-        self._member_set = frozenset(members)
-        self._peers = sorted(v for v in members if v != id)  # everyone we replicate to
-        self._voting_peers = [v for v in self.voters if v != id]
-        self._quorum = len(self.voters) // 2 + 1
+        self._conf_of_entry = conf_of_entry
+        self._conf_of_snapshot = conf_of_snapshot
+        self._catch_up: set[int] = set()  # leader only: joining voters, replicated to first
+        # Leader only: members the newest change removed. They still get appends and
+        # heartbeats (never counted), so they learn that the change committed and can answer
+        # a client that asked through them; dropped at the next change or leader.
+        self._retiring: set[int] = set()
+        self._member_set: frozenset[int] = frozenset()
+        self._progress: dict[int, _Progress] = {}
+        self.role = Role.FOLLOWER
+        self.voters: list[int] = []
+        self.learners: list[int] = []
+        self._set_conf(ConfState(tuple(voters), tuple(learners)))
         self._rng = rng
         self.election_ticks = election_ticks
         self.heartbeat_ticks = heartbeat_ticks
@@ -356,6 +400,9 @@ class RaftNode:
         for i, e in enumerate(self._log):
             if e.index != self._offset + 1 + i:
                 raise ValueError(f"entries must be contiguous after index {self._offset}")
+        # The configuration at the snapshot (the caller's), then every change logged after it.
+        self._confs: list[tuple[int, ConfState]] = [(self._offset, self.conf)]
+        self._scan_confs(self._log)
         # `_persisted`: entries up to here are durable AND equal to the in-memory ones (a
         # conflict truncation lowers it). `_unstable_from`: first entry not yet handed out.
         self._persisted = self.last_index
@@ -405,6 +452,87 @@ class RaftNode:
             # Nobody to wait for: an ensemble of one leads at once, as a standalone server must.
             self._campaign(pre=False)
 
+    # -- membership ------------------------------------------------------------------------
+    @property
+    def conf(self) -> ConfState:
+        """The configuration in force here: the newest one in the log, committed or not."""
+        return ConfState(tuple(self.voters), tuple(self.learners))
+
+    @property
+    def conf_index(self) -> int:
+        """Index of the entry that set the configuration in force (the snapshot's index, or 0)."""
+        return self._confs[-1][0]
+
+    @property
+    def conf_change_pending(self) -> bool:
+        return self.conf_index > self.commit
+
+    def _set_conf(self, conf: ConfState) -> None:
+        before = {*self.voters, *self.learners}
+        voters, learners = sorted(conf.voters), sorted(conf.learners)
+        self.voters = voters  # sorted: message order must not depend on config order
+        self._voter_set = frozenset(voters)
+        self.learners = learners
+        self.is_learner = self.id in learners
+        members = {*voters, *learners}
+        self._catch_up -= members
+        member_set = frozenset(members | self._catch_up)
+        if self.role == Role.LEADER and members != before:
+            self._retiring = before - members - {self.id}
+        self._retiring -= members
+        self._member_set = member_set
+        # Everyone we replicate to:
+        self._peers = sorted(v for v in member_set | self._retiring if v != self.id)
+        self._voting_peers = [v for v in voters if v != self.id]
+        self._quorum = len(voters) // 2 + 1
+        if self.role == Role.LEADER:
+            nxt = self.last_index + 1
+            for v in self._member_set:
+                if v not in self._progress:
+                    self._progress[v] = _Progress(nxt)
+            for v in list(self._progress):
+                if v not in self._member_set and v not in self._retiring and v != self.id:
+                    del self._progress[v]
+
+    def _scan_confs(self, entries: Iterable[Entry]) -> None:
+        if self._conf_of_entry is None:
+            return
+        changed = False
+        for e in entries:
+            if e.data:
+                conf = self._conf_of_entry(e.data)
+                if conf is not None:
+                    self._confs.append((e.index, conf))
+                    changed = True
+        if changed:
+            self._set_conf(self._confs[-1][1])
+
+    def start_catch_up(self, member: int) -> None:
+        """Leader: replicate to `member` (a voter about to be added) as if it were a learner,
+        before the configuration entry makes it count. Ends with the leadership or the change."""
+        if self.role != Role.LEADER or member in self._member_set:
+            return
+        self._catch_up.add(member)
+        self._set_conf(self.conf)
+        self._send_append(member, send_if_empty=True)
+
+    def stop_catch_up(self, member: int) -> None:
+        if member in self._catch_up:
+            self._catch_up.discard(member)
+            self._set_conf(self.conf)
+
+    def match_of(self, member: int) -> int | None:
+        """Leader: the highest index `member` is known to hold (None: not tracked, or not
+        heard from within the last election timeout)."""
+        if self.role != Role.LEADER:
+            return None
+        if member == self.id:
+            return self._persisted
+        pr = self._progress.get(member)
+        if pr is None or pr.heard_tick < 0 or self.ticks - pr.heard_tick > self.election_ticks:
+            return None
+        return pr.match
+
     # -- log helpers -----------------------------------------------------------------------
     @property
     def last_index(self) -> int:
@@ -445,6 +573,12 @@ class RaftNode:
         self._log.extend(ents)
         self._unstable_from = min(self._unstable_from, first)
         self._persisted = min(self._persisted, first - 1)
+        if self._confs[-1][0] >= first:
+            # A change in the replaced suffix never happened: back to the one before it.
+            while self._confs[-1][0] >= first:
+                self._confs.pop()
+            self._set_conf(self._confs[-1][1])
+        self._scan_confs(ents)
 
     def _find_conflict_by_term(self, index: int, term: int) -> tuple[int, int]:
         """Largest i <= index whose term is <= `term`, with its term: the follower (or leader)
@@ -491,6 +625,10 @@ class RaftNode:
         self._reads = []
         self._reads_waiting = []
         self._bcast_entries = self._bcast_commit = False
+        if self._catch_up or self._retiring:
+            self._catch_up.clear()
+            self._retiring.clear()
+            self._set_conf(self.conf)
 
     def _become_follower(self, term: int, leader: int) -> None:
         self._reset(term)
@@ -571,8 +709,8 @@ class RaftNode:
         self._election_elapsed += 1
         if self._election_elapsed >= self._randomized_timeout:
             self._election_elapsed = 0
-            if self.is_learner:
-                return  # a learner waits for whichever leader the voters elect
+            if self.id not in self._voter_set:
+                return  # a learner (or a removed member) waits for the voters' leader
             if self.rebuilding and self.last_index > 0:
                 return  # partly rebuilt: it could win without entries it once acknowledged
             self._campaign(pre=self.pre_vote)
@@ -616,7 +754,7 @@ class RaftNode:
         """
         if self.role != Role.LEADER:
             return False
-        if len(self.voters) == 1:
+        if self.voters == [self.id]:
             return True
         if not self.check_quorum:
             return False
@@ -641,11 +779,29 @@ class RaftNode:
             raise exc
         if not isinstance(data, bytes):
             raise TypeError("proposal data must be bytes")
+        conf = self._conf_of_entry(data) if self._conf_of_entry is not None and data else None
+        if conf is not None:
+            self._check_conf_change(conf)
         entry = Entry(self.last_index + 1, self.term, data)
         self._log.append(entry)
+        if conf is not None:
+            # Raft's rule for single-server changes: in force from the moment it is logged.
+            self._confs.append((entry.index, conf))
+            self._set_conf(conf)
         # Sent at the next ready(): a burst of proposals then leaves in few messages.
         self._bcast_entries = True
         return entry
+
+    def _check_conf_change(self, conf: ConfState) -> None:
+        if self.conf_change_pending or self.term_at(self.commit) != self.term:
+            # One change at a time, and none before this leader's first entry is committed:
+            # the entry it would follow could still be a change we do not know is committed.
+            raise ConfChangeRefused("a configuration change is in progress", in_progress=True)
+        if len(set(conf.voters) ^ self._voter_set) > 1 or not conf.voters or (
+                set(conf.voters) & set(conf.learners)):
+            raise ConfChangeRefused(f"unsafe change of voters {self.voters} -> "
+                                    f"{sorted(conf.voters)}: one voter at a time",
+                                    in_progress=False)
 
     def read_index(self, context: bytes) -> None:
         """Ask for a linearizable read point; the answer is a ReadState with this context in a
@@ -679,6 +835,9 @@ class RaftNode:
             return
         if snapshot_index > self._applied:
             raise ValueError(f"snapshot {snapshot_index} is past applied {self._applied}")
+        # Keep the configuration in force at the snapshot, and every change after it.
+        keep = max(i for i, (index, _) in enumerate(self._confs) if index <= snapshot_index)
+        self._confs = self._confs[keep:]
         if self.term_at(snapshot_index) not in (None, snapshot_term):
             raise ValueError(f"snapshot term {snapshot_term} != log term at {snapshot_index}")
         self._snapshot = Snapshot(snapshot_index, snapshot_term, data)
@@ -690,12 +849,25 @@ class RaftNode:
             self._offset, self._offset_term = new_offset, t
 
     def step(self, m: Message) -> None:
-        if m.to != self.id or m.frm == self.id or m.frm not in self._member_set:
-            return  # not for us, or from a non-member
-        if m.type in (MsgType.VOTE, MsgType.PRE_VOTE, MsgType.VOTE_RESP,
-                      MsgType.PRE_VOTE_RESP) and (self.is_learner or m.frm not in self._voter_set):
+        if m.to != self.id or m.frm == self.id:
+            return  # not for us
+        if m.frm not in self._member_set and (
+                self._conf_of_entry is None or m.type in (MsgType.VOTE, MsgType.PRE_VOTE)):
+            # From a non-member. With membership changes, a leader (or an answer) from outside
+            # our configuration is heeded: a newer configuration we lack may include it, and
+            # terms keep a stale one harmless. Elections stay closed to strangers, so a removed
+            # member cannot disrupt the ensemble it left.
+            return
+        if m.type in (MsgType.VOTE_RESP, MsgType.PRE_VOTE_RESP) and (
+                self.id not in self._voter_set or m.frm not in self._voter_set):
+            return  # only the votes of our configuration's voters count
+        if m.type in (MsgType.VOTE, MsgType.PRE_VOTE) and self._conf_of_entry is None and (
+                self.is_learner or m.frm not in self._voter_set):
             # Elections are the voters' business only: a learner neither answers vote requests
-            # nor lets them move its term (which would make it reject the live leader).
+            # nor lets them move its term (which would make it reject the live leader). With
+            # membership changes every member answers (Ongaro's thesis §4.2): a newer
+            # configuration it has not received yet may make it, or the candidate, a voter,
+            # and without its answer no leader could be elected to tell it so.
             return
         if m.term > self.term:
             if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
@@ -780,6 +952,7 @@ class RaftNode:
         if self.rebuilding and m.type in (MsgType.APPEND, MsgType.SNAPSHOT):
             seen = m.commit if m.type == MsgType.APPEND else m.snapshot.index  # type: ignore[union-attr]
             self._rebuild_target = max(self._rebuild_target or 0, seen)
+        commit_before = self.commit
         if m.type == MsgType.APPEND:
             self._handle_append(m)
         elif m.type == MsgType.HEARTBEAT:
@@ -791,8 +964,19 @@ class RaftNode:
         else:
             self._handle_snapshot(m)
         if (self.rebuilding and self._rebuild_target is not None
-                and self.commit >= self._rebuild_target):
+                and max(self.commit, self._leader_matched(m, commit_before))
+                >= self._rebuild_target):
             self.rebuilding = False
+
+    def _leader_matched(self, m: Message, commit_before: int) -> int:
+        """How far our log is now known to equal the leader's: voting needs the entries, not
+        the knowledge that they committed (which lags behind under a steady write load and
+        would keep a member that just joined from ever voting). Only an append that was
+        processed (not one answered early as already committed) tells."""
+        if (m.type == MsgType.APPEND and m.index >= commit_before
+                and self.term_at(m.index) == m.log_term):
+            return min(m.index + len(m.entries), self.last_index)
+        return 0
 
     def _commit_to(self, index: int) -> None:
         # The leader only sends commit indexes we are known to hold; the clamp keeps a bad
@@ -835,6 +1019,9 @@ class RaftNode:
                                index=self.last_index))
             return
         # Raft §7: the snapshot replaces our whole log (Storage.save_snapshot drops it too).
+        conf = self._conf_of_snapshot(s.data) if self._conf_of_snapshot is not None else None
+        self._confs = [(s.index, conf or self.conf)]
+        self._set_conf(self._confs[0][1])
         self._snapshot = s
         self._pending_snapshot = s
         self._offset, self._offset_term = s.index, s.term
@@ -895,6 +1082,8 @@ class RaftNode:
             pr.free_le(m.index)
         if self._maybe_commit():
             self._bcast_commit = True
+        if self.role != Role.LEADER:
+            return  # it removed itself, and that just committed
         while self._send_append(m.frm, send_if_empty=False):
             pass
 
@@ -905,6 +1094,13 @@ class RaftNode:
         if index > self.commit and self.term_at(index) == self.term:
             self.commit = index
             self._release_waiting_reads()
+            if self.id not in self._voter_set and self.commit >= self.conf_index:
+                # We removed ourselves and that is now committed: tell the others (so they
+                # apply it too) and step down; the remaining voters elect a leader.
+                self._bcast_commit = True
+                self._flush()
+                self._become_follower(self.term, NONE)
+                return False
             return True
         return False
 
@@ -963,13 +1159,14 @@ class RaftNode:
 
     # -- read index ------------------------------------------------------------------------
     def _leader_read(self, context: bytes, requester: int) -> None:
-        if len(self.voters) == 1:
+        if self.voters == [self.id]:
             self._read_answer(context, self.commit, requester)
         elif self.term_at(self.commit) != self.term:
             # Until an entry of our term commits we do not know the true commit index.
             self._reads_waiting.append((context, requester))
         else:
-            self._reads.append(_PendingRead(context, self.commit, requester, {self.id}))
+            self._reads.append(_PendingRead(context, self.commit, requester,
+                                            {self.id} & self._voter_set))
             self._bcast_heartbeat(context)
 
     def _release_waiting_reads(self) -> None:

@@ -35,14 +35,14 @@ import trio
 
 from zkfs.constants import Err, OpCode
 
-from zkfsd import tls
+from zkfsd import reconfig, tls
 from zkfsd.backend import MemberBackend
 from zkfsd.clients import ClientConnection
 from zkfsd.config import ServerConfig
 from zkfsd.adminserver import start_monitoring
 from zkfsd.consensus import make_zxid
 from zkfsd.peers import PeerTransport
-from zkfsd.raft import Message, RaftNode
+from zkfsd.raft import ConfChangeRefused, Message, RaftNode
 from zkfsd.sessions import ReportAck, SessionIdGenerator, SessionKeeper, SessionReport, new_password
 from zkfsd.storage import HardState, Snapshot, Storage
 from zkfsd.tree import ApplyResult, DataTree
@@ -112,6 +112,13 @@ class ZkServer:
         # Observers get the log, hold sessions and serve clients, but never vote.
         self.observers = sorted(config.observers)
         self.members = sorted([*self.voters, *self.observers])
+        # Dynamic reconfiguration: the static server.N lines are the initial membership; the
+        # log and snapshots hold every change (reconfig.py).
+        self.memberships = reconfig.Memberships(
+            reconfig.from_static(config.servers, config.observers, config.server_clients)
+            if len(config.servers) > 1 else None)
+        self._conf_index = -1  # the core's conf_index when the membership was last adopted
+        self._nursery: trio.Nursery | None = None
         self.storage = Storage(config.data_dir, config.data_log_dir)
         self._rebuild_marker = Path(config.data_dir) / "REBUILDING"
         self.tree = DataTree()
@@ -181,6 +188,8 @@ class ZkServer:
         core = self.core
         if not self._replayed or core is None or core.leader_id == 0:
             return False
+        if self.member_id not in self.members:
+            return False  # a reconfig removed this member
         return core.is_leader or self.keeper.follower_serving(core.ticks)
 
     @property
@@ -221,6 +230,14 @@ class ZkServer:
         if loaded.snapshot is not None:
             self.tree = DataTree.from_snapshot(loaded.snapshot.data)
             self._reset_sessions(0)
+        self._init_config_node()
+        if self.memberships.static is not None:
+            conf = self.memberships.snapshot_conf(loaded.snapshot.data) if loaded.snapshot \
+                else self.memberships.static.conf
+            assert conf is not None
+            self.voters, self.observers = list(conf.voters), list(conf.learners)
+            self.members = sorted([*self.voters, *self.observers])
+            self.memberships.note_entries(loaded.entries)
         if self.voters == [self.member_id]:
             # A majority of one: everything durable here is committed and replays at once.
             self._replay_target = loaded.entries[-1].index if loaded.entries else 0
@@ -246,7 +263,10 @@ class ZkServer:
                              snapshot=loaded.snapshot, entries=loaded.entries,
                              rng=random.Random(), election_ticks=ELECTION_TICKS,
                              heartbeat_ticks=1, learners=self.observers,
-                             rebuilding=rebuilding)
+                             rebuilding=rebuilding,
+                             conf_of_entry=reconfig.entry_conf if self.memberships.static else None,
+                             conf_of_snapshot=self.memberships.snapshot_conf
+                             if self.memberships.static else None)
         self._since_snapshot = len(loaded.entries)
         log.info("loaded snapshot at index %d and %d log entries (commit %d) in %.3fs",
                  loaded.snapshot.index if loaded.snapshot else 0, len(loaded.entries),
@@ -256,6 +276,7 @@ class ZkServer:
         self.recover()
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._signal_watcher, nursery.cancel_scope)
                 nursery.start_soon(self._log_loop)
                 self._wakeup.set()
@@ -265,8 +286,8 @@ class ZkServer:
                     if self.config.peer_secret_file:
                         with open(self.config.peer_secret_file, "rb") as f:
                             secret = f.read().strip()
-                    addresses = {sid: (host, port)
-                                 for sid, (host, port, _election) in self.config.servers.items()}
+                    addresses = {sid: (spec.host, spec.peer_port)
+                                 for sid, spec in self.memberships.known.items()}
                     quorum_tls = self.config.security.quorum_tls
                     self.transport = PeerTransport(
                         self.member_id, addresses, self._on_peer_message, secret,
@@ -274,6 +295,7 @@ class ZkServer:
                         tls=(tls.server_context(quorum_tls), tls.client_context(quorum_tls))
                         if quorum_tls is not None else None)
                     await nursery.start(self.transport.run)
+                    self._adopt_membership()
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._reaper_loop)
                 await self._listen(nursery)
@@ -368,8 +390,19 @@ class ZkServer:
             proposal.fail()
         return proposal
 
-    def _submit(self, txn: dict[str, Any]) -> bool:
+    def _submit(self, txn: dict[str, Any], *, decided: bool = False) -> bool:
         assert self.core is not None
+        if self.core.is_leader and txn.get("type") == OpCode.RECONFIG and not decided:
+            # Decided by the leader, which may first have to catch a new voter up; whatever
+            # a request carries besides the plan is not for the asker to say.
+            txn.pop("members", None)
+            txn.pop("err", None)
+            assert self._nursery is not None
+            # A joining voter gets a few election timeouts, and never less than 5 s, to
+            # catch up (ZooKeeper gives a syncing learner initLimit ticks).
+            self._nursery.start_soon(reconfig.lead_reconfig, self, txn,
+                                     max(5.0, 4 * ELECTION_TICKS * self.raft_tick))
+            return True
         if self.core.is_leader:
             term, index = self.core.next_position()
             txn["zxid"] = make_zxid(term, index)
@@ -381,6 +414,86 @@ class ZkServer:
         if leader and self.transport is not None:
             return self.transport.send(leader, ["fwd", txn])
         return False
+
+    # -- reconfig (reconfig.py decides; these are its handles on the member) ---------------------
+    def reconfig_request(self, record: Any, session_id: int,
+                         auth: list[tuple[str, str]]) -> dict[str, Any]:
+        """The transaction for a client's reconfig request; ReconfigError for what this
+        member can refuse by itself (disabled, standalone, malformed)."""
+        if not self.config.reconfig_enabled:
+            raise reconfig.ReconfigError(Err.RECONFIG_DISABLED, "reconfigEnabled is false")
+        if self.memberships.static is None:
+            # ZooKeeper's standalone server cannot reconfigure either.
+            raise reconfig.ReconfigError(Err.UNIMPLEMENTED, "standalone")
+        plan = reconfig.parse_request(record.joining_servers, record.leaving_servers,
+                                      record.new_members, record.cur_config_id)
+        return reconfig.reconfig_txn(None, session_id, auth, plan)
+
+    def current_membership(self) -> reconfig.Membership:
+        assert self.core is not None
+        node = self.tree.get(reconfig.CONFIG_PATH)
+        members = self.memberships.current(self.core.conf_index, node.data if node else None)
+        assert members is not None
+        return members
+
+    def learn_servers(self, specs: list[Any]) -> None:
+        for spec in self.memberships.learn(specs) if specs else []:
+            if self.transport is not None:
+                self.transport.add_peer(spec.sid, (spec.host, spec.peer_port))
+
+    def wakeup(self) -> None:
+        self._wakeup.set()
+
+    def log_reconfig(self, message: str) -> None:
+        log.info("member %d: %s", self.member_id, message)
+
+    def submit_decided(self, txn: dict[str, Any]) -> None:
+        """Log a decided reconfig (the leader); the core may still refuse a change."""
+        assert self.core is not None
+        if not self.core.is_leader:
+            return
+        try:
+            self._submit(txn, decided=True)
+        except ConfChangeRefused as exc:
+            txn.pop("members", None)
+            txn["err"] = int(Err.RECONFIG_IN_PROGRESS if exc.in_progress else Err.BAD_ARGUMENTS)
+            log.info("member %d: reconfig refused: %s", self.member_id, exc)
+            self._submit(txn, decided=True)
+
+    def _adopt_membership(self) -> None:
+        """Follow the consensus core's configuration: who votes, who observes, and where they
+        are. Runs after every Ready; does something only when the configuration changed."""
+        core = self.core
+        if core is None or self.memberships.static is None or core.conf_index == self._conf_index:
+            return
+        self._conf_index = core.conf_index
+        voters, observers = list(core.voters), list(core.learners)
+        if (voters, observers) != (self.voters, self.observers):
+            log.info("member %d: membership is now voters %s, observers %s (log index %d)",
+                     self.member_id, voters, observers, core.conf_index)
+        was_member = self.member_id in self.members
+        self.voters, self.observers = voters, observers
+        self.members = sorted([*voters, *observers])
+        self.keeper.set_members(self.members, core.ticks)
+        if was_member and self.member_id not in self.members:
+            # As ZooKeeper's removed servers do: clients go find a member (their pings here
+            # would no longer reach the leader's session bookkeeping).
+            log.warning("member %d: removed from the ensemble by a reconfig; not serving",
+                        self.member_id)
+            for conn in list(self.connections):
+                conn.abort("this member was removed from the ensemble")
+        if self.transport is not None:
+            for sid in self.members:
+                spec = self.memberships.known.get(sid)
+                if spec is not None:
+                    self.transport.add_peer(sid, (spec.host, spec.peer_port))
+
+    def _init_config_node(self) -> None:
+        """An ensemble's /zookeeper/config starts as the static membership (zxid 0), as
+        ZooKeeper's initConfigInZKDatabase does; a logged reconfig replaces it."""
+        node = self.tree.get(reconfig.CONFIG_PATH)
+        if self.memberships.static is not None and node is not None and node.mzxid == 0:
+            self.tree.set_config(self.memberships.static.config_data(), 0, 0)
 
     def _on_peer_message(self, frm: int, obj: Any) -> None:
         """A frame from another member. Malformed input raises ValueError (drops that peer)."""
@@ -433,6 +546,8 @@ class ZkServer:
                     await self._install_snapshot(ready.snapshot)
                 if ready.entries:
                     self.storage.append(ready.entries)
+                    if self.memberships.static is not None:
+                        self.learn_servers(self.memberships.note_entries(ready.entries))
                 if ready.hard_state is not None:
                     self.storage.set_hard_state(ready.hard_state)
                 if ready.entries or self._vote_changed(ready.hard_state):
@@ -454,6 +569,7 @@ class ZkServer:
                     self._rebuild_marker.unlink()
                     log.info("member %d is up to date with the leader and votes again",
                              self.member_id)
+                self._adopt_membership()
                 self._check_leader()
                 if ready.committed and self._since_snapshot >= self.config.snap_count:
                     await self._snapshot(ready.committed[-1].index, ready.committed[-1].term)
@@ -491,6 +607,11 @@ class ZkServer:
                 conn.notify(event_type, path)
         if txn_type == OpCode.CLOSE_SESSION:
             self._session_closed(txn["session"], expired=bool(txn.get("expired")))
+        if txn_type == OpCode.RECONFIG and result.err == Err.OK:
+            log.info("member %d: reconfig committed, /zookeeper/config version %x",
+                     self.member_id, txn["zxid"])
+            if self.core is not None:
+                self.memberships.prune(self.core.commit)
         origin = txn.get("origin")
         if (isinstance(origin, list) and len(origin) == 3 and origin[0] == self.member_id
                 and origin[1] == self._incarnation):
@@ -536,6 +657,7 @@ class ZkServer:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self.storage.save_snapshot, snap)
         self.tree = DataTree.from_snapshot(snap.data)
+        self._init_config_node()
         self._reset_sessions(self.core.ticks if self.core else 0)
         self._since_snapshot = 0
         # Watches were set against the old tree; clients re-register them on reconnect and

@@ -143,6 +143,23 @@ class SessionKeeper:
         else:
             self._lead(leading_term, now)
 
+    def set_members(self, members: Iterable[int], now: int) -> None:
+        """A reconfig changed the ensemble: a new member's reports count from now (as if it
+        had just reported), a removed one's are no longer waited for."""
+        others = [m for m in sorted(set(members)) if m != self.me]
+        if others == self._others:
+            return
+        removed = set(self._others) - set(others)
+        self._others = others
+        if self._term is not None:
+            self._covered = {m: self._covered.get(m, _NEVER) for m in others}
+            self._reported_at = {m: self._reported_at.get(m, now) for m in others}
+            if removed:
+                # Pings a removed member accepted but has not reported yet are lost with it:
+                # every session gets a fresh timeout, as under a new leader.
+                self._deadline = {sid: max(d, now + self._timeout[sid])
+                                  for sid, d in self._deadline.items()}
+
     def _lead(self, term: int, now: int) -> None:
         self._term = term
         self._deadline = {sid: now + t for sid, t in self._timeout.items()}

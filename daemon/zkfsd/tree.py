@@ -342,6 +342,12 @@ def _check_data_size(data: bytes | None) -> None:
         raise _Fail(Err.BAD_ARGUMENTS)
 
 
+def config_node_data(lines: list[str], version: int) -> bytes:
+    """/zookeeper/config's content: the server.N lines, then the version in hex
+    (ZooKeeper's QuorumMaj.toString)."""
+    return "".join(f"{line}\n" for line in lines).encode() + f"version={version:x}".encode()
+
+
 def _check_version(current: int, expected: int) -> None:
     if expected != -1 and expected != current:
         raise _Fail(Err.BAD_VERSION)
@@ -779,6 +785,25 @@ class DataTree:
         self.sessions.pop(session, None)
         return paths, events
 
+    def _reconfig(self, txn: dict[str, Any]) -> tuple[Any, list[Event]]:
+        # The leader decided (reconfig.py): either a refusal to report, or the new membership,
+        # written as ZooKeeper writes it (a SetDataTxn with version -1, so the Stat's version
+        # reads -1 and the zxid is the config's version).
+        if txn.get("err") is not None:
+            raise _Fail(Err(txn["err"]))
+        lines = txn["members"]
+        if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
+            raise _Fail(Err.BAD_ARGUMENTS)
+        return self.set_config(config_node_data(lines, txn["zxid"]), txn["zxid"], txn["time"])
+
+    def set_config(self, data: bytes, zxid: int, time: int) -> tuple[Any, list[Event]]:
+        """Set /zookeeper/config (a reconfig; or the static membership at startup, as
+        ZooKeeper's initConfigInZKDatabase does with zxid 0)."""
+        node = self._nodes["/zookeeper/config"]
+        self.approximate_data_size += len(data) - len(node.data or b"")
+        node.data, node.mzxid, node.mtime, node.version = data, zxid, time, -1
+        return (data, node.stat()), [(EventType.NODE_DATA_CHANGED, "/zookeeper/config")]
+
     _HANDLERS: dict[int, Callable[[DataTree, dict[str, Any]], tuple[Any, list[Event]]]] = {
         OpCode.CREATE: _create,
         OpCode.CREATE2: _create,
@@ -791,6 +816,7 @@ class DataTree:
         OpCode.CHECK: _check,
         OpCode.CREATE_SESSION: _create_session,
         OpCode.CLOSE_SESSION: _close_session,
+        OpCode.RECONFIG: _reconfig,
     }
 
     # -- snapshots --------------------------------------------------------------------------------
