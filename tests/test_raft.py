@@ -899,3 +899,37 @@ def test_learner_ids_must_be_distinct_from_voters() -> None:
         RaftNode(4, [1, 2, 3], hard_state=HardState(), rng=random.Random(0))
     node = RaftNode(4, [1, 2, 3], learners=[4], hard_state=HardState(), rng=random.Random(0))
     assert node.is_learner and not node.is_leader
+
+
+def test_without_a_leader_a_member_retries_sooner_than_the_election_timeout() -> None:
+    """retry_ticks (the server: one to two tickTimes) bounds how long a member that knows no
+    leader waits before campaigning (again), e.g. after a split vote; a follower that knows
+    its leader still gives it the whole election timeout (syncLimit ticks)."""
+    def pre_votes(node: RaftNode) -> int:
+        rd = node.ready()
+        node.advance(rd)
+        return sum(1 for m in rd.messages if m.type == MsgType.PRE_VOTE)
+
+    node = RaftNode(2, [1, 2, 3], hard_state=HardState(), rng=random.Random(3),
+                    election_ticks=50, heartbeat_ticks=5, retry_ticks=10)
+    for attempt in range(3):  # nobody answers: every retry comes within 2 * retry_ticks
+        for tick in range(20):
+            node.tick()
+            if pre_votes(node):
+                break
+        else:
+            raise AssertionError(f"attempt {attempt}: no campaign within 20 ticks")
+    follower = RaftNode(2, [1, 2, 3], hard_state=HardState(term=1), rng=random.Random(3),
+                        election_ticks=50, heartbeat_ticks=5, retry_ticks=10)
+    follower.step(Message(MsgType.HEARTBEAT, 1, 2, 1))
+    pre_votes(follower)
+    for _ in range(49):
+        follower.tick()
+        assert not pre_votes(follower)
+    follower.leader_lost(1)  # its connection closed: it campaigns within lost_leader_ticks
+    for _ in range(follower.lost_leader_ticks):
+        follower.tick()
+        if pre_votes(follower):
+            break
+    else:
+        raise AssertionError("no campaign after the leader's connection was lost")

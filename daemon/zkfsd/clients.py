@@ -21,7 +21,7 @@ import trio
 from zkfs import jute
 from zkfs.constants import Err, EventType, KeeperState, OpCode, Xid
 
-from zkfsd import fourlw, handlers, sasl, wire
+from zkfsd import fourlw, handlers, sasl, txns, wire
 from zkfsd.sessions import new_password
 from zkfsd.tree import digest_auth_id
 
@@ -318,8 +318,7 @@ class ClientConnection:
         elif op == OpCode.SYNC and not self.server.standalone:
             # Through the leader: once this empty transaction is applied here, everything the
             # leader had committed before it is too.
-            proposal = self.server.propose({"type": int(OpCode.SYNC), "session": self.session_id,
-                                            "auth": [], "path": record.path})
+            proposal = self.server.propose(txns.Txn(txns.Sync(record.path), self.session_id))
             await self._pending_send.send(("write", xid, op, proposal, started))
         else:
             await self._pending_send.send(("read", xid, op, record, started))
@@ -336,10 +335,10 @@ class ClientConnection:
                     self.abort("its write could not be committed (leader lost)")
                     return
                 if op == OpCode.SYNC:
-                    err, body = Err.OK, jute.SyncResponse(proposal.txn["path"])
+                    err, body = Err.OK, jute.SyncResponse(proposal.txn.body.path)
                 else:
                     err, body = handlers.write_response(op, proposal.result)
-                zxid = proposal.txn["zxid"]
+                zxid = proposal.zxid
                 self._send(jute.encode_reply(xid, zxid, err, body))
                 server.stats.record_latency(time.monotonic() - started)
                 if op == OpCode.CLOSE_SESSION:

@@ -18,6 +18,12 @@ The caller handles a Ready strictly in this order, then calls `advance(ready)` b
 `step()` may be called between `ready()` and `advance()` (the fsync runs on a worker thread);
 anything it changes goes into the next Ready.
 
+`take_urgent()` hands out, at any time, the messages that vouch for nothing unpersisted
+(heartbeats and their answers, the leader's appends and snapshots, read-index traffic): the
+caller sends them at once instead of holding them until the pending fsync is done, so liveness
+(leases, election timers) never waits for the disk, and the leader's disk write overlaps its
+followers' (Raft thesis 10.2.1). Votes and append acknowledgements stay in the Ready.
+
 No clock, socket, disk or global randomness: time is `tick()`, randomness an injected Random.
 
 Member ids are positive integers (0 means "nobody" in HardState.vote and leader_id).
@@ -195,6 +201,20 @@ class RaftReady(Ready):
         return super().__bool__() or self.snapshot is not None or bool(self.read_states)
 
 
+# What take_urgent() may hand out before the Ready they were produced with is persisted: nothing
+# here vouches for the sender's durable state. A heartbeat answer carries the follower's last
+# index, which the leader only uses to notice a member that lost entries (a higher, unpersisted
+# index cannot trigger that). The leader's own entries count towards a commit only once
+# persisted (advance()), whatever it sent.
+_URGENT = frozenset({MsgType.HEARTBEAT, MsgType.HEARTBEAT_RESP, MsgType.APPEND,
+                     MsgType.SNAPSHOT, MsgType.READ_INDEX, MsgType.READ_INDEX_RESP})
+
+
+def is_urgent(m: Message) -> bool:
+    """May `m` leave before the Ready it came in is persisted? (See take_urgent.)"""
+    return m.type in _URGENT
+
+
 class _PState(enum.Enum):
     PROBE = "probe"  # next is a guess: one append at a time until the follower answers
     REPLICATE = "replicate"  # next is known: stream appends, at most max_inflight outstanding
@@ -312,6 +332,9 @@ class RaftNode:
         compact_keep: int = 0,
         rebuilding: bool = False,
         learners: Sequence[int] = (),
+        lost_leader_ticks: int | None = None,
+        snapshot_timeout_ticks: int | None = None,
+        retry_ticks: int | None = None,
     ) -> None:
         if id <= 0 or any(v <= 0 for v in voters) or any(v <= 0 for v in learners):
             raise ValueError("member ids must be positive integers")
@@ -341,6 +364,22 @@ class RaftNode:
         self.max_msg_entries = max_msg_entries
         self.max_msg_bytes = max_msg_bytes
         self.compact_keep = compact_keep
+        # After its leader's connection died, a follower campaigns within this many ticks
+        # (random, so that two followers rarely collide); a snapshot not acknowledged within
+        # snapshot_timeout_ticks is sent again.
+        self.lost_leader_ticks = max(1, election_ticks // 3 if lost_leader_ticks is None
+                                     else lost_leader_ticks)
+        self.snapshot_timeout_ticks = (2 * election_ticks if snapshot_timeout_ticks is None
+                                       else snapshot_timeout_ticks)
+        if self.snapshot_timeout_ticks < 1:
+            raise ValueError("snapshot_timeout_ticks must be positive")
+        # A member that knows no leader (at start, after losing it, during an election that
+        # did not settle) has nobody to wait for: it campaigns again after retry_ticks to twice
+        # that, which may be shorter than the election timeout a follower gives a leader it
+        # knows (a split vote then costs little however long the election timeout is).
+        self.retry_ticks = retry_ticks
+        if retry_ticks is not None and not 0 < retry_ticks:
+            raise ValueError("retry_ticks must be positive")
         # A member that lost its data dir may be missing entries it once acknowledged, so it
         # must neither vote nor campaign until it holds everything the leader had committed
         # when they first spoke (the caller persists this flag across restarts).
@@ -394,6 +433,7 @@ class RaftNode:
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = election_ticks
+        self._randomized_retry = election_ticks
         self._votes: dict[int, bool] = {}
         self._progress: dict[int, _Progress] = {}
         self._reads: list[_PendingRead] = []
@@ -484,13 +524,25 @@ class RaftNode:
         self.leader_tick = -1
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
-        self._randomized_timeout = self.election_ticks + self._rng.randrange(self.election_ticks)
+        self._randomize_timeouts()
         self._votes = {}
         self._progress = {}
         # Pending reads die with the leadership; callers time out and retry elsewhere.
         self._reads = []
         self._reads_waiting = []
         self._bcast_entries = self._bcast_commit = False
+
+    def _randomize_timeouts(self) -> None:
+        self._randomized_timeout = self.election_ticks + self._rng.randrange(self.election_ticks)
+        retry = self.retry_ticks
+        self._randomized_retry = (self._randomized_timeout if retry is None
+                                  else retry + self._rng.randrange(retry))
+
+    def _timeout(self) -> int:
+        """Ticks without a leader's word before campaigning (see retry_ticks)."""
+        if self.role == Role.FOLLOWER and self.leader_id != NONE:
+            return self._randomized_timeout
+        return self._randomized_retry
 
     def _become_follower(self, term: int, leader: int) -> None:
         self._reset(term)
@@ -502,7 +554,7 @@ class RaftNode:
         self.role = Role.PRE_CANDIDATE
         self.leader_id = NONE
         self._votes = {}
-        self._randomized_timeout = self.election_ticks + self._rng.randrange(self.election_ticks)
+        self._randomize_timeouts()
 
     def _become_candidate(self) -> None:
         self._reset(self.term + 1)
@@ -569,7 +621,7 @@ class RaftNode:
             self._tick_leader()
             return
         self._election_elapsed += 1
-        if self._election_elapsed >= self._randomized_timeout:
+        if self._election_elapsed >= self._timeout():
             self._election_elapsed = 0
             if self.is_learner:
                 return  # a learner waits for whichever leader the voters elect
@@ -584,7 +636,7 @@ class RaftNode:
             if pr.state == _PState.SNAPSHOT:
                 # A lost snapshot would otherwise stall this follower forever.
                 pr.snapshot_ticks += 1
-                if pr.snapshot_ticks >= 2 * self.election_ticks:
+                if pr.snapshot_ticks >= self.snapshot_timeout_ticks:
                     pr.pending_snapshot = 0
                     pr.become_probe()
         if self._election_elapsed >= self.election_ticks:
@@ -667,8 +719,8 @@ class RaftNode:
         if self.role != Role.FOLLOWER or self.leader_id != member:
             return
         self.leader_id = NONE
-        jitter = 1 + self._rng.randrange(max(1, self.election_ticks // 3))
-        self._election_elapsed = max(self._election_elapsed, self._randomized_timeout - jitter)
+        jitter = 1 + self._rng.randrange(self.lost_leader_ticks)
+        self._election_elapsed = max(self._election_elapsed, self._timeout() - jitter)
 
     def compact(self, snapshot_index: int, snapshot_term: int, data: bytes) -> None:
         """The application saved a snapshot of its state at `snapshot_index` (<= applied).
@@ -1020,6 +1072,19 @@ class RaftNode:
         if p.term != self.term or p.vote != self.vote or p.commit != self.commit:
             return True
         return self._outstanding is None and self._applying < min(self.commit, self._persisted)
+
+    def take_urgent(self) -> list[Message]:
+        """The pending messages that may leave before the next Ready is persisted (see the
+        module docstring), in the order they were produced; the rest stay for ready()."""
+        if self._bcast_entries or self._bcast_commit:
+            self._flush()
+        msgs = self._msgs
+        if not msgs:
+            return []
+        urgent = [m for m in msgs if m.type in _URGENT]
+        if urgent:
+            self._msgs = [m for m in msgs if m.type not in _URGENT]
+        return urgent
 
     def ready(self) -> RaftReady:
         if self._outstanding is not None:

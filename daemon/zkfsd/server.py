@@ -30,18 +30,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import trio
 
-from zkfs.constants import Err, OpCode
+from zkfs.constants import Err
 
-from zkfsd import tls
+from zkfsd import tls, txns
 from zkfsd.clients import ClientConnection
 from zkfsd.config import ServerConfig
 from zkfsd.adminserver import start_monitoring
 from zkfsd.consensus import make_zxid
 from zkfsd.peers import PeerTransport
-from zkfsd.raft import Message, RaftNode
+from zkfsd.raft import Message, RaftNode, is_urgent
 from zkfsd.sessions import ReportAck, SessionIdGenerator, SessionKeeper, SessionReport, new_password
 from zkfsd.storage import HardState, Snapshot, Storage
 from zkfsd.tree import ApplyResult, DataTree
@@ -49,8 +48,13 @@ from zkfsd.watches import WatchManager
 
 log = logging.getLogger("zkfsd.server")
 
-# Raft election timeout in raft ticks (randomized up to twice that).
-ELECTION_TICKS = 10
+# Raft ticks per ZooKeeper tick (tickTime): leases, timeouts and session rules are counted in
+# raft ticks, finer than tickTime, but never shorter than 20 ms.
+RAFT_TICKS_PER_TICK = 10
+MIN_RAFT_TICK = 0.02
+# A follower whose leader's connection died campaigns within this many raft ticks (a third of
+# a tickTime), instead of waiting out the election timeout; pre-vote keeps that safe.
+LOST_LEADER_TICKS = 3
 
 
 
@@ -59,25 +63,24 @@ class Proposal:
 
     `result` stays None if the proposal failed before it could commit (this member lost its
     leader, or never had one): the client's connection is then closed, as ZooKeeper does, and
-    the client learns the outcome when it reconnects.
+    the client learns the outcome when it reconnects. `zxid` is the transaction's, from its
+    log position, once applied.
     """
-    __slots__ = ("txn", "done", "result")
+    __slots__ = ("txn", "done", "result", "zxid")
 
-    def __init__(self, txn: dict[str, Any]) -> None:
+    def __init__(self, txn: txns.Txn) -> None:
         self.txn = txn
         self.done = trio.Event()
         self.result: ApplyResult | None = None
+        self.zxid = 0
 
     def fail(self) -> None:
         self.done.set()
 
 
-def _pack(txn: dict[str, Any]) -> bytes:
-    return msgpack.packb(txn, use_bin_type=True)
-
-
-def _unpack(data: bytes) -> dict[str, Any]:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+class LogEntryError(Exception):
+    """A committed log entry this zkfsd cannot read: applying anything after it would make this
+    member's tree differ from the others', so the member stops instead."""
 
 
 class Stats:
@@ -124,20 +127,32 @@ class ZkServer:
         self.session_ids = SessionIdGenerator(self.member_id, int(time.time() * 1000))
         self.core: RaftNode | None = None
         self.transport: PeerTransport | None = None
-        self._pending: dict[int, Proposal] = {}  # by the sequence number in txn["origin"]
+        self._pending: dict[int, Proposal] = {}  # by the sequence number in txn.origin
         self._next_seq = 0
         # Sequence numbers restart with every process run, and a member catching up applies
-        # entries its earlier runs proposed: a random id per run in txn["origin"] keeps such an
+        # entries its earlier runs proposed: a random id per run in txn.origin keeps such an
         # entry from completing a new proposal that happens to have the same number.
         self._incarnation = int.from_bytes(os.urandom(8), "big") >> 1
         self._leader = 0
         self._replayed = False
         self._synced_vote: tuple[int, int] | None = None  # (term, vote) as last fsync'd
-        self._wakeup = trio.Event()
+        self._wakeup = trio.Event()  # the log loop: the core may have a Ready
+        self._urgent = trio.Event()  # the sender: the core may have urgent messages
         self._since_snapshot = 0
-        # Raft ticks are finer than ZooKeeper's tickTime: an election timeout of 10-20 raft ticks
-        # is one to two tickTimes, well inside the smallest session timeout (two tickTimes).
-        self.raft_tick = max(0.02, config.tick_time / 1000.0 / 10)
+        # ZooKeeper's proportions: a member unheard for syncLimit ticks is given up on (a
+        # follower campaigns after syncLimit to 2*syncLimit ticks without its leader, Raft's
+        # randomized election timeout; a leader without a majority for syncLimit ticks steps
+        # down), the leader pings every half tick, and a snapshot transfer may take initLimit
+        # ticks. A dead leader's closed connection starts an election at once (leader_lost), so
+        # failover after a crash does not wait for the timeout.
+        self.raft_tick = max(MIN_RAFT_TICK, config.tick_time / 1000.0 / RAFT_TICKS_PER_TICK)
+        per_tick = config.tick_time / 1000.0 / self.raft_tick
+        self.heartbeat_ticks = max(1, round(per_tick / 2))
+        self.election_ticks = max(self.heartbeat_ticks + 1, round(config.sync_limit * per_tick))
+        self.snapshot_timeout_ticks = max(1, round(config.init_limit * per_tick))
+        # Without a leader to wait for (at start, after losing it, after a split vote), a
+        # member campaigns again after one to two ticks, whatever syncLimit says.
+        self.retry_ticks = min(self.election_ticks, max(1, round(per_tick)))
         self._ticks_due = 0  # raft ticks of real time since _tick_origin
         self._tick_origin = 0.0
         # Followers report every half tickTime; a follower whose reports stop being
@@ -147,7 +162,7 @@ class ZkServer:
         # Observers serve sessions too: the leader must hear their reports before it expires
         # anything they might be keeping alive.
         self.keeper = SessionKeeper(self.member_id, self.members, report_every=report_every,
-                                    cutoff=2 * ELECTION_TICKS + 2 * report_every)
+                                    cutoff=2 * self.election_ticks + 2 * report_every)
         self._was_serving = False
         self.listen_port: int | None = None
         self.secure_listen_port: int | None = None
@@ -242,9 +257,11 @@ class ZkServer:
                         "campaigns until a leader has brought it up to date")
         self.core = RaftNode(self.member_id, self.voters, hard_state=loaded.hard_state,
                              snapshot=loaded.snapshot, entries=loaded.entries,
-                             rng=random.Random(), election_ticks=ELECTION_TICKS,
-                             heartbeat_ticks=1, learners=self.observers,
-                             rebuilding=rebuilding)
+                             rng=random.Random(), election_ticks=self.election_ticks,
+                             heartbeat_ticks=self.heartbeat_ticks, learners=self.observers,
+                             rebuilding=rebuilding, lost_leader_ticks=LOST_LEADER_TICKS,
+                             snapshot_timeout_ticks=self.snapshot_timeout_ticks,
+                             retry_ticks=self.retry_ticks)
         self._since_snapshot = len(loaded.entries)
         log.info("loaded snapshot at index %d and %d log entries (commit %d) in %.3fs",
                  loaded.snapshot.index if loaded.snapshot else 0, len(loaded.entries),
@@ -272,6 +289,7 @@ class ZkServer:
                         tls=(tls.server_context(quorum_tls), tls.client_context(quorum_tls))
                         if quorum_tls is not None else None)
                     await nursery.start(self.transport.run)
+                nursery.start_soon(self._sender)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._reaper_loop)
                 await self._listen(nursery)
@@ -325,7 +343,7 @@ class ZkServer:
         if due > self._ticks_due and self._tick_origin:
             self.core.tick(due - self._ticks_due)
             self._ticks_due = due
-            self._wakeup.set()
+            self._kick()
         self.keeper.set_role(self.core.term if self.core.is_leader else None, self.core.ticks)
 
     def _session_round(self) -> None:
@@ -354,11 +372,11 @@ class ZkServer:
         self._was_serving = serving
 
     # -- proposing -------------------------------------------------------------------------------
-    def propose(self, txn: dict[str, Any]) -> Proposal:
+    def propose(self, txn: txns.Txn) -> Proposal:
         """Send a transaction to the log (through the leader); the Proposal completes once this
         member has applied it."""
         self._next_seq += 1
-        txn["origin"] = [self.member_id, self._incarnation, self._next_seq]
+        txn = txn.with_origin(txns.Origin(self.member_id, self._incarnation, self._next_seq))
         proposal = Proposal(txn)
         self._pending[self._next_seq] = proposal
         if not self._submit(txn):
@@ -366,18 +384,16 @@ class ZkServer:
             proposal.fail()
         return proposal
 
-    def _submit(self, txn: dict[str, Any]) -> bool:
+    def _submit(self, txn: txns.Txn) -> bool:
         assert self.core is not None
         if self.core.is_leader:
-            term, index = self.core.next_position()
-            txn["zxid"] = make_zxid(term, index)
-            txn["time"] = int(time.time() * 1000)
-            self.core.propose(_pack(txn))
-            self._wakeup.set()
+            # The leader's clock is the transaction's time on every member (mtime, ctime).
+            self.core.propose(txns.encode(txn.stamped(int(time.time() * 1000))))
+            self._kick()
             return True
         leader = self.core.leader_id
         if leader and self.transport is not None:
-            return self.transport.send(leader, ["fwd", txn])
+            return self.transport.send(leader, ["fwd", txns.encode(txn)])
         return False
 
     def _on_peer_message(self, frm: int, obj: Any) -> None:
@@ -392,12 +408,15 @@ class ZkServer:
                 raise ValueError(f"member {frm} sent a message signed as {message.frm}")
             self.core.step(message)
         elif kind == "fwd":
-            if not isinstance(body, dict) or not isinstance(body.get("type"), int):
+            if not isinstance(body, bytes):
                 raise ValueError("forwarded transaction is malformed")
+            # Decoded (and so validated) here, before it can reach the log; TxnDecodeError is a
+            # ValueError and drops the peer like any other malformed frame.
+            txn = txns.decode(body)
             # A forward that reaches a member that is no longer leader is dropped; the origin
             # closes its client's connection when it learns of the new leader.
             if self.core.is_leader:
-                self._submit(body)
+                self._submit(txn)
         elif kind == "touch":
             report = SessionReport.from_wire(body)
             self._catch_up()
@@ -409,16 +428,39 @@ class ZkServer:
             self.keeper.acknowledged(ReportAck.from_wire(body))
         else:
             raise ValueError(f"unknown peer message kind {kind!r}")
-        self._wakeup.set()
+        self._kick()
 
     def _on_peer_lost(self, member: int) -> None:
         assert self.core is not None
         if member == self.core.leader_id:
             log.info("member %d: connection from the leader (%d) ended", self.member_id, member)
         self.core.peer_lost(member)
-        self._wakeup.set()
+        self._kick()
 
     # -- the log ---------------------------------------------------------------------------------
+    def _kick(self) -> None:
+        """The core took input (a message, ticks, a proposal): wake the log loop, and the
+        sender for what may leave before the next fsync."""
+        self._wakeup.set()
+        self._urgent.set()
+
+    async def _sender(self) -> None:
+        """Heartbeats, their answers and the leader's appends leave as soon as the core makes
+        them, never behind a Ready's fsync: a busy disk or a long batch must not look like a
+        dead leader to the followers (or dead followers to the leader). One pass per scheduling
+        round, so a burst of proposals still leaves in few appends."""
+        assert self.core is not None
+        while True:
+            await self._urgent.wait()
+            self._urgent = trio.Event()
+            if self.transport is not None:
+                self._send(self.core.take_urgent())
+
+    def _send(self, messages: list[Message]) -> None:
+        if self.transport is not None:
+            for message in messages:
+                self.transport.send(message.to, ["raft", message.to_wire()])
+
     async def _log_loop(self) -> None:
         assert self.core is not None
         core = self.core
@@ -427,6 +469,11 @@ class ZkServer:
             self._wakeup = trio.Event()
             while core.has_ready():
                 ready = core.ready()
+                # What vouches for nothing unpersisted leaves now; votes and acknowledgements
+                # wait for the fsync below.
+                later = [m for m in ready.messages if not is_urgent(m)]
+                if len(later) != len(ready.messages):
+                    self._send([m for m in ready.messages if is_urgent(m)])
                 if ready.snapshot is not None:
                     await self._install_snapshot(ready.snapshot)
                 if ready.entries:
@@ -442,9 +489,7 @@ class ZkServer:
                         await trio.to_thread.run_sync(self.storage.sync)
                     self.stats.fsyncs += 1
                 # Only now may votes and acknowledgements leave: what they vouch for is durable.
-                if self.transport is not None:
-                    for message in ready.messages:
-                        self.transport.send(message.to, ["raft", message.to_wire()])
+                self._send(later)
                 for entry in ready.committed:
                     self._apply(entry.index, entry.term, entry.data)
                 core.advance(ready)
@@ -466,35 +511,35 @@ class ZkServer:
         return True
 
     def _apply(self, index: int, term: int, data: bytes) -> None:
+        zxid = make_zxid(term, index)
         if not data:
             # A new leader's empty entry: it only opens its term (ZooKeeper's new epoch).
-            self.tree.last_zxid = max(self.tree.last_zxid, make_zxid(term, index))
+            self.tree.last_zxid = max(self.tree.last_zxid, zxid)
             return
-        txn = _unpack(data)
-        txn_type = txn.get("type")
-        if txn_type == OpCode.SYNC:
-            # sync is an empty transaction: once it is applied here, so is everything the
-            # leader had committed before it.
-            self.tree.last_zxid = max(self.tree.last_zxid, txn.get("zxid", 0))
-            result = ApplyResult(Err.OK, None, [])
-        else:
-            result = self.tree.apply(txn)
+        try:
+            txn = txns.decode(data)
+        except txns.TxnDecodeError as exc:
+            raise LogEntryError(f"committed log entry {index} (zxid 0x{zxid:x}) cannot be read: "
+                                f"{exc}; was it written by a newer zkfsd?") from None
+        body = txn.body
+        result = self.tree.apply(txn, zxid)
         self.stats.txns += 1
         self._since_snapshot += 1
-        if txn_type == OpCode.CREATE_SESSION and result.err == Err.OK:
-            self.keeper.opened(txn["session"], self._timeout_ticks(txn["timeout"]),
+        if isinstance(body, txns.CreateSession) and result.err == Err.OK:
+            self.keeper.opened(txn.session, self._timeout_ticks(body.timeout),
                                self.core.ticks if self.core else 0)
         for event_type, path in result.events:
             for conn in self.watches.trigger(event_type, path):
                 conn.notify(event_type, path)
-        if txn_type == OpCode.CLOSE_SESSION:
-            self._session_closed(txn["session"], expired=bool(txn.get("expired")))
-        origin = txn.get("origin")
-        if (isinstance(origin, list) and len(origin) == 3 and origin[0] == self.member_id
-                and origin[1] == self._incarnation):
-            proposal = self._pending.pop(origin[2], None)
+        if isinstance(body, txns.CloseSession):
+            self._session_closed(txn.session, expired=body.expired)
+        origin = txn.origin
+        if (origin is not None and origin.member == self.member_id
+                and origin.incarnation == self._incarnation):
+            proposal = self._pending.pop(origin.seq, None)
             if proposal is not None:
-                proposal.txn = txn  # as committed: stamped with its zxid and time
+                proposal.txn = txn  # as committed: stamped with the leader's time
+                proposal.zxid = zxid
                 proposal.result = result
                 proposal.done.set()
 
@@ -562,8 +607,7 @@ class ZkServer:
     async def create_session(self, timeout_ms: int) -> tuple[int, bytes] | None:
         session_id = self.session_ids.next(self.tree.sessions)
         password = new_password()
-        proposal = self.propose({"type": int(OpCode.CREATE_SESSION), "session": session_id,
-                                 "auth": [], "timeout": timeout_ms, "password": password})
+        proposal = self.propose(txns.Txn(txns.CreateSession(timeout_ms, password), session_id))
         await proposal.done.wait()
         if proposal.result is None:
             return None
@@ -573,7 +617,7 @@ class ZkServer:
     async def sync_barrier(self) -> None:
         """Return once this member has applied everything the leader had committed when this
         was called (an empty transaction through the log); at once if that fails."""
-        proposal = self.propose({"type": int(OpCode.SYNC), "session": 0, "auth": [], "path": "/"})
+        proposal = self.propose(txns.Txn(txns.Sync("/")))
         await proposal.done.wait()
 
     def touch_session(self, session_id: int) -> bool:
@@ -591,8 +635,7 @@ class ZkServer:
         self.transport.send(core.leader_id, ["touch", report.to_wire()])
 
     def close_session(self, session_id: int, *, expired: bool = False) -> Proposal:
-        return self.propose({"type": int(OpCode.CLOSE_SESSION), "session": session_id,
-                             "auth": [], "expired": expired})
+        return self.propose(txns.Txn(txns.CloseSession(expired), session_id))
 
     def _session_closed(self, session_id: int, *, expired: bool) -> None:
         self.keeper.closed(session_id)
@@ -609,8 +652,7 @@ class ZkServer:
             if not self.is_leader:
                 continue
             for path in self.tree.reapable(int(time.time() * 1000)):
-                self.propose({"type": int(OpCode.DELETE_CONTAINER), "session": 0, "auth": [],
-                              "path": path, "version": -1})
+                self.propose(txns.Txn(txns.DeleteContainer(path)))
 
     # -- clients ---------------------------------------------------------------------------------
     async def _listen(self, nursery: trio.Nursery) -> None:

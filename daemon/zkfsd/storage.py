@@ -7,7 +7,7 @@ exception, because an exception here would crash-loop the server on every restar
 
 Layout
 ------
-data_dir/VERSION                      format marker ("zkfs-storage 1")
+data_dir/VERSION                      format marker ("zkfs-storage 2")
 data_dir/snapshot.<index:020d>        [header][u32 crc32 of header][data]
 log_dir/log.<first_index:020d>        sequence of records [u32 len][u32 crc32(payload)][payload]
 
@@ -17,6 +17,12 @@ Payloads are msgpack arrays tagged by their first element:
                                (Raft conflict truncation) or, after a snapshot installed past
                                the end of the log, marks the gap as intentional
     [3, term, vote, commit]    hard state; the last one in the stream wins
+
+Format 2 (this one) differs from 1 only in what entry data holds: typed transactions of
+txns.py (an array led by its own format number) instead of untyped maps. txns.decode still reads
+the maps, so a format-1 directory is upgraded in place on load (the marker is rewritten to 2 and
+new entries use the new encoding); a zkfsd that knows only format 1 then refuses the directory
+with "unsupported storage format" instead of misreading the new entries.
 
 Each segment starts with a hard-state record so that dropping old segments (compaction) never
 loses the current vote.  Segment names only have to sort in write order: after a conflict
@@ -54,9 +60,11 @@ __all__ = [
 
 logger = logging.getLogger("zkfsd.storage")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _VERSION_FILE = "VERSION"
 _VERSION_TEXT = f"zkfs-storage {FORMAT_VERSION}\n"
+# Formats this code reads and upgrades on load (see the module docstring).
+_UPGRADABLE = {"zkfs-storage 1\n"}
 
 _REC_HDR = struct.Struct("<II")  # payload length, crc32(payload)
 _REC_ENTRY, _REC_TRUNC, _REC_HARD = 1, 2, 3
@@ -262,6 +270,11 @@ class Storage:
         try:
             text = path.read_text()
         except FileNotFoundError:
+            text = None
+        if text in _UPGRADABLE:
+            logger.info("%s: upgrading storage format %r to %r (old log entries are read as "
+                        "they are)", self.data_dir, text.strip(), _VERSION_TEXT.strip())
+        if text is None or text in _UPGRADABLE:
             tmp = path.with_name(_VERSION_FILE + ".tmp")
             with open(tmp, "w") as f:
                 f.write(_VERSION_TEXT)
@@ -272,7 +285,10 @@ class Storage:
             return
         if text != _VERSION_TEXT:
             # Refusing beats misparsing data written by a different format.
-            raise StorageError(f"{path}: unsupported storage format {text.strip()!r}")
+            raise StorageError(f"{path}: unsupported storage format {text.strip()!r} (this "
+                               f"zkfsd reads {_VERSION_TEXT.strip()!r} and upgrades "
+                               f"{', '.join(repr(t.strip()) for t in sorted(_UPGRADABLE))}; "
+                               f"was it written by a newer zkfsd?)")
 
     def _list_segments(self) -> list[_Segment]:
         segs = []
