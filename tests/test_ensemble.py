@@ -590,6 +590,29 @@ def _lin_worker(ens: Ensemble, cid: int, first: int, keys: list[str], stop_at: f
         errors.append(e)
 
 
+def test_sync_catches_a_follower_up_without_a_log_entry(ensembles):
+    """sync is Raft's read index (zkfsd(8)): the follower's reply waits until it has applied
+    what the leader had committed, and no entry is written for it."""
+    ens = ensembles(3)
+    lead = ens.wait_stable()
+    follower = next(s for s in ens.ids if s != lead)
+    with ens.client(lead) as writer, ens.client(follower) as reader:
+        writer.ensure_path("/sync")
+        before = int(ens.mntr(lead)["zk_commit_index"])
+        for i in range(20):
+            writer.set_async("/sync", b"v%d" % i)  # in flight while the follower syncs
+            reader.sync("/sync")
+        value = writer.set("/sync", b"last")
+        reader.sync("/sync")
+        assert reader.get("/sync")[1].version == value.version
+        # 21 setData entries (and nothing for the 21 syncs).
+        deadline = time.monotonic() + 5
+        while int(ens.mntr(lead)["zk_commit_index"]) < before + 21:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert int(ens.mntr(lead)["zk_commit_index"]) == before + 21
+
+
 def test_linearizable_history_across_leader_kill(ensembles):
     ens = ensembles(3)
     keys = [f"/lin/k{i}" for i in range(3)]

@@ -12,7 +12,8 @@ import pytest
 from helpers import ZKFSD_BIN, ZkfsdProcess, free_port, kazoo_client
 from zkfs.constants import OpCode
 from zkfsd.consensus import make_zxid
-from zkfsd.storage import Entry, HardState, Storage, StorageError
+from zkfsd.consensus import Entry, HardState
+from zkfsd.storage import Storage, StorageError
 from zkfsd.txns import (TXN_FORMAT, Check, CloseSession, Create, CreateSession, Delete,
                         DeleteContainer, Multi, Origin, SetACL, SetData, Sync, Txn, TxnDecodeError,
                         decode, encode, from_legacy)

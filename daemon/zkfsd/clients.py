@@ -21,7 +21,7 @@ import trio
 from zkfs import jute
 from zkfs.constants import Err, EventType, KeeperState, OpCode, Xid
 
-from zkfsd import fourlw, handlers, sasl, txns, wire
+from zkfsd import fourlw, handlers, sasl, wire
 from zkfsd.sessions import new_password
 from zkfsd.tree import digest_auth_id
 
@@ -316,9 +316,9 @@ class ClientConnection:
             proposal = self.server.propose(txn)
             await self._pending_send.send(("write", xid, op, proposal, started))
         elif op == OpCode.SYNC and not self.server.standalone:
-            # Through the leader: once this empty transaction is applied here, everything the
-            # leader had committed before it is too.
-            proposal = self.server.propose(txns.Txn(txns.Sync(record.path), self.session_id))
+            # Through the leader (read index): done once everything the leader had committed
+            # when it got the request is applied here.
+            proposal = self.server.sync(self.session_id, record.path)
             await self._pending_send.send(("write", xid, op, proposal, started))
         else:
             await self._pending_send.send(("read", xid, op, record, started))

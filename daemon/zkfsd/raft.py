@@ -6,15 +6,13 @@ The server loop drives it through the interface described in consensus.py:
     outputs  ready() -> RaftReady: snapshot to install, entries + hard state to persist,
              messages to send, committed entries to apply, read states.
 
-The caller handles a Ready strictly in this order, then calls `advance(ready)` before the next
-`ready()`:
-  1. `snapshot` (if any): save it (Storage.save_snapshot) and restore the tree from its data;
-  2. `entries`: Storage.append (it truncates a conflicting suffix), `hard_state`: set_hard_state,
-     then fsync. Entries must be written before the hard state (Storage does so within a sync);
-  3. only now send `messages`: a vote or an acknowledgement must never leave before the term,
-     vote or entries it vouches for are durable, or a crash could make this member vote twice
-     or "forget" an entry a leader counted towards a majority;
-  4. apply `committed` (always entries that are already durable here), note `read_states`.
+consensus.ReadyDriver handles each Ready (it is the one implementation, used by the server and
+the test harnesses): urgent messages out at once (below), the snapshot saved and installed,
+entries and hard state written and fsync'd, only then the other messages (a vote or an
+acknowledgement must never leave before the term, vote or entries it vouches for are durable,
+or a crash could make this member vote twice or "forget" an entry a leader counted towards a
+majority), committed entries applied (always durable here already), read states reported,
+then `advance(ready)` before the next `ready()`.
 `step()` may be called between `ready()` and `advance()` (the fsync runs on a worker thread);
 anything it changes goes into the next Ready.
 
@@ -44,11 +42,10 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from zkfsd.consensus import NotLeader, Ready
-from zkfsd.storage import Entry, HardState, Snapshot
+from zkfsd.consensus import Entry, HardState, NotLeader, ReadState, Ready, Snapshot
 
 __all__ = [
     "MsgType",
@@ -184,21 +181,8 @@ def _uints(what: str, *values: Any) -> None:
             raise ValueError(f"{what}: expected an unsigned 64-bit integer, got {v!r}")
 
 
-@dataclass(frozen=True, slots=True)
-class ReadState:
-    """Reads with this context may be served once the local applied index reaches `index`."""
-
-    index: int
-    context: bytes
-
-
-@dataclass
-class RaftReady(Ready):
-    snapshot: Snapshot | None = None
-    read_states: list[ReadState] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return super().__bool__() or self.snapshot is not None or bool(self.read_states)
+# The Ready the core hands out (consensus.Ready carries snapshots and read states too).
+RaftReady = Ready
 
 
 # What take_urgent() may hand out before the Ready they were produced with is persisted: nothing
@@ -1115,7 +1099,7 @@ class RaftNode:
         if rd is not self._outstanding:
             raise RuntimeError("advance() takes the Ready last returned by ready()")
         self._outstanding = None
-        if isinstance(rd, RaftReady) and rd.snapshot is not None:
+        if rd.snapshot is not None:
             self._applied = max(self._applied, rd.snapshot.index)
         for e in reversed(rd.entries):
             # A step() between ready() and advance() may have replaced some of these entries;

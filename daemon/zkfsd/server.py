@@ -38,11 +38,11 @@ from zkfsd import tls, txns
 from zkfsd.clients import ClientConnection
 from zkfsd.config import ServerConfig
 from zkfsd.adminserver import start_monitoring
-from zkfsd.consensus import make_zxid
+from zkfsd.consensus import Entry, ReadyDriver, Snapshot, make_zxid
 from zkfsd.peers import PeerTransport
 from zkfsd.raft import Message, RaftNode, is_urgent
 from zkfsd.sessions import ReportAck, SessionIdGenerator, SessionKeeper, SessionReport, new_password
-from zkfsd.storage import HardState, Snapshot, Storage
+from zkfsd.storage import Storage
 from zkfsd.tree import ApplyResult, DataTree
 from zkfsd.watches import WatchManager
 
@@ -81,6 +81,22 @@ class Proposal:
 class LogEntryError(Exception):
     """A committed log entry this zkfsd cannot read: applying anything after it would make this
     member's tree differ from the others', so the member stops instead."""
+
+
+class _Applier:
+    """The server as the driver's Application (consensus.ReadyDriver)."""
+
+    def __init__(self, server: ZkServer) -> None:
+        self.server = server
+
+    def install_snapshot(self, snap: Snapshot) -> None:
+        self.server._install_snapshot(snap)
+
+    def apply(self, entry: Entry) -> None:
+        self.server._apply(entry.index, entry.term, entry.data)
+
+    def read_state(self, index: int, context: bytes) -> None:
+        self.server._read_state(index, context)
 
 
 class Stats:
@@ -128,6 +144,10 @@ class ZkServer:
         self.core: RaftNode | None = None
         self.transport: PeerTransport | None = None
         self._pending: dict[int, Proposal] = {}  # by the sequence number in txn.origin
+        # sync (read index): by context, those not answered yet with the tick last asked, and
+        # those answered, waiting for this member to apply up to their index.
+        self._syncs: dict[bytes, tuple[Proposal, int]] = {}
+        self._syncs_applying: list[tuple[int, Proposal]] = []
         self._next_seq = 0
         # Sequence numbers restart with every process run, and a member catching up applies
         # entries its earlier runs proposed: a random id per run in txn.origin keeps such an
@@ -135,7 +155,7 @@ class ZkServer:
         self._incarnation = int.from_bytes(os.urandom(8), "big") >> 1
         self._leader = 0
         self._replayed = False
-        self._synced_vote: tuple[int, int] | None = None  # (term, vote) as last fsync'd
+        self.driver: ReadyDriver | None = None  # the core's Readys -> storage, peers, tree
         self._wakeup = trio.Event()  # the log loop: the core may have a Ready
         self._urgent = trio.Event()  # the sender: the core may have urgent messages
         self._since_snapshot = 0
@@ -230,7 +250,6 @@ class ZkServer:
     def recover(self) -> None:
         started = time.monotonic()
         loaded = self.storage.load()
-        self._synced_vote = (loaded.hard_state.term, loaded.hard_state.vote)
         if loaded.snapshot is not None:
             self.tree = DataTree.from_snapshot(loaded.snapshot.data)
             self._reset_sessions(0)
@@ -262,6 +281,9 @@ class ZkServer:
                              rebuilding=rebuilding, lost_leader_ticks=LOST_LEADER_TICKS,
                              snapshot_timeout_ticks=self.snapshot_timeout_ticks,
                              retry_ticks=self.retry_ticks)
+        self.driver = ReadyDriver(self.core, self.storage, self._send, _Applier(self),
+                                  is_urgent,
+                                  synced_vote=(loaded.hard_state.term, loaded.hard_state.vote))
         self._since_snapshot = len(loaded.entries)
         log.info("loaded snapshot at index %d and %d log entries (commit %d) in %.3fs",
                  loaded.snapshot.index if loaded.snapshot else 0, len(loaded.entries),
@@ -357,6 +379,7 @@ class ZkServer:
                 self.close_session(session_id, expired=True)
         elif core.leader_id and self.transport is not None:
             self._report_sessions()
+        self._retry_syncs()
         serving = self.serving
         if serving and not self._was_serving:
             # Back in the quorum: read-only clients go find a read-write session (ZooKeeper
@@ -462,53 +485,30 @@ class ZkServer:
                 self.transport.send(message.to, ["raft", message.to_wire()])
 
     async def _log_loop(self) -> None:
-        assert self.core is not None
-        core = self.core
+        assert self.core is not None and self.driver is not None
+        core, driver = self.core, self.driver
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
             while core.has_ready():
-                ready = core.ready()
-                # What vouches for nothing unpersisted leaves now; votes and acknowledgements
-                # wait for the fsync below.
-                later = [m for m in ready.messages if not is_urgent(m)]
-                if len(later) != len(ready.messages):
-                    self._send([m for m in ready.messages if is_urgent(m)])
-                if ready.snapshot is not None:
-                    await self._install_snapshot(ready.snapshot)
-                if ready.entries:
-                    self.storage.append(ready.entries)
-                if ready.hard_state is not None:
-                    self.storage.set_hard_state(ready.hard_state)
-                if ready.entries or self._vote_changed(ready.hard_state):
-                    # One fsync covers every proposal that arrived since the last one (group
-                    # commit); new proposals and peer messages keep reaching the core meanwhile.
-                    # A hard state whose only change is the commit index rides along with the
-                    # next sync: a lost commit index is learned again from the leader.
+                # One Ready carries every proposal and message since the last one, and one
+                # fsync covers them all (group commit); the blocking steps run on a worker
+                # thread while new proposals and peer messages keep reaching the core.
+                syncs = driver.syncs
+                for work in driver.steps():
                     with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(self.storage.sync)
-                    self.stats.fsyncs += 1
-                # Only now may votes and acknowledgements leave: what they vouch for is durable.
-                self._send(later)
-                for entry in ready.committed:
-                    self._apply(entry.index, entry.term, entry.data)
-                core.advance(ready)
+                        await trio.to_thread.run_sync(work)
+                self.stats.fsyncs += driver.syncs - syncs
+                ready = driver.last
+                assert ready is not None
                 if not core.rebuilding and self._rebuild_marker.exists():
                     self._rebuild_marker.unlink()
                     log.info("member %d is up to date with the leader and votes again",
                              self.member_id)
+                self._release_syncs()
                 self._check_leader()
                 if ready.committed and self._since_snapshot >= self.config.snap_count:
                     await self._snapshot(ready.committed[-1].index, ready.committed[-1].term)
-
-    def _vote_changed(self, hard_state: HardState | None) -> bool:
-        if hard_state is None:
-            return False
-        synced = (hard_state.term, hard_state.vote)
-        if synced == self._synced_vote:
-            return False
-        self._synced_vote = synced
-        return True
 
     def _apply(self, index: int, term: int, data: bytes) -> None:
         zxid = make_zxid(term, index)
@@ -558,6 +558,11 @@ class ZkServer:
             for proposal in self._pending.values():
                 proposal.fail()
             self._pending.clear()
+            # Unanswered syncs die with the leadership (the core drops them); answered ones
+            # only wait for this member to apply what was committed.
+            for proposal, _asked in self._syncs.values():
+                proposal.fail()
+            self._syncs.clear()
             for conn in list(self.connections):
                 conn.abort("this member lost its leader")
         # A new leader's deadlines start afresh (SessionKeeper.set_role); a follower tells its
@@ -574,10 +579,9 @@ class ZkServer:
         self.keeper.reset({sid: self._timeout_ticks(info.timeout)
                            for sid, info in self.tree.sessions.items()}, now)
 
-    async def _install_snapshot(self, snap: Snapshot) -> None:
+    def _install_snapshot(self, snap: Snapshot) -> None:
+        """A snapshot from the leader, saved by the driver: it replaces the tree."""
         started = time.monotonic()
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self.storage.save_snapshot, snap)
         self.tree = DataTree.from_snapshot(snap.data)
         self._reset_sessions(self.core.ticks if self.core else 0)
         self._since_snapshot = 0
@@ -587,6 +591,37 @@ class ZkServer:
             conn.abort("state replaced by a snapshot from the leader")
         log.info("installed snapshot from the leader at index %d (%d nodes) in %.3fs",
                  snap.index, self.tree.node_count, time.monotonic() - started)
+
+    def _read_state(self, index: int, context: bytes) -> None:
+        """The leader's answer to a sync: done once this member has applied up to `index`."""
+        asked = self._syncs.pop(context, None)
+        if asked is not None:
+            self._syncs_applying.append((index, asked[0]))
+
+    def _release_syncs(self) -> None:
+        assert self.core is not None
+        if not self._syncs_applying:
+            return
+        applied, waiting = self.core.applied, []
+        for index, proposal in self._syncs_applying:
+            if index <= applied:
+                proposal.zxid = self.tree.last_zxid
+                proposal.result = ApplyResult(Err.OK, None, [])
+                proposal.done.set()
+            else:
+                waiting.append((index, proposal))
+        self._syncs_applying = waiting
+
+    def _retry_syncs(self) -> None:
+        """A read-index request or its answer can be lost with a peer connection; ask again
+        (the core answers a repeated context again, the first answer wins)."""
+        core = self.core
+        assert core is not None
+        for context, (proposal, asked) in list(self._syncs.items()):
+            if core.ticks - asked >= 2 * self.heartbeat_ticks:
+                self._syncs[context] = (proposal, core.ticks)
+                core.read_index(context)
+                self._kick()
 
     async def _snapshot(self, index: int, term: int) -> None:
         assert self.core is not None
@@ -614,11 +649,28 @@ class ZkServer:
         log.info("session 0x%x established, timeout %d ms", session_id, timeout_ms)
         return session_id, password
 
+    def sync(self, session_id: int, path: str) -> Proposal:
+        """ZooKeeper's sync: completes once this member has applied everything the leader had
+        committed when it received the request. Raft's read index, not a log entry: the leader
+        confirms with one heartbeat round that it still leads and answers its commit index,
+        so a sync costs no fsync anywhere. Fails (like a proposal) without a leader or when
+        leadership changes before the answer."""
+        assert self.core is not None
+        proposal = Proposal(txns.Txn(txns.Sync(path), session_id))
+        if self.core.leader_id == 0:
+            proposal.fail()
+            return proposal
+        self._next_seq += 1
+        context = self._next_seq.to_bytes(8, "big")
+        self._syncs[context] = (proposal, self.core.ticks)
+        self.core.read_index(context)
+        self._kick()
+        return proposal
+
     async def sync_barrier(self) -> None:
         """Return once this member has applied everything the leader had committed when this
-        was called (an empty transaction through the log); at once if that fails."""
-        proposal = self.propose(txns.Txn(txns.Sync("/")))
-        await proposal.done.wait()
+        was called; at once if that fails."""
+        await self.sync(0, "/").done.wait()
 
     def touch_session(self, session_id: int) -> bool:
         """Client activity on this member; False if the session is gone or expiring."""
