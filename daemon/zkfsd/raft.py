@@ -16,11 +16,11 @@ then `advance(ready)` before the next `ready()`.
 `step()` may be called between `ready()` and `advance()` (the fsync runs on a worker thread);
 anything it changes goes into the next Ready.
 
-`take_urgent()` hands out, at any time, the messages that vouch for nothing unpersisted
-(heartbeats and their answers, the leader's appends and snapshots, read-index traffic): the
-caller sends them at once instead of holding them until the pending fsync is done, so liveness
-(leases, election timers) never waits for the disk, and the leader's disk write overlaps its
-followers' (Raft thesis 10.2.1). Votes and append acknowledgements stay in the Ready.
+Messages that vouch for nothing unpersisted (`is_urgent`: heartbeats and their answers, the
+leader's appends and snapshots, read-index traffic) leave before the Ready's fsync, so the
+leader's disk write overlaps its followers' (Raft thesis 10.2.1); `take_urgent()` hands out
+heartbeats, their answers and read-index messages at any time, so liveness (leases, election
+timers) never waits for the disk. Votes and append acknowledgements wait for the fsync.
 
 No clock, socket, disk or global randomness: time is `tick()`, randomness an injected Random.
 
@@ -192,6 +192,11 @@ RaftReady = Ready
 # persisted (advance()), whatever it sent.
 _URGENT = frozenset({MsgType.HEARTBEAT, MsgType.HEARTBEAT_RESP, MsgType.APPEND,
                      MsgType.SNAPSHOT, MsgType.READ_INDEX, MsgType.READ_INDEX_RESP})
+# What take_urgent() hands out between Readys: only what liveness and reads wait for. Appends
+# wait for the next Ready (and leave before its fsync), so that followers get one append per
+# leader batch and fsync as rarely as before.
+_LIVENESS = frozenset({MsgType.HEARTBEAT, MsgType.HEARTBEAT_RESP, MsgType.READ_INDEX,
+                       MsgType.READ_INDEX_RESP})
 
 
 def is_urgent(m: Message) -> bool:
@@ -1058,16 +1063,15 @@ class RaftNode:
         return self._outstanding is None and self._applying < min(self.commit, self._persisted)
 
     def take_urgent(self) -> list[Message]:
-        """The pending messages that may leave before the next Ready is persisted (see the
-        module docstring), in the order they were produced; the rest stay for ready()."""
-        if self._bcast_entries or self._bcast_commit:
-            self._flush()
+        """The pending heartbeats, their answers and read-index messages, in the order they
+        were produced, for sending at once; everything else stays for ready() (appends leave
+        with the next Ready, before its fsync: see is_urgent)."""
         msgs = self._msgs
         if not msgs:
             return []
-        urgent = [m for m in msgs if m.type in _URGENT]
+        urgent = [m for m in msgs if m.type in _LIVENESS]
         if urgent:
-            self._msgs = [m for m in msgs if m.type not in _URGENT]
+            self._msgs = [m for m in msgs if m.type not in _LIVENESS]
         return urgent
 
     def ready(self) -> RaftReady:

@@ -148,6 +148,9 @@ class ZkServer:
         # those answered, waiting for this member to apply up to their index.
         self._syncs: dict[bytes, tuple[Proposal, int]] = {}
         self._syncs_applying: list[tuple[int, Proposal]] = []
+        # A follower's writes on their way to the leader: sent by the sender task, all that
+        # arrived in one scheduling round in one frame (the leader proposes them together).
+        self._forwards: list[txns.Txn] = []
         self._next_seq = 0
         # Sequence numbers restart with every process run, and a member catching up applies
         # entries its earlier runs proposed: a random id per run in txn.origin keeps such an
@@ -414,10 +417,23 @@ class ZkServer:
             self.core.propose(txns.encode(txn.stamped(int(time.time() * 1000))))
             self._kick()
             return True
-        leader = self.core.leader_id
-        if leader and self.transport is not None:
-            return self.transport.send(leader, ["fwd", txns.encode(txn)])
+        if self.core.leader_id and self.transport is not None:
+            self._forwards.append(txn)
+            self._urgent.set()
+            return True
         return False
+
+    def _forward(self) -> None:
+        """Send the batch of writes for the leader; if it cannot leave, they fail at once."""
+        batch, self._forwards = self._forwards, []
+        leader = self.core.leader_id if self.core is not None else 0
+        if leader and self.transport is not None and self.transport.send(
+                leader, ["fwd", [txns.encode(txn) for txn in batch]]):
+            return
+        for txn in batch:
+            proposal = self._pending.pop(txn.origin.seq, None) if txn.origin else None
+            if proposal is not None:
+                proposal.fail()
 
     def _on_peer_message(self, frm: int, obj: Any) -> None:
         """A frame from another member. Malformed input raises ValueError (drops that peer)."""
@@ -431,15 +447,16 @@ class ZkServer:
                 raise ValueError(f"member {frm} sent a message signed as {message.frm}")
             self.core.step(message)
         elif kind == "fwd":
-            if not isinstance(body, bytes):
-                raise ValueError("forwarded transaction is malformed")
-            # Decoded (and so validated) here, before it can reach the log; TxnDecodeError is a
-            # ValueError and drops the peer like any other malformed frame.
-            txn = txns.decode(body)
+            if not isinstance(body, list) or not all(isinstance(b, bytes) for b in body):
+                raise ValueError("forwarded transactions are malformed")
+            # Decoded (and so validated) here, before they can reach the log; TxnDecodeError is
+            # a ValueError and drops the peer like any other malformed frame.
+            batch = [txns.decode(b) for b in body]
             # A forward that reaches a member that is no longer leader is dropped; the origin
             # closes its client's connection when it learns of the new leader.
             if self.core.is_leader:
-                self._submit(txn)
+                for txn in batch:
+                    self._submit(txn)
         elif kind == "touch":
             report = SessionReport.from_wire(body)
             self._catch_up()
@@ -468,16 +485,20 @@ class ZkServer:
         self._urgent.set()
 
     async def _sender(self) -> None:
-        """Heartbeats, their answers and the leader's appends leave as soon as the core makes
-        them, never behind a Ready's fsync: a busy disk or a long batch must not look like a
-        dead leader to the followers (or dead followers to the leader). One pass per scheduling
-        round, so a burst of proposals still leaves in few appends."""
+        """Heartbeats and their answers leave as soon as the core makes them, never behind a
+        Ready's fsync: a busy disk or a long batch must not look like a dead leader to the
+        followers (or dead followers to the leader). Appends of new proposals leave with the
+        next Ready, one per follower, before the leader's own fsync (the driver sends them
+        first), so leader and followers write in parallel. Forwarded writes go out here too,
+        all that arrived in one scheduling round in one frame."""
         assert self.core is not None
         while True:
             await self._urgent.wait()
             self._urgent = trio.Event()
             if self.transport is not None:
                 self._send(self.core.take_urgent())
+            if self._forwards:
+                self._forward()
 
     def _send(self, messages: list[Message]) -> None:
         if self.transport is not None:
@@ -558,6 +579,7 @@ class ZkServer:
             for proposal in self._pending.values():
                 proposal.fail()
             self._pending.clear()
+            self._forwards.clear()  # meant for the old leader; their proposals just failed
             # Unanswered syncs die with the leadership (the core drops them); answered ones
             # only wait for this member to apply what was committed.
             for proposal, _asked in self._syncs.values():
