@@ -181,6 +181,8 @@ def test_unknown_override_is_a_programming_error(tmp_path: Path) -> None:
         ("dataDir=/d\ntickTime=1000\nminSessionTimeout=30000\n", "must not be larger than"),
         ("dataDir=/d\nmaxSessionTimeout=-1\n", "maxSessionTimeout must be a positive"),
         ("dataDir=/d\nsnapCount=0\n", "snapCount must be a positive"),
+        ("dataDir=/d\nsyncLimit=0\n", "syncLimit must be a positive number of ticks"),
+        ("dataDir=/d\ninitLimit=-2\n", "initLimit must be a positive number of ticks"),
         ("dataDir=/d\nserver.1=h:1\n", "expected host:peerport:electionport"),
         ("dataDir=/d\nserver.1=h:1:99999\n", "port must be between 1 and 65535"),
         ("dataDir=/d\nserver.1=h:1:2\nserver.1=h:3:4\n", "defined twice"),
