@@ -22,6 +22,9 @@ cfg="$RUN_DIR/zoo.cfg"
 {
     echo "# written by scripts/run.sh"
     echo "tickTime=2000"
+    echo "# the election timeout, in ticks (zkfsd(8))"
+    echo "syncLimit=5"
+    echo "initLimit=10"
     echo "dataDir=$RUN_DIR/data"
     for id in 1 2 3; do
         echo "server.$id=127.0.0.1:$((28880 + id)):$((38880 + id))"

@@ -51,8 +51,10 @@ class Ensemble:
     def __init__(self, base: Path, size: int = 3, *, tick_time: int = TICK_MS,
                  proxied: bool = False, snap_count: int | None = None,
                  extra_cfg: Iterable[str] = (), log_level: str = "INFO",
-                 observers: Iterable[int] = ()) -> None:
+                 observers: Iterable[int] = (), sync_limit: int = 5) -> None:
         self.base = Path(base)
+        # The election timeout, in ticks (zkfsd(8), syncLimit).
+        self.sync_limit = sync_limit
         self.size = size
         self.ids = list(range(1, size + 1))
         self.observers = set(observers)
@@ -85,7 +87,7 @@ class Ensemble:
         self.base.mkdir(parents=True, exist_ok=True)
         lines = [f"tickTime={self.tick_time}", f"dataDir={self.data_dir(sid)}",
                  f"clientPort={self.client_ports[sid]}", f"clientPortAddress={LOCALHOST}",
-                 "initLimit=10", "syncLimit=5"]
+                 "initLimit=10", f"syncLimit={self.sync_limit}"]
         if self.snap_count is not None:
             lines.append(f"snapCount={self.snap_count}")
         lines += self.extra_cfg

@@ -83,6 +83,7 @@ server.3=[fd00::3]:2888:3888:observer;0.0.0.0:2181
     assert cfg.client_address == "0.0.0.0"
     assert (cfg.min_timeout, cfg.max_timeout) == (1000, 30000)
     assert cfg.snap_count == 500
+    assert (cfg.sync_limit, cfg.init_limit) == (5, 10)
     assert cfg.peer_secret_file == "/etc/zkfs/secret"
     assert cfg.four_letter_words == {"ruok", "srvr", "mntr"}
     assert cfg.servers == {
@@ -93,8 +94,8 @@ server.3=[fd00::3]:2888:3888:observer;0.0.0.0:2181
     assert cfg.my_id == 2 and not cfg.standalone
     assert cfg.observers == {3} and cfg.participants == [1, 2] and not cfg.read_only_mode
     # Unknown and unused keys are kept and logged, never fatal.
-    assert cfg.extra == {"initLimit": "10", "syncLimit": "5", "someFutureKey": "whatever"}
-    assert "someFutureKey" in caplog.text and "initLimit" in caplog.text
+    assert cfg.extra == {"someFutureKey": "whatever"}
+    assert "someFutureKey" in caplog.text
 
 
 def test_load_zoo_cfg_returns_only_keys_present(tmp_path: Path) -> None:
@@ -180,6 +181,8 @@ def test_unknown_override_is_a_programming_error(tmp_path: Path) -> None:
         ("dataDir=/d\ntickTime=1000\nminSessionTimeout=30000\n", "must not be larger than"),
         ("dataDir=/d\nmaxSessionTimeout=-1\n", "maxSessionTimeout must be a positive"),
         ("dataDir=/d\nsnapCount=0\n", "snapCount must be a positive"),
+        ("dataDir=/d\nsyncLimit=0\n", "syncLimit must be a positive number of ticks"),
+        ("dataDir=/d\ninitLimit=-2\n", "initLimit must be a positive number of ticks"),
         ("dataDir=/d\nserver.1=h:1\n", "expected host:peerport:electionport"),
         ("dataDir=/d\nserver.1=h:1:99999\n", "port must be between 1 and 65535"),
         ("dataDir=/d\nserver.1=h:1:2\nserver.1=h:3:4\n", "defined twice"),

@@ -299,7 +299,7 @@ def test_wiped_member_does_not_vote_away_acknowledged_writes(ensembles):
     """A (leader) and B acknowledge X while C is cut off. B loses its disk, A crashes. B (empty)
     and C must not elect C, which never saw X: B's acknowledgement of X was lost with its disk,
     so it must not vote as if it had never given it. Once A is back, X must be everywhere."""
-    ens = ensembles(3, proxied=True)
+    ens = ensembles(3, proxied=True, sync_limit=1)  # an election timeout of 0.2-0.4 s
     a = ens.wait_stable()
     b, c = [s for s in ens.ids if s != a]
     root = "/wiped"
@@ -340,10 +340,10 @@ def test_partly_rebuilt_member_does_not_vote_away_acknowledged_writes(ensembles)
     first batch of entries) when A crashes: its log is no longer empty, yet it still lacks
     entries it acknowledged before losing its disk. C, cut off before those entries, has a
     longer log than B's partial one; B must still not help C win."""
-    # A long tick (election timeout 3-6 s) keeps A leading on its own while B restarts: with
-    # B down and C cut off, check-quorum would otherwise depose A, and a rebuilding B rightly
-    # votes for nobody, so nothing would send B the log.
-    ens = ensembles(3, proxied=True, tick_time=3000)
+    # A long tick (election timeout 3-6 s with syncLimit=1) keeps A leading on its own while B
+    # restarts: with B down and C cut off, check-quorum would otherwise depose A, and a
+    # rebuilding B rightly votes for nobody, so nothing would send B the log.
+    ens = ensembles(3, proxied=True, tick_time=3000, sync_limit=1)
     assert ens.mesh is not None
     a = ens.wait_stable(timeout=30)
     b, c = [s for s in ens.ids if s != a]
@@ -590,6 +590,29 @@ def _lin_worker(ens: Ensemble, cid: int, first: int, keys: list[str], stop_at: f
         errors.append(e)
 
 
+def test_sync_catches_a_follower_up_without_a_log_entry(ensembles):
+    """sync is Raft's read index (zkfsd(8)): the follower's reply waits until it has applied
+    what the leader had committed, and no entry is written for it."""
+    ens = ensembles(3)
+    lead = ens.wait_stable()
+    follower = next(s for s in ens.ids if s != lead)
+    with ens.client(lead) as writer, ens.client(follower) as reader:
+        writer.ensure_path("/sync")
+        before = int(ens.mntr(lead)["zk_commit_index"])
+        for i in range(20):
+            writer.set_async("/sync", b"v%d" % i)  # in flight while the follower syncs
+            reader.sync("/sync")
+        value = writer.set("/sync", b"last")
+        reader.sync("/sync")
+        assert reader.get("/sync")[1].version == value.version
+        # 21 setData entries (and nothing for the 21 syncs).
+        deadline = time.monotonic() + 5
+        while int(ens.mntr(lead)["zk_commit_index"]) < before + 21:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert int(ens.mntr(lead)["zk_commit_index"]) == before + 21
+
+
 def test_linearizable_history_across_leader_kill(ensembles):
     ens = ensembles(3)
     keys = [f"/lin/k{i}" for i in range(3)]
@@ -727,10 +750,10 @@ def _paused(ens: Ensemble, sid: int, seconds: float) -> None:
 @pytest.mark.timeout(60 + 4 * PAUSE_ROUNDS)
 def test_pinged_sessions_survive_paused_leaders(ensembles):
     """The issue's scenario: the leader is paused long enough for an election (0.5 s; the
-    election timeout is 0.2-0.4 s) and far shorter than the sessions' 4 s, then continued, over
-    and over. Before sessions.py a new leader (or the continued old one) sometimes judged live
-    sessions by stale deadlines and expired them."""
-    ens = ensembles(3)
+    election timeout is 0.2-0.4 s with syncLimit=1) and far shorter than the sessions' 4 s,
+    then continued, over and over. Before sessions.py a new leader (or the continued old one)
+    sometimes judged live sessions by stale deadlines and expired them."""
+    ens = ensembles(3, sync_limit=1)
     sessions = _PingedSessions(ens)
     try:
         elections = 0

@@ -27,6 +27,7 @@ from helpers import ZkfsdProcess, four_letter_word, is_ok, kazoo_client
 from test_server import FAST_RETRY, RawClient, create_req, raw_session
 from zkfs import jute
 from zkfs.constants import MAX_DATA, MAX_FRAME, Err, OpCode, Xid
+from zkfsd import txns
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,9 +172,9 @@ def created_paths(records: list[tuple[int, int, list[Any]]]) -> set[str]:
     paths = set()
     for _off, _n, rec in records:
         if rec[0] == 1:
-            txn = msgpack.unpackb(rec[3], raw=False, strict_map_key=False)
-            if txn.get("type") == OpCode.CREATE:
-                paths.add(txn["path"])
+            txn = txns.decode(rec[3])
+            if isinstance(txn.body, txns.Create):
+                paths.add(txn.body.path)
     return paths
 
 

@@ -3,18 +3,20 @@ snapshots, read index, the persistence contract and the peer wire format."""
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import msgpack
 import pytest
 
-from zkfsd.consensus import NotLeader, make_zxid
-from zkfsd.raft import Message, MsgType, RaftNode, RaftReady, Role
-from zkfsd.storage import Entry, HardState, Snapshot
+from zkfsd.consensus import Entry, HardState, NotLeader, ReadyDriver, Snapshot, make_zxid
+from zkfsd.raft import Message, MsgType, RaftNode, Role, is_urgent
+from zkfsd.storage import MemoryStorage
 
 
 class Cluster:
-    """Members wired together with immediate, in-order delivery; `cut` isolates members."""
+    """Members wired together with immediate, in-order delivery; `cut` isolates members. Each
+    member's Readys go through the server's driver (consensus.ReadyDriver) into its own
+    MemoryStorage (`disk`), which `make` restarts it from."""
 
     def __init__(self, n: int = 3, learners: int = 0, **kw: object) -> None:
         """`n` voters 1..n, then `learners` learners (observers) n+1..n+learners."""
@@ -22,47 +24,50 @@ class Cluster:
         self.ids = list(range(1, n + learners + 1))
         self.kw = kw
         self.nodes: dict[int, RaftNode] = {}
-        self.disk: dict[int, tuple[HardState, list[Entry], Snapshot | None]] = {}
+        self.disk: dict[int, MemoryStorage] = {}
         self.applied: dict[int, list[Entry]] = {i: [] for i in self.ids}
         self.snapshots: dict[int, list[Snapshot]] = {i: [] for i in self.ids}
+        self.read_states: dict[int, list[tuple[int, bytes]]] = {i: [] for i in self.ids}
         self.queue: list[Message] = []
         self.cut: set[int] = set()
         self.sent: list[Message] = []
         for i in self.ids:
-            self.disk[i] = (HardState(), [], None)
+            self.disk[i] = MemoryStorage()
             self.nodes[i] = self.make(i)
 
     def make(self, i: int, **extra: object) -> RaftNode:
-        hs, ents, snap = self.disk[i]
+        """Member i (re)started from what its disk holds."""
+        self.disk[i] = disk = self.disk[i].crash()
+        loaded = disk.load()
         kw = dict(self.kw)
         kw.update(extra)
         kw.setdefault("learners", [j for j in self.ids if j not in self.voters])
-        return RaftNode(i, self.voters, hard_state=HardState(hs.term, hs.vote, hs.commit),
-                        snapshot=snap, entries=list(ents), rng=random.Random(i), **kw)  # type: ignore[arg-type]
+        return RaftNode(i, self.voters, hard_state=loaded.hard_state, snapshot=loaded.snapshot,
+                        entries=loaded.entries, rng=random.Random(i), **kw)  # type: ignore[arg-type]
 
     def blocked(self, m: Message) -> bool:
         return m.frm in self.cut or m.to in self.cut
 
+    def send(self, messages: Sequence[Message]) -> None:
+        for m in messages:
+            self.sent.append(m)
+            if not self.blocked(m):
+                self.queue.append(m)
+
     def handle_ready(self, i: int) -> None:
-        node = self.nodes[i]
-        while node.has_ready():
-            rd = node.ready()
-            hs, ents, snap = self.disk[i]
-            if rd.snapshot is not None:
-                snap, ents = rd.snapshot, []
-                self.snapshots[i].append(rd.snapshot)
-            if rd.entries:
-                first = rd.entries[0].index
-                ents = [e for e in ents if e.index < first] + list(rd.entries)
-            if rd.hard_state is not None:
-                hs = rd.hard_state
-            self.disk[i] = (hs, ents, snap)
-            for m in rd.messages:
-                self.sent.append(m)
-                if not self.blocked(m):
-                    self.queue.append(m)
-            self.applied[i].extend(rd.committed)
-            node.advance(rd)
+        cluster = self
+
+        class App:
+            def install_snapshot(self, snap: Snapshot) -> None:
+                cluster.snapshots[i].append(snap)
+
+            def apply(self, entry: Entry) -> None:
+                cluster.applied[i].append(entry)
+
+            def read_state(self, index: int, context: bytes) -> None:
+                cluster.read_states[i].append((index, context))
+
+        ReadyDriver(self.nodes[i], self.disk[i], self.send, App(), is_urgent).run()
 
     def settle(self, max_rounds: int = 1000) -> None:
         for _ in range(max_rounds):
@@ -210,7 +215,7 @@ def test_wiped_member_is_rebuilt_by_the_leader_then_votes_normally() -> None:
     for i in range(5):
         leader.propose(f"v{i}".encode())
         c.settle()
-    c.disk[3] = (HardState(), [], None)
+    c.disk[3] = MemoryStorage()
     c.applied[3] = []
     c.nodes[3] = c.make(3)
     leader.propose(b"after")  # its append is rejected, and the leader backs up to index 1
@@ -236,7 +241,7 @@ def test_rebuilding_member_neither_votes_nor_campaigns_until_caught_up() -> None
     for i in range(5):
         leader.propose(f"v{i}".encode())
         c.settle()
-    c.disk[3] = (HardState(), [], None)
+    c.disk[3] = MemoryStorage()
     c.applied[3] = []
     c.nodes[3] = c.make(3, rebuilding=True)
     leader.propose(b"after")
@@ -316,7 +321,7 @@ def test_leader_commits_old_entries_only_through_its_own_entry() -> None:
     c.cut = set()
     # Member 1 is re-elected in a new term (its log is the longest).
     for i in c.ids:
-        c.disk[i] = (c.nodes[i].hard_state, c.disk[i][1], None)
+        c.disk[i] = MemoryStorage(None, c.nodes[i].hard_state, c.disk[i].durable.entries)
     nodes = {i: c.make(i) for i in c.ids}
     c.nodes = nodes
     c.applied = {i: [] for i in c.ids}
@@ -333,9 +338,9 @@ def test_conflicting_suffix_is_overwritten() -> None:
     n3_log = common + [Entry(2, 1, b"lost1"), Entry(3, 1, b"lost2"), Entry(4, 1, b"lost3")]
     n1_log = common + [Entry(2, 2, b""), Entry(3, 2, b"kept")]
     c = Cluster(3)
-    c.disk[1] = (HardState(2, 1, 1), n1_log, None)
-    c.disk[2] = (HardState(2, 1, 1), n1_log[:2], None)
-    c.disk[3] = (HardState(1, 3, 1), n3_log, None)
+    c.disk[1] = MemoryStorage(None, HardState(2, 1, 1), n1_log)
+    c.disk[2] = MemoryStorage(None, HardState(2, 1, 1), n1_log[:2])
+    c.disk[3] = MemoryStorage(None, HardState(1, 3, 1), n3_log)
     c.nodes = {i: c.make(i) for i in c.ids}
     leader = c.elect(1)
     leader.propose(b"new")
@@ -344,7 +349,7 @@ def test_conflicting_suffix_is_overwritten() -> None:
     n3 = c.nodes[3]
     expect = [(e.index, e.term, e.data) for e in leader.entries(1, leader.last_index + 1)]
     assert [(e.index, e.term, e.data) for e in n3.entries(1, n3.last_index + 1)] == expect
-    assert [(e.index, e.term, e.data) for e in c.disk[3][1]] == expect
+    assert [(e.index, e.term, e.data) for e in c.disk[3].durable.entries] == expect
     assert c.data(3) == [b"kept", b"new"]
 
 
@@ -353,9 +358,9 @@ def test_fast_backtracking_skips_a_whole_conflicting_term() -> None:
     leader_log = [Entry(1, 1, b"")] + [Entry(i, 3, b"") for i in range(2, 5)]
     follower_log = [Entry(1, 1, b"")] + [Entry(i, 2, b"x") for i in range(2, 52)]
     c = Cluster(3)
-    c.disk[1] = (HardState(3, 1, 1), leader_log, None)
-    c.disk[2] = (HardState(3, 1, 1), leader_log, None)
-    c.disk[3] = (HardState(2, 3, 1), follower_log, None)
+    c.disk[1] = MemoryStorage(None, HardState(3, 1, 1), leader_log)
+    c.disk[2] = MemoryStorage(None, HardState(3, 1, 1), leader_log)
+    c.disk[3] = MemoryStorage(None, HardState(2, 3, 1), follower_log)
     c.nodes = {i: c.make(i) for i in c.ids}
     c.cut = {3}
     c.elect(1)
@@ -510,7 +515,7 @@ def test_snapshot_sent_to_follower_behind_the_compacted_log() -> None:
     n3 = c.nodes[3]
     assert n3.applied == leader.applied and n3.last_index == leader.last_index
     assert c.data(3)[-1] == b"after"
-    assert c.disk[3][2] is not None and c.disk[3][2].index == applied
+    assert c.disk[3].durable.snapshot is not None and c.disk[3].durable.snapshot.index == applied
 
 
 def test_compact_keep_spares_slightly_lagging_followers_a_snapshot() -> None:
@@ -552,42 +557,11 @@ def test_read_index_on_leader_and_follower() -> None:
     c.tick(2)
     leader.propose(b"x")
     c.settle()
-    states: dict[int, list[tuple[int, bytes]]] = {i: [] for i in c.ids}
-    orig: Callable[[int], None] = c.handle_ready
-
-    def grab(i: int) -> None:
-        node = c.nodes[i]
-        while node.has_ready():
-            rd = node.ready()
-            assert isinstance(rd, RaftReady)
-            states[i].extend((r.index, r.context) for r in rd.read_states)
-            c.nodes[i] = _Replay(node, rd)  # type: ignore[assignment]
-            orig(i)
-            c.nodes[i] = node
-
-    c.handle_ready = grab  # type: ignore[method-assign]
     leader.read_index(b"r1")
     c.nodes[2].read_index(b"r2")
     c.settle()
-    assert states[1] == [(leader.commit, b"r1")]
-    assert states[2] == [(leader.commit, b"r2")]
-
-
-class _Replay:
-    """Hands an already-taken Ready to Cluster.handle_ready once."""
-
-    def __init__(self, node: RaftNode, rd: RaftReady) -> None:
-        self.node, self.rd = node, rd
-
-    def has_ready(self) -> bool:
-        return self.rd is not None
-
-    def ready(self) -> RaftReady:
-        rd, self.rd = self.rd, None  # type: ignore[assignment]
-        return rd
-
-    def advance(self, rd: RaftReady) -> None:
-        self.node.advance(rd)
+    assert c.read_states[1] == [(leader.commit, b"r1")]
+    assert c.read_states[2] == [(leader.commit, b"r2")]
 
 
 # -- wire format -------------------------------------------------------------------------------
@@ -899,3 +873,37 @@ def test_learner_ids_must_be_distinct_from_voters() -> None:
         RaftNode(4, [1, 2, 3], hard_state=HardState(), rng=random.Random(0))
     node = RaftNode(4, [1, 2, 3], learners=[4], hard_state=HardState(), rng=random.Random(0))
     assert node.is_learner and not node.is_leader
+
+
+def test_without_a_leader_a_member_retries_sooner_than_the_election_timeout() -> None:
+    """retry_ticks (the server: one to two tickTimes) bounds how long a member that knows no
+    leader waits before campaigning (again), e.g. after a split vote; a follower that knows
+    its leader still gives it the whole election timeout (syncLimit ticks)."""
+    def pre_votes(node: RaftNode) -> int:
+        rd = node.ready()
+        node.advance(rd)
+        return sum(1 for m in rd.messages if m.type == MsgType.PRE_VOTE)
+
+    node = RaftNode(2, [1, 2, 3], hard_state=HardState(), rng=random.Random(3),
+                    election_ticks=50, heartbeat_ticks=5, retry_ticks=10)
+    for attempt in range(3):  # nobody answers: every retry comes within 2 * retry_ticks
+        for tick in range(20):
+            node.tick()
+            if pre_votes(node):
+                break
+        else:
+            raise AssertionError(f"attempt {attempt}: no campaign within 20 ticks")
+    follower = RaftNode(2, [1, 2, 3], hard_state=HardState(term=1), rng=random.Random(3),
+                        election_ticks=50, heartbeat_ticks=5, retry_ticks=10)
+    follower.step(Message(MsgType.HEARTBEAT, 1, 2, 1))
+    pre_votes(follower)
+    for _ in range(49):
+        follower.tick()
+        assert not pre_votes(follower)
+    follower.leader_lost(1)  # its connection closed: it campaigns within lost_leader_ticks
+    for _ in range(follower.lost_leader_ticks):
+        follower.tick()
+        if pre_votes(follower):
+            break
+    else:
+        raise AssertionError("no campaign after the leader's connection was lost")

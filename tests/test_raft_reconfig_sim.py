@@ -1,6 +1,7 @@
 """Deterministic simulation of zkfsd.raft's membership changes under faults.
 
-Like tests/test_raft_sim.py (whose crash-consistent `Disk` it reuses), but the ensemble itself
+Like tests/test_raft_sim.py (the same Ready driver and crash-consistent MemoryStorage as the
+server), but the ensemble itself
 changes while it runs: a driver keeps asking the leader to add a voter (started empty, with a
 static configuration of the current voters plus itself, as a joining zkfsd is, and caught up as
 a learner first), to remove a random voter (the leader included), or to add/remove a learner,
@@ -30,10 +31,12 @@ import random
 import msgpack
 import pytest
 
-from test_raft_sim import Disk, SimFailure
-from zkfsd.consensus import NotLeader
-from zkfsd.raft import ConfChangeRefused, ConfState, Message, RaftNode, RaftReady, Role
-from zkfsd.storage import Entry, HardState, Snapshot
+from collections.abc import Callable, Iterator
+
+from test_raft_sim import SimFailure
+from zkfsd.consensus import Entry, NotLeader, ReadyDriver, Snapshot
+from zkfsd.raft import ConfChangeRefused, ConfState, Message, RaftNode, Role, is_urgent
+from zkfsd.storage import MemoryStorage
 
 STEPS = 300
 LIVENESS_TICKS = 600
@@ -62,87 +65,74 @@ class Member:
         self.sim = sim
         self.id = mid
         self.static = static  # the zoo.cfg it was started with
-        self.disk = Disk()
+        self.disk = MemoryStorage()
         self.node: RaftNode | None = None
-        self.outstanding: RaftReady | None = None
+        # The server's Ready handling (consensus.ReadyDriver), one blocking step at a time.
+        self.driver: ReadyDriver | None = None
+        self.work: Iterator[Callable[[], None]] | None = None
+        self.outstanding: Callable[[], None] | None = None
         self.app_index = 0
         self.app_conf = static
         self.seen_commit = 0
 
     def start(self) -> None:
-        d, sim = self.disk, self.sim
+        sim = self.sim
+        d = self.disk.load()
         conf = conf_of_snapshot(d.snapshot.data) if d.snapshot else self.static
         self.node = RaftNode(
             self.id, conf.voters, learners=conf.learners,
-            hard_state=HardState(d.hs.term, d.hs.vote, d.hs.commit),
-            snapshot=d.snapshot, entries=list(d.entries),
+            hard_state=d.hard_state, snapshot=d.snapshot, entries=d.entries,
             rng=random.Random(sim.rng.getrandbits(64)), election_ticks=sim.election_ticks,
             heartbeat_ticks=1, pre_vote=sim.pre_vote, check_quorum=sim.check_quorum,
             max_inflight=sim.rng.choice((1, 8)), max_msg_entries=sim.rng.choice((1, 64)),
             compact_keep=sim.rng.choice((0, 2)),
-            rebuilding=d.last_index() == 0 and d.hs.term == 0 and self.id not in sim.founders,
+            rebuilding=(d.snapshot is None and not d.entries and d.hard_state.term == 0
+                        and self.id not in sim.founders),
             conf_of_entry=conf_of_entry, conf_of_snapshot=conf_of_snapshot)
-        self.outstanding = None
+        self.driver = ReadyDriver(self.node, self.disk, self.send, self, is_urgent,
+                                  synced_vote=(d.hard_state.term, d.hard_state.vote))
+        self.work = self.outstanding = None
         self.app_index = d.snapshot.index if d.snapshot else 0
         self.app_conf = conf
         sim.record_commits(self, 1, self.node.commit)
         self.seen_commit = self.node.commit
 
     def crash(self) -> None:
-        rd = self.outstanding
-        if rd is not None:
-            records: list[object] = []
-            if rd.snapshot is not None:
-                records.append(rd.snapshot)
-            records.extend(rd.entries)
-            if rd.hard_state is not None:
-                records.append(rd.hard_state)
-            self.persist(records[: self.sim.rng.randint(0, len(records))])
+        # Dying mid-persist: any prefix of the unsynced writes may have reached the disk.
+        self.disk = self.disk.crash(self.sim.rng)
         self.node = None
-        self.outstanding = None
+        self.driver = self.work = self.outstanding = None
 
-    def persist(self, records: list[object]) -> None:
-        ents: list[Entry] = []
-        for r in records:
-            if isinstance(r, Snapshot):
-                self.disk.save_snapshot(r)
-            elif isinstance(r, Entry):
-                ents.append(r)
-            else:
-                assert isinstance(r, HardState)
-                if ents:
-                    self.disk.append(ents)
-                    ents = []
-                self.disk.hs = HardState(r.term, r.vote, r.commit)
-        if ents:
-            self.disk.append(ents)
+    def send(self, messages: list[Message]) -> None:
+        for m in messages:
+            self.sim.send(m)
+
+    def _continue(self) -> None:
+        """Run the Ready's handling up to its next blocking step (or to its end)."""
+        assert self.work is not None
+        self.outstanding = next(self.work, None)
+        if self.outstanding is None:
+            self.work = None
 
     def take_ready(self) -> None:
-        assert self.node is not None and self.outstanding is None
-        self.outstanding = self.node.ready()
+        assert self.driver is not None and self.outstanding is None
+        self.work = self.driver.steps()
+        self._continue()
 
     def complete_ready(self) -> None:
-        node, rd = self.node, self.outstanding
-        assert node is not None and rd is not None
-        records: list[object] = []
-        if rd.snapshot is not None:
-            records.append(rd.snapshot)
-        records.extend(rd.entries)
-        if rd.hard_state is not None:
-            records.append(rd.hard_state)
-        self.persist(records)
-        for m in rd.messages:
-            self.sim.send(m)
-        if rd.snapshot is not None:
-            s = rd.snapshot
-            if s.index < self.app_index:
-                self.sim.fail(f"m{self.id}: snapshot {s.index} behind applied {self.app_index}")
-            self.app_index = s.index
-            self.app_conf = conf_of_snapshot(s.data)
-        for e in rd.committed:
-            self.apply(e)
-        self.outstanding = None
-        node.advance(rd)
+        assert self.outstanding is not None
+        self.outstanding()
+        self._continue()
+
+    # The driver's Application.
+    def install_snapshot(self, s: Snapshot) -> None:
+        if s.index < self.app_index:
+            self.sim.fail(f"m{self.id}: snapshot {s.index} behind applied {self.app_index}")
+        self.app_index = s.index
+        self.app_conf = conf_of_snapshot(s.data)
+
+    def read_state(self, index: int, context: bytes) -> None:
+        pass
 
     def apply(self, e: Entry) -> None:
         sim = self.sim
@@ -160,7 +150,7 @@ class Member:
         node = self.node
         assert node is not None
         idx = self.app_index
-        if idx == 0 or idx <= self.disk.base() or node.applied != idx:
+        if idx == 0 or idx <= self.disk.durable_base() or node.applied != idx:
             return
         term = node.term_at(idx)
         if term is None:
@@ -276,8 +266,9 @@ class ReconfigSim:
             while mem.node is not None and mem.node.has_ready():
                 mem.take_ready()
                 self.check()
-                mem.complete_ready()
-                self.check()
+                while mem.node is not None and mem.outstanding is not None:
+                    mem.complete_ready()
+                    self.check()
 
     def propose(self, data: bytes) -> bool:
         lead = self.leader()

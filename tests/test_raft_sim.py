@@ -40,10 +40,12 @@ from dataclasses import dataclass, field
 import msgpack
 import pytest
 
-from zkfsd.consensus import NotLeader
-from zkfsd.raft import Message, RaftNode, RaftReady, Role
+from collections.abc import Callable, Iterator
+
+from zkfsd.consensus import Entry, NotLeader, ReadyDriver, Snapshot
+from zkfsd.raft import Message, RaftNode, Role, is_urgent
 from zkfsd.sessions import ReportAck, SessionKeeper, SessionReport
-from zkfsd.storage import Entry, HardState, Snapshot
+from zkfsd.storage import MemoryStorage
 
 CHAOS_STEPS = 250  # ticks of faults per seed in the default run
 LIVENESS_TICKS = 400  # a healed ensemble must elect and commit within this many ticks
@@ -53,46 +55,6 @@ CHUNK = 100
 
 class SimFailure(AssertionError):
     pass
-
-
-@dataclass
-class Disk:
-    """What survives a crash; mirrors Storage's semantics for append / save_snapshot."""
-
-    snapshot: Snapshot | None = None
-    hs: HardState = field(default_factory=HardState)
-    entries: list[Entry] = field(default_factory=list)  # after the snapshot
-
-    def base(self) -> int:
-        return self.snapshot.index if self.snapshot else 0
-
-    def last_index(self) -> int:
-        return self.base() + len(self.entries)
-
-    def term_at(self, index: int) -> int | None:
-        if self.snapshot and index == self.snapshot.index:
-            return self.snapshot.term
-        b = self.base()
-        if b < index <= self.last_index():
-            return self.entries[index - b - 1].term
-        return None
-
-    def append(self, ents: list[Entry]) -> None:
-        first = ents[0].index
-        if first > self.last_index() + 1 or first <= self.base():
-            raise SimFailure(f"disk append of {first} after {self.last_index()} base {self.base()}")
-        del self.entries[first - self.base() - 1 :]
-        self.entries.extend(ents)
-
-    def save_snapshot(self, s: Snapshot) -> None:
-        if self.snapshot and s.index <= self.snapshot.index:
-            raise SimFailure(f"snapshot {s.index} not newer than {self.snapshot.index}")
-        local = self.term_at(s.index)
-        if local is not None and local == s.term:
-            self.entries = [e for e in self.entries if e.index > s.index]
-        else:
-            self.entries = []
-        self.snapshot = s
 
 
 @dataclass
@@ -126,9 +88,15 @@ class Member:
     def __init__(self, sim: Sim, mid: int) -> None:
         self.sim = sim
         self.id = mid
-        self.disk = Disk()
+        # The "disk": Storage's semantics in memory (writes durable at sync, a crash keeps a
+        # random prefix of what was not synced yet).
+        self.disk = MemoryStorage()
         self.node: RaftNode | None = None
-        self.outstanding: RaftReady | None = None
+        # The server's Ready handling, one blocking step (snapshot save, fsync) at a time:
+        # `outstanding` is the step the member is "in" (a crash now tears what it writes).
+        self.driver: ReadyDriver | None = None
+        self.work: Iterator[Callable[[], None]] | None = None
+        self.outstanding: Callable[[], None] | None = None
         self.app_index = 0
         self.seen_commit = 0
         self.last_leader_term = -1
@@ -212,18 +180,19 @@ class Member:
 
     def start(self) -> None:
         sim = self.sim
-        d = self.disk
+        d = self.disk.load()
         self.node = RaftNode(
             self.id, sim.voters, learners=sim.learners,
-            hard_state=HardState(d.hs.term, d.hs.vote, d.hs.commit),
-            snapshot=d.snapshot, entries=list(d.entries),
+            hard_state=d.hard_state, snapshot=d.snapshot, entries=d.entries,
             rng=random.Random(sim.rng.getrandbits(64)),
             election_ticks=sim.election_ticks, heartbeat_ticks=sim.heartbeat_ticks,
             pre_vote=sim.pre_vote, check_quorum=sim.check_quorum,
             max_inflight=sim.max_inflight, max_msg_entries=sim.max_msg_entries,
             compact_keep=sim.compact_keep,
         )
-        self.outstanding = None
+        self.driver = ReadyDriver(self.node, self.disk, self.send, self, is_urgent,
+                                  synced_vote=(d.hard_state.term, d.hard_state.vote))
+        self.work = self.outstanding = None
         self.app_index = 0
         self.paused_until = -1
         self.last_ticked = sim.now
@@ -237,62 +206,40 @@ class Member:
         self.last_leader_term = -1
 
     def crash(self) -> None:
-        rd = self.outstanding
-        if rd is not None:
-            # Dying mid-persist: any prefix of the write stream may have reached the disk
-            # (snapshot first, then entries, then the hard state record).
-            records: list[object] = []
-            if rd.snapshot is not None:
-                records.append(rd.snapshot)
-            records.extend(rd.entries)
-            if rd.hard_state is not None:
-                records.append(rd.hard_state)
-            self.persist(records[: self.sim.rng.randint(0, len(records))])
+        # Dying mid-persist: any prefix of the unsynced writes may have reached the disk.
+        self.disk = self.disk.crash(self.sim.rng)
         self.node = None
-        self.outstanding = None
+        self.driver = self.work = self.outstanding = None
         self.keeper = None
         self.paused_until = -1
 
-    def persist(self, records: list[object]) -> None:
-        ents: list[Entry] = []
-        for r in records:
-            if isinstance(r, Snapshot):
-                self.disk.save_snapshot(r)
-            elif isinstance(r, Entry):
-                ents.append(r)
-            else:
-                assert isinstance(r, HardState)
-                if ents:
-                    self.disk.append(ents)
-                    ents = []
-                self.disk.hs = HardState(r.term, r.vote, r.commit)
-        if ents:
-            self.disk.append(ents)
+    def send(self, messages: list[Message]) -> None:
+        for m in messages:
+            self.sim.net.send(m)
+
+    def _continue(self) -> None:
+        """Run the Ready's handling up to its next blocking step (or to its end)."""
+        assert self.work is not None
+        self.outstanding = next(self.work, None)
+        if self.outstanding is None:
+            self.work = None
 
     def take_ready(self) -> None:
-        assert self.node is not None and self.outstanding is None
-        self.outstanding = self.node.ready()
+        assert self.driver is not None and self.outstanding is None
+        self.work = self.driver.steps()
+        self._continue()
 
     def complete_ready(self) -> None:
-        node, rd = self.node, self.outstanding
-        assert node is not None and rd is not None
-        records: list[object] = []
-        if rd.snapshot is not None:
-            records.append(rd.snapshot)
-        records.extend(rd.entries)
-        if rd.hard_state is not None:
-            records.append(rd.hard_state)
-        self.persist(records)
-        for m in rd.messages:
-            self.sim.net.send(m)
-        if rd.snapshot is not None:
-            self.install_app_snapshot(rd.snapshot)
-        for e in rd.committed:
-            self.apply(e)
-        for rs in rd.read_states:
-            self.sim.check_read(self, rs.index, rs.context)
-        self.outstanding = None
-        node.advance(rd)
+        assert self.outstanding is not None
+        self.outstanding()
+        self._continue()
+
+    # The driver's Application.
+    def install_snapshot(self, snap: Snapshot) -> None:
+        self.install_app_snapshot(snap)
+
+    def read_state(self, index: int, context: bytes) -> None:
+        self.sim.check_read(self, index, context)
 
     def install_app_snapshot(self, s: Snapshot) -> None:
         idx, digest = msgpack.unpackb(s.data)
@@ -337,7 +284,7 @@ class Member:
         node = self.node
         assert node is not None
         idx = self.app_index
-        if idx == 0 or idx <= self.disk.base() or node.applied != idx:
+        if idx == 0 or idx <= self.disk.durable_base() or node.applied != idx:
             return
         term = node.term_at(idx)
         assert term is not None
@@ -483,8 +430,8 @@ class Sim:
                               f"{self.committed[i - 1]} was committed there before")
             elif i == len(self.committed) + 1:
                 # Durable on a majority of the voters: learners' copies never count.
-                holders = [v for v in self.voters if self.members[v].disk.base() >= i
-                           or self.members[v].disk.term_at(i) == e.term]
+                holders = [v for v in self.voters if self.members[v].disk.durable_base() >= i
+                           or self.members[v].disk.durable_term_at(i) == e.term]
                 if len(holders) <= len(self.voters) // 2:
                     self.fail(f"m{mem.id} committed {i} held on disk by voters {holders} only")
                 self.committed.append((e.term, e.data))

@@ -10,6 +10,7 @@ ZooKeeper-formatted membership on every member.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import threading
 import time
@@ -457,6 +458,8 @@ def test_server_specs_and_config_format() -> None:
 def test_next_membership_rules() -> None:
     from zkfs.constants import Err
     from zkfsd import reconfig as rc
+    from zkfsd import txns
+    from zkfsd.consensus import Entry
 
     three = rc.Membership(tuple(rc.parse_server(f"server.{i}", f"h{i}:1:2;3") for i in (1, 2, 3)),
                           7)
@@ -482,9 +485,16 @@ def test_next_membership_rules() -> None:
         assert info.value.err == err
     with pytest.raises(rc.ReconfigError):  # joining needs all three ports
         plan(joining="server.4=h4:1:2")
-    txn = rc.reconfig_txn(grown, 5, [("super", "x")], plan(joining="server.4=h4:1:2;3"))
-    txn["zxid"] = 0x100000009
-    import msgpack
-    conf = rc.entry_conf(msgpack.packb(txn, use_bin_type=True))
+    request = plan(joining="server.4=h4:1:2;3")
+    asked = rc.reconfig_txn(request, 5, [("super", "x")])
+    assert rc.entry_conf(txns.encode(asked)) is None  # undecided: no membership yet
+    decided = dataclasses.replace(asked, body=request.to_txn(grown))
+    assert txns.decode(txns.encode(decided)) == decided
+    conf = rc.entry_conf(txns.encode(decided))
     assert conf is not None and conf.voters == (1, 2, 3, 4)
-    assert rc.entry_conf(msgpack.packb({"type": 5, "path": "/members"})) is None
+    members = rc.entry_membership(Entry(9, 1, txns.encode(decided)))
+    assert members is not None and members.version == 0x100000009
+    refused = dataclasses.replace(asked, body=request.to_txn(None, Err.NEW_CONFIG_NO_QUORUM))
+    assert rc.entry_conf(txns.encode(refused)) is None
+    # Other entries are skipped without decoding, even one whose data names the mark's key.
+    assert rc.entry_conf(txns.encode(txns.Txn(txns.SetData("/members", b"members", -1)))) is None

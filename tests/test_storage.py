@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from zkfsd.storage import Entry, HardState, LoadedState, Snapshot, Storage, StorageError
+from zkfsd.consensus import Entry, HardState, Snapshot
+from zkfsd.storage import LoadedState, MemoryStorage, Storage, StorageError
 
 LOGGER = "zkfsd.storage"
 
@@ -387,7 +388,8 @@ def test_unknown_format_version_refused(tmp_path: Path) -> None:
 _CHILD = textwrap.dedent(
     """
     import sys
-    from zkfsd.storage import Entry, HardState, Snapshot, Storage
+    from zkfsd.consensus import Entry, HardState, Snapshot
+    from zkfsd.storage import Storage
     st = Storage(sys.argv[1], segment_bytes=2048)
     st.load()
     i = st.last_index() + 1
@@ -440,3 +442,61 @@ def test_kill_9_keeps_every_synced_entry(tmp_path: Path) -> None:
         assert ls.hard_state.commit >= max(acked)
         st.close()
     assert len(acked) > 0
+
+
+# -- MemoryStorage: the test harnesses' disk must behave like the real one -------------------------
+
+def _scenario(st: Storage | MemoryStorage, rng: random.Random) -> list[object]:
+    """Random appends (with conflicting overwrites), hard states, syncs and snapshots; returns
+    what the in-memory view showed after each step."""
+    views: list[object] = []
+    term = 1
+    for step in range(60):
+        last = st.last_index()
+        first = st.first_index()
+        what = rng.random()
+        if what < 0.5:
+            lo = rng.randint(max(first, last - 3), last + 1)
+            term += rng.random() < 0.3
+            st.append(ents(lo, lo + rng.randint(0, 4), term=term, tag=f"s{step}"))
+        elif what < 0.7:
+            st.set_hard_state(HardState(term, rng.randint(0, 3), rng.randint(0, last)))
+        elif what < 0.9:
+            st.sync()
+        elif last >= first:
+            index = rng.randint(first, last)
+            st.save_snapshot(Snapshot(index, st.term_at(index) or 0, b"snap%d" % index))
+        views.append((st.first_index(), st.last_index(),
+                      [st.term_at(i) for i in range(st.first_index() - 1, st.last_index() + 2)],
+                      st.entries(st.first_index(), st.last_index() + 1)))
+    return views
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_memory_storage_behaves_like_storage(tmp_path: Path, seed: int) -> None:
+    real, _ = reopen(tmp_path / "d", segment_bytes=512)
+    mem = MemoryStorage()
+    mem.load()
+    assert _scenario(real, random.Random(seed)) == _scenario(mem, random.Random(seed))
+    real.close()
+    mem.close()
+    _, loaded = reopen(tmp_path / "d")
+    assert mem.crash().load() == loaded
+
+
+def test_memory_storage_crash_keeps_synced_writes_and_a_prefix_of_the_rest() -> None:
+    mem = MemoryStorage()
+    mem.load()
+    mem.append(ents(1, 3))
+    mem.set_hard_state(HardState(1, 1, 2))
+    mem.sync()
+    mem.append(ents(4, 5))
+    mem.set_hard_state(HardState(1, 1, 5))
+    assert mem.crash().load() == LoadedState(None, HardState(1, 1, 2), ents(1, 3))
+    kept = {len(mem.crash(random.Random(seed)).load().entries) for seed in range(40)}
+    assert kept == {3, 5}  # nothing, the append, or the append and the hard state
+    with pytest.raises(ValueError, match="gap"):
+        mem.append(ents(9, 9))
+    mem.save_snapshot(Snapshot(4, 1, b"s"))  # syncs first, like Storage
+    assert mem.crash().load() == LoadedState(Snapshot(4, 1, b"s"), HardState(1, 1, 5),
+                                              ents(5, 5))

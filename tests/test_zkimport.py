@@ -132,6 +132,8 @@ def test_import_serves_the_same_tree(
         assert f"{len(ephemerals)} ephemeral znodes" in done.stdout
         newest = max(int(p.name.split(".")[1], 16) for p in version2.glob("snapshot.*"))
         assert f"(snapshot 0x{newest:x} +" in done.stdout, done.stdout  # its checksum held
+        # zkfsd's current storage format, so the first start needs no upgrade.
+        assert (target / "VERSION").read_text() == "zkfs-storage 2\n"
         server = ZkfsdProcess(target, log_path=tmp_path / f"{target.name}.log")
         server.start()
         try:

@@ -208,11 +208,9 @@ class MemberBackend:
         if op == OpCode.SYNC:
             if server.standalone:
                 return None
-            # Through the leader: once this empty transaction is applied here, everything the
-            # leader had committed before it is too.
-            return SubmittedWrite(xid, op, server.propose(
-                {"type": int(OpCode.SYNC), "session": conn.session_id, "auth": [],
-                 "path": record.path}))
+            # Through the leader (read index): done once everything the leader had committed
+            # when it got the request is applied here.
+            return SubmittedWrite(xid, op, server.sync(conn.session_id, record.path))
         if op == OpCode.RECONFIG:
             try:
                 txn = server.reconfig_request(record, conn.session_id, conn.auth)
@@ -232,10 +230,10 @@ class MemberBackend:
         if proposal.result is None:
             return None
         if write.op == OpCode.SYNC:
-            err, body = Err.OK, jute.SyncResponse(proposal.txn["path"])
+            err, body = Err.OK, jute.SyncResponse(proposal.txn.body.path)
         else:
             err, body = handlers.write_response(write.op, proposal.result)
-        return proposal.txn["zxid"], err, body
+        return proposal.zxid, err, body
 
     def read(self, conn: Connection, op: int, record: Any) -> tuple[int, int, Any]:
         server = self.server

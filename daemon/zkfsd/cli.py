@@ -53,6 +53,14 @@ def _single_os_error(exc: BaseException) -> OSError | None:
     return exc if isinstance(exc, OSError) else None
 
 
+def _single_error(exc: BaseException, types: tuple[type[BaseException], ...]
+                  ) -> BaseException | None:
+    """Like _single_os_error, for any of `types`."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, types) else None
+
+
 _STARTUP_ERRNOS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.EROFS, errno.ENOSPC}
 
 
@@ -157,6 +165,8 @@ def main(
     import trio
 
     from zkfsd import service
+    from zkfsd.server import LogEntryError
+    from zkfsd.storage import StorageError
 
     log.info(
         "starting: data_dir=%s log_dir=%s client=%s:%s tick=%dms session timeout %d-%dms%s",
@@ -172,6 +182,13 @@ def main(
         log.info("interrupted, exiting")
         sys.exit(EXIT_INTERRUPTED)
     except BaseException as e:  # noqa: BLE001 - only to turn common start-up failures into one line
+        data_error = _single_error(e, (StorageError, LogEntryError))
+        if data_error is not None:
+            # A data directory this zkfsd cannot read (a newer format, lost entries) or a log
+            # entry it cannot apply: one line for the operator, not a traceback.
+            log.error("cannot continue: %s", data_error)
+            click.echo(f"zkfsd: {data_error}", err=True)
+            sys.exit(EXIT_CONFIG if isinstance(data_error, StorageError) else EXIT_FAILURE)
         os_error = _single_os_error(e)
         if os_error is not None and os_error.errno in _STARTUP_ERRNOS:
             log.error("cannot start: %s", os_error)

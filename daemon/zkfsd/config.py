@@ -31,8 +31,6 @@ ZOOKEEPER_FOUR_LETTER_WORDS: frozenset[str] = wire.FOUR_LETTER_WORDS
 # since they are expected in real-world files.
 _KNOWN_UNUSED_KEYS = frozenset(
     {
-        "initLimit",
-        "syncLimit",
         "autopurge.snapRetainCount",
         "autopurge.purgeInterval",
         "preAllocSize",
@@ -62,6 +60,13 @@ class ServerConfig:
     """Everything zkfsd needs to start. Times are milliseconds, as in ZooKeeper."""
 
     tick_time: int = 2000
+    # In ticks, as in ZooKeeper (whose sample zoo.cfg and Debian's say 5 and 10). syncLimit: how
+    # long a member may go unheard before the others act (a follower campaigns after syncLimit
+    # to 2*syncLimit ticks without its leader, a leader steps down after syncLimit ticks without
+    # a majority), the Raft election timeout. initLimit: how long a snapshot transfer to a
+    # lagging follower may take before the leader sends it again.
+    sync_limit: int = 5
+    init_limit: int = 10
     data_dir: str
     data_log_dir: str | None = None
     # None: no plaintext port (a TLS-only configuration, secureClientPort without clientPort).
@@ -139,6 +144,9 @@ class ServerConfig:
     def validate(self) -> None:
         if not isinstance(self.tick_time, int) or self.tick_time <= 0:
             raise ConfigError(f"tickTime must be a positive number of milliseconds, got {self.tick_time!r}")
+        for name, value in (("syncLimit", self.sync_limit), ("initLimit", self.init_limit)):
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive number of ticks, got {value!r}")
         if not self.data_dir:
             raise ConfigError("dataDir is required (set dataDir in zoo.cfg or pass --data-dir)")
         # Port 0 is allowed on purpose: in-process tests bind to any free port.
@@ -215,6 +223,8 @@ class ServerConfig:
 # zoo.cfg key -> ServerConfig field, for keys whose value is a plain int or string.
 _INT_KEYS = {
     "tickTime": "tick_time",
+    "syncLimit": "sync_limit",
+    "initLimit": "init_limit",
     "clientPort": "client_port",
     "minSessionTimeout": "min_session_timeout",
     "maxSessionTimeout": "max_session_timeout",

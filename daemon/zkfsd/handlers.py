@@ -11,6 +11,7 @@ from typing import Any, Hashable, Protocol
 from zkfs import jute
 from zkfs.constants import MAX_DATA, Err, EventType, OpCode, Perm
 
+from zkfsd import txns
 from zkfsd.tree import ApplyResult, DataTree, _int32, _is_container_or_ttl, check_acl
 from zkfsd.watches import WatchManager
 
@@ -56,48 +57,57 @@ def node_stat(node: Any) -> jute.Stat:
                      0 if data is None else len(data), children, node.pzxid)
 
 
-def _acl_to_txn(acl: list[jute.ACL] | None) -> list[list]:
-    return [[a.perms, a.id.scheme, a.id.id] for a in (acl or [])]
+def _acl_to_txn(acl: list[jute.ACL] | None) -> tuple[txns.Acl, ...]:
+    return tuple((a.perms, a.id.scheme, a.id.id) for a in (acl or []))
 
 
 def _acl_to_wire(acl: list) -> list[jute.ACL]:
     return [jute.ACL(perms, jute.Id(scheme, ident)) for perms, scheme, ident in acl]
 
 
-def _op_fields(op: int, record: Any) -> dict[str, Any]:
-    """The op-specific part of a transaction, for top-level requests and multi sub-ops alike."""
+def _op_body(op: int, record: Any) -> txns.Body:
+    """The typed body of a write, for top-level requests and multi sub-ops alike."""
     if op in CREATE_OPS:
-        fields = {"path": record.path, "data": record.data, "acl": _acl_to_txn(record.acl),
-                  "flags": record.flags}
-        if op == OpCode.CREATE_TTL:
-            fields["ttl"] = record.ttl
-        return fields
-    if op in (OpCode.DELETE, OpCode.DELETE_CONTAINER):
-        return {"path": record.path, "version": getattr(record, "version", -1)}
+        return txns.Create(int(op), record.path, record.data, _acl_to_txn(record.acl),
+                           record.flags, record.ttl if op == OpCode.CREATE_TTL else -1)
+    if op == OpCode.DELETE:
+        return txns.Delete(record.path, getattr(record, "version", -1))
+    if op == OpCode.DELETE_CONTAINER:
+        return txns.DeleteContainer(record.path)
     if op == OpCode.SET_DATA:
-        return {"path": record.path, "data": record.data, "version": record.version}
+        return txns.SetData(record.path, record.data, record.version)
     if op == OpCode.SET_ACL:
-        return {"path": record.path, "acl": _acl_to_txn(record.acl), "version": record.version}
+        return txns.SetACL(record.path, _acl_to_txn(record.acl), record.version)
     if op == OpCode.CHECK:
-        return {"path": record.path, "version": record.version}
+        return txns.Check(record.path, record.version)
     raise RequestError(Err.UNIMPLEMENTED)
 
 
-def write_txn(op: int, record: Any, session_id: int, auth: list[tuple[str, str]]) -> dict[str, Any]:
-    """The transaction for a write request (zxid and time are stamped when it is proposed)."""
-    txn: dict[str, Any] = {"type": int(op), "session": session_id,
-                           "auth": [list(a) for a in auth]}
+_MULTI_SUB_OPS = CREATE_OPS | {OpCode.DELETE, OpCode.SET_DATA, OpCode.CHECK}
+
+
+def write_txn(op: int, record: Any, session_id: int, auth: list[tuple[str, str]]) -> txns.Txn:
+    """The transaction for a write request (its time is stamped when the leader proposes it,
+    its zxid comes from its log position)."""
+    body: txns.Body
     if op == OpCode.MULTI:
-        txn["ops"] = [{"type": int(sub_op), **_op_fields(sub_op, sub)} for sub_op, sub in record.ops]
+        ops = []
+        for sub_op, sub in record.ops:
+            if sub_op not in _MULTI_SUB_OPS:
+                # ZooKeeper's multi takes create/delete/setData/check only.
+                raise RequestError(Err.UNIMPLEMENTED)
+            ops.append(_op_body(sub_op, sub))
+        body = txns.Multi(tuple(ops))  # type: ignore[arg-type]
     elif op == OpCode.CLOSE_SESSION:
-        pass
+        body = txns.CloseSession()
     else:
-        txn.update(_op_fields(op, record))
+        body = _op_body(op, record)
         # Refuse oversized data before it costs a log record and an fsync (the tree checks
         # again, for multi sub-ops and for logs written by anyone).
-        if len(txn.get("data") or b"") > MAX_DATA:
+        data = getattr(body, "data", None)
+        if data is not None and len(data) > MAX_DATA:
             raise RequestError(Err.BAD_ARGUMENTS)
-    return txn
+    return txns.Txn(body, session_id, tuple((str(s), str(i)) for s, i in auth))
 
 
 def _op_response(op: int, value: Any) -> tuple[int, Any]:

@@ -6,17 +6,21 @@ The server loop drives it through the interface described in consensus.py:
     outputs  ready() -> RaftReady: snapshot to install, entries + hard state to persist,
              messages to send, committed entries to apply, read states.
 
-The caller handles a Ready strictly in this order, then calls `advance(ready)` before the next
-`ready()`:
-  1. `snapshot` (if any): save it (Storage.save_snapshot) and restore the tree from its data;
-  2. `entries`: Storage.append (it truncates a conflicting suffix), `hard_state`: set_hard_state,
-     then fsync. Entries must be written before the hard state (Storage does so within a sync);
-  3. only now send `messages`: a vote or an acknowledgement must never leave before the term,
-     vote or entries it vouches for are durable, or a crash could make this member vote twice
-     or "forget" an entry a leader counted towards a majority;
-  4. apply `committed` (always entries that are already durable here), note `read_states`.
+consensus.ReadyDriver handles each Ready (it is the one implementation, used by the server and
+the test harnesses): urgent messages out at once (below), the snapshot saved and installed,
+entries and hard state written and fsync'd, only then the other messages (a vote or an
+acknowledgement must never leave before the term, vote or entries it vouches for are durable,
+or a crash could make this member vote twice or "forget" an entry a leader counted towards a
+majority), committed entries applied (always durable here already), read states reported,
+then `advance(ready)` before the next `ready()`.
 `step()` may be called between `ready()` and `advance()` (the fsync runs on a worker thread);
 anything it changes goes into the next Ready.
+
+Messages that vouch for nothing unpersisted (`is_urgent`: heartbeats and their answers, the
+leader's appends and snapshots, read-index traffic) leave before the Ready's fsync, so the
+leader's disk write overlaps its followers' (Raft thesis 10.2.1); `take_urgent()` hands out
+heartbeats, their answers and read-index messages at any time, so liveness (leases, election
+timers) never waits for the disk. Votes and append acknowledgements wait for the fsync.
 
 No clock, socket, disk or global randomness: time is `tick()`, randomness an injected Random.
 
@@ -52,11 +56,10 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from zkfsd.consensus import NotLeader, Ready
-from zkfsd.storage import Entry, HardState, Snapshot
+from zkfsd.consensus import Entry, HardState, NotLeader, ReadState, Ready, Snapshot
 
 __all__ = [
     "ConfChangeRefused",
@@ -212,21 +215,27 @@ class ConfChangeRefused(Exception):
         self.in_progress = in_progress
 
 
-@dataclass(frozen=True, slots=True)
-class ReadState:
-    """Reads with this context may be served once the local applied index reaches `index`."""
-
-    index: int
-    context: bytes
+# The Ready the core hands out (consensus.Ready carries snapshots and read states too).
+RaftReady = Ready
 
 
-@dataclass
-class RaftReady(Ready):
-    snapshot: Snapshot | None = None
-    read_states: list[ReadState] = field(default_factory=list)
+# What take_urgent() may hand out before the Ready they were produced with is persisted: nothing
+# here vouches for the sender's durable state. A heartbeat answer carries the follower's last
+# index, which the leader only uses to notice a member that lost entries (a higher, unpersisted
+# index cannot trigger that). The leader's own entries count towards a commit only once
+# persisted (advance()), whatever it sent.
+_URGENT = frozenset({MsgType.HEARTBEAT, MsgType.HEARTBEAT_RESP, MsgType.APPEND,
+                     MsgType.SNAPSHOT, MsgType.READ_INDEX, MsgType.READ_INDEX_RESP})
+# What take_urgent() hands out between Readys: only what liveness and reads wait for. Appends
+# wait for the next Ready (and leave before its fsync), so that followers get one append per
+# leader batch and fsync as rarely as before.
+_LIVENESS = frozenset({MsgType.HEARTBEAT, MsgType.HEARTBEAT_RESP, MsgType.READ_INDEX,
+                       MsgType.READ_INDEX_RESP})
 
-    def __bool__(self) -> bool:
-        return super().__bool__() or self.snapshot is not None or bool(self.read_states)
+
+def is_urgent(m: Message) -> bool:
+    """May `m` leave before the Ready it came in is persisted? (See take_urgent.)"""
+    return m.type in _URGENT
 
 
 class _PState(enum.Enum):
@@ -348,6 +357,9 @@ class RaftNode:
         learners: Sequence[int] = (),
         conf_of_entry: Callable[[bytes], ConfState | None] | None = None,
         conf_of_snapshot: Callable[[bytes], ConfState | None] | None = None,
+        lost_leader_ticks: int | None = None,
+        snapshot_timeout_ticks: int | None = None,
+        retry_ticks: int | None = None,
     ) -> None:
         if id <= 0 or any(v <= 0 for v in voters) or any(v <= 0 for v in learners):
             raise ValueError("member ids must be positive integers")
@@ -385,6 +397,22 @@ class RaftNode:
         self.max_msg_entries = max_msg_entries
         self.max_msg_bytes = max_msg_bytes
         self.compact_keep = compact_keep
+        # After its leader's connection died, a follower campaigns within this many ticks
+        # (random, so that two followers rarely collide); a snapshot not acknowledged within
+        # snapshot_timeout_ticks is sent again.
+        self.lost_leader_ticks = max(1, election_ticks // 3 if lost_leader_ticks is None
+                                     else lost_leader_ticks)
+        self.snapshot_timeout_ticks = (2 * election_ticks if snapshot_timeout_ticks is None
+                                       else snapshot_timeout_ticks)
+        if self.snapshot_timeout_ticks < 1:
+            raise ValueError("snapshot_timeout_ticks must be positive")
+        # A member that knows no leader (at start, after losing it, during an election that
+        # did not settle) has nobody to wait for: it campaigns again after retry_ticks to twice
+        # that, which may be shorter than the election timeout a follower gives a leader it
+        # knows (a split vote then costs little however long the election timeout is).
+        self.retry_ticks = retry_ticks
+        if retry_ticks is not None and not 0 < retry_ticks:
+            raise ValueError("retry_ticks must be positive")
         # A member that lost its data dir may be missing entries it once acknowledged, so it
         # must neither vote nor campaign until it holds everything the leader had committed
         # when they first spoke (the caller persists this flag across restarts).
@@ -441,6 +469,7 @@ class RaftNode:
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = election_ticks
+        self._randomized_retry = election_ticks
         self._votes: dict[int, bool] = {}
         self._progress: dict[int, _Progress] = {}
         self._reads: list[_PendingRead] = []
@@ -618,7 +647,7 @@ class RaftNode:
         self.leader_tick = -1
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
-        self._randomized_timeout = self.election_ticks + self._rng.randrange(self.election_ticks)
+        self._randomize_timeouts()
         self._votes = {}
         self._progress = {}
         # Pending reads die with the leadership; callers time out and retry elsewhere.
@@ -630,6 +659,18 @@ class RaftNode:
             self._retiring.clear()
             self._set_conf(self.conf)
 
+    def _randomize_timeouts(self) -> None:
+        self._randomized_timeout = self.election_ticks + self._rng.randrange(self.election_ticks)
+        retry = self.retry_ticks
+        self._randomized_retry = (self._randomized_timeout if retry is None
+                                  else retry + self._rng.randrange(retry))
+
+    def _timeout(self) -> int:
+        """Ticks without a leader's word before campaigning (see retry_ticks)."""
+        if self.role == Role.FOLLOWER and self.leader_id != NONE:
+            return self._randomized_timeout
+        return self._randomized_retry
+
     def _become_follower(self, term: int, leader: int) -> None:
         self._reset(term)
         self.role = Role.FOLLOWER
@@ -640,7 +681,7 @@ class RaftNode:
         self.role = Role.PRE_CANDIDATE
         self.leader_id = NONE
         self._votes = {}
-        self._randomized_timeout = self.election_ticks + self._rng.randrange(self.election_ticks)
+        self._randomize_timeouts()
 
     def _become_candidate(self) -> None:
         self._reset(self.term + 1)
@@ -707,7 +748,7 @@ class RaftNode:
             self._tick_leader()
             return
         self._election_elapsed += 1
-        if self._election_elapsed >= self._randomized_timeout:
+        if self._election_elapsed >= self._timeout():
             self._election_elapsed = 0
             if self.id not in self._voter_set:
                 return  # a learner (or a removed member) waits for the voters' leader
@@ -722,7 +763,7 @@ class RaftNode:
             if pr.state == _PState.SNAPSHOT:
                 # A lost snapshot would otherwise stall this follower forever.
                 pr.snapshot_ticks += 1
-                if pr.snapshot_ticks >= 2 * self.election_ticks:
+                if pr.snapshot_ticks >= self.snapshot_timeout_ticks:
                     pr.pending_snapshot = 0
                     pr.become_probe()
         if self._election_elapsed >= self.election_ticks:
@@ -823,8 +864,8 @@ class RaftNode:
         if self.role != Role.FOLLOWER or self.leader_id != member:
             return
         self.leader_id = NONE
-        jitter = 1 + self._rng.randrange(max(1, self.election_ticks // 3))
-        self._election_elapsed = max(self._election_elapsed, self._randomized_timeout - jitter)
+        jitter = 1 + self._rng.randrange(self.lost_leader_ticks)
+        self._election_elapsed = max(self._election_elapsed, self._timeout() - jitter)
 
     def compact(self, snapshot_index: int, snapshot_term: int, data: bytes) -> None:
         """The application saved a snapshot of its state at `snapshot_index` (<= applied).
@@ -1218,6 +1259,18 @@ class RaftNode:
             return True
         return self._outstanding is None and self._applying < min(self.commit, self._persisted)
 
+    def take_urgent(self) -> list[Message]:
+        """The pending heartbeats, their answers and read-index messages, in the order they
+        were produced, for sending at once; everything else stays for ready() (appends leave
+        with the next Ready, before its fsync: see is_urgent)."""
+        msgs = self._msgs
+        if not msgs:
+            return []
+        urgent = [m for m in msgs if m.type in _LIVENESS]
+        if urgent:
+            self._msgs = [m for m in msgs if m.type not in _LIVENESS]
+        return urgent
+
     def ready(self) -> RaftReady:
         if self._outstanding is not None:
             raise RuntimeError("advance() the previous Ready first")
@@ -1247,7 +1300,7 @@ class RaftNode:
         if rd is not self._outstanding:
             raise RuntimeError("advance() takes the Ready last returned by ready()")
         self._outstanding = None
-        if isinstance(rd, RaftReady) and rd.snapshot is not None:
+        if rd.snapshot is not None:
             self._applied = max(self._applied, rd.snapshot.index)
         for e in reversed(rd.entries):
             # A step() between ready() and advance() may have replaced some of these entries;

@@ -23,22 +23,22 @@ be elected in one term across a change.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
-from zkfs.constants import Err, OpCode, Perm
+from zkfs.constants import Err, Perm
 
+from zkfsd import txns
+from zkfsd.consensus import Entry, make_zxid
 from zkfsd.raft import ConfState
 from zkfsd.tree import check_acl, config_node_data
 
 CONFIG_PATH = "/zookeeper/config"
 _SERVER_KEY = re.compile(r"server\.(\d+)\Z")
-# The key only a reconfig transaction has: lets entry_conf skip every other entry without
-# decoding it (a false hit only costs one decode).
-_MEMBERS_KEY = msgpack.packb("members")
 
 
 class ReconfigError(Exception):
@@ -194,18 +194,24 @@ class ReconfigPlan:
     new_members: tuple[ServerSpec, ...] | None = None
     from_config: int = -1
 
-    def to_wire(self) -> dict[str, Any]:
-        return {"joining": [s.line() for s in self.joining], "leaving": list(self.leaving),
-                "new": None if self.new_members is None else [s.line() for s in self.new_members],
-                "from": self.from_config}
+    def to_txn(self, members: Membership | None = None, err: Err | None = None) -> txns.Reconfig:
+        """The transaction body: this request, and the leader's outcome if decided."""
+        return txns.Reconfig(tuple(s.line() for s in self.joining), self.leaving,
+                             None if self.new_members is None
+                             else tuple(s.line() for s in self.new_members),
+                             self.from_config,
+                             None if members is None else tuple(members.lines()),
+                             None if err is None else int(err))
 
     @classmethod
-    def from_wire(cls, obj: Any) -> ReconfigPlan:
-        def specs(lines: list[str]) -> tuple[ServerSpec, ...]:
+    def from_txn(cls, body: txns.Reconfig) -> ReconfigPlan:
+        """The request a (forwarded, so untrusted) transaction carries; ReconfigError if a
+        server line does not parse."""
+        def specs(lines: tuple[str, ...]) -> tuple[ServerSpec, ...]:
             return tuple(parse_server(*line.split("=", 1)) for line in lines)
-        new = obj.get("new")
-        return cls(specs(obj.get("joining") or []), tuple(int(x) for x in obj.get("leaving") or []),
-                   None if new is None else specs(new), int(obj.get("from", -1)))
+        new = body.new_members
+        return cls(specs(body.joining), body.leaving, None if new is None else specs(new),
+                   body.from_config)
 
 
 def _split_specs(text: str, separators: str) -> list[str]:
@@ -278,43 +284,35 @@ def next_membership(current: Membership, plan: ReconfigPlan) -> Membership:
     return new
 
 
-def reconfig_txn(new: Membership | None, session: int, auth: list[tuple[str, str]],
-                 plan: ReconfigPlan, err: Err | None = None) -> dict[str, Any]:
-    """The RECONFIG transaction: with `new`, it changes the membership (the tree writes
-    /zookeeper/config with the zxid as version, the consensus core switches when it logs it);
-    with `err`, it only carries the refusal back to the member that asked."""
-    txn: dict[str, Any] = {"type": int(OpCode.RECONFIG), "session": session,
-                           "auth": [list(a) for a in auth], "plan": plan.to_wire()}
-    if err is not None:
-        txn["err"] = int(err)
-    elif new is not None:
-        txn["members"] = new.lines()
-    return txn
+def reconfig_txn(plan: ReconfigPlan, session: int, auth: list[tuple[str, str]]) -> txns.Txn:
+    """The RECONFIG transaction of a client's request, for the leader to decide."""
+    return txns.Txn(plan.to_txn(), session, tuple((s, i) for s, i in auth))
 
 
-def txn_membership(txn: dict[str, Any]) -> Membership | None:
-    """The membership a logged RECONFIG transaction set, if it set one."""
-    lines = txn.get("members")
-    if txn.get("type") != OpCode.RECONFIG or not isinstance(lines, list):
+def txn_membership(body: txns.Reconfig, zxid: int) -> Membership | None:
+    """The membership a logged RECONFIG transaction (at `zxid`) set, if it set one."""
+    if body.members is None:
         return None
-    return Membership(tuple(parse_server(*line.split("=", 1)) for line in lines),
-                      int(txn.get("zxid", 0)))
+    return Membership(tuple(parse_server(*line.split("=", 1)) for line in body.members), zxid)
+
+
+def entry_membership(entry: Entry) -> Membership | None:
+    """The membership a log entry's RECONFIG transaction sets, if it is one (cheap otherwise)."""
+    data = entry.data
+    if not data or not txns.may_be_reconfig(data):
+        return None
+    try:
+        txn = txns.decode(data)
+        if not isinstance(txn.body, txns.Reconfig):
+            return None
+        return txn_membership(txn.body, make_zxid(entry.term, entry.index))
+    except (ReconfigError, txns.TxnDecodeError):
+        return None  # not ours to judge; the tree reports malformed entries
 
 
 def entry_conf(data: bytes) -> ConfState | None:
     """For the consensus core: the voters and learners a log entry switches to, if any."""
-    if _MEMBERS_KEY not in data:
-        return None
-    try:
-        txn = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except Exception:  # noqa: BLE001 - not ours to judge; the tree reports malformed entries
-        return None
-    if not isinstance(txn, dict):
-        return None
-    try:
-        members = txn_membership(txn)
-    except ReconfigError:
-        return None
+    members = entry_membership(Entry(0, 0, data))
     return members.conf if members is not None else None
 
 
@@ -331,17 +329,6 @@ def snapshot_membership(data: bytes) -> Membership | None:
 def snapshot_conf(data: bytes) -> ConfState | None:
     members = snapshot_membership(data)
     return members.conf if members is not None else None
-
-
-def entry_membership(data: bytes) -> Membership | None:
-    """The membership a log entry's RECONFIG transaction sets, if it is one (cheap otherwise)."""
-    if not data or _MEMBERS_KEY not in data:
-        return None
-    try:
-        txn = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        return txn_membership(txn) if isinstance(txn, dict) else None
-    except (ReconfigError, ValueError, TypeError, msgpack.UnpackException):
-        return None
 
 
 class Memberships:
@@ -370,7 +357,7 @@ class Memberships:
     def note_entries(self, entries: Any) -> list[ServerSpec]:
         fresh: list[ServerSpec] = []
         for e in entries:
-            members = entry_membership(e.data)
+            members = entry_membership(e)
             if members is not None:
                 self.by_index[e.index] = members
                 fresh += self.learn(members.servers)
@@ -403,7 +390,7 @@ def _synced(core: Any, voter: int, target: int) -> bool:
     return match is not None and match >= target
 
 
-async def lead_reconfig(server: Any, txn: dict[str, Any], catch_up_seconds: float) -> None:
+async def lead_reconfig(server: Any, txn: txns.Txn, catch_up_seconds: float) -> None:
     """On the leader: decide a forwarded or local reconfig request and log the outcome (the new
     membership, or the error) with the request's origin, so the asking member answers its
     client when it applies it. Mirrors PrepRequestProcessor's checks and their order."""
@@ -414,9 +401,10 @@ async def lead_reconfig(server: Any, txn: dict[str, Any], catch_up_seconds: floa
     members = None
     joining: int | None = None
     try:
+        assert isinstance(txn.body, txns.Reconfig)
         try:
-            plan = ReconfigPlan.from_wire(txn["plan"])
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            plan = ReconfigPlan.from_txn(txn.body)
+        except ReconfigError as exc:
             # Another member forwarded it; a bad one must not take the leader down.
             raise ReconfigError(Err.BAD_ARGUMENTS, f"malformed reconfig request: {exc}")
         if server.memberships.busy or core.conf_change_pending:
@@ -460,7 +448,7 @@ async def lead_reconfig(server: Any, txn: dict[str, Any], catch_up_seconds: floa
             raise ReconfigError(Err.NEW_CONFIG_NO_QUORUM, f"server.{joining} did not catch up "
                                 f"with the leader within {catch_up_seconds:.1f}s")
         node = server.tree.get(CONFIG_PATH)
-        if not check_acl(node.acl, Perm.WRITE, [tuple(a) for a in txn.get("auth") or []]):
+        if not check_acl(node.acl, Perm.WRITE, list(txn.auth)):
             raise ReconfigError(Err.NO_AUTH, "no write permission on /zookeeper/config")
         members = new
     except ReconfigError as exc:
@@ -470,9 +458,7 @@ async def lead_reconfig(server: Any, txn: dict[str, Any], catch_up_seconds: floa
         err = None
     finally:
         server.memberships.busy = False
-    final = reconfig_txn(members, txn.get("session", 0), [tuple(a) for a in txn.get("auth") or []],
-                         plan, err)
-    final["origin"] = txn.get("origin")
-    server.submit_decided(final)
+    # The request's origin stays: the asking member answers its client when it applies this.
+    server.submit_decided(dataclasses.replace(txn, body=plan.to_txn(members, err)))
     if joining is not None:
         core.stop_catch_up(joining)  # a no-op once the logged change made it a member

@@ -18,8 +18,8 @@ ensemble of one and takes the same path.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
-import functools
 import logging
 import math
 import os
@@ -30,28 +30,32 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import trio
 
-from zkfs.constants import Err, OpCode
+from zkfs.constants import Err
 
-from zkfsd import reconfig, tls
+from zkfsd import reconfig, tls, txns
 from zkfsd.backend import MemberBackend
 from zkfsd.clients import ClientConnection
 from zkfsd.config import ServerConfig
 from zkfsd.adminserver import start_monitoring
-from zkfsd.consensus import make_zxid
+from zkfsd.consensus import Entry, ReadyDriver, Snapshot, make_zxid
 from zkfsd.peers import PeerTransport
-from zkfsd.raft import ConfChangeRefused, Message, RaftNode
+from zkfsd.raft import ConfChangeRefused, Message, RaftNode, is_urgent
 from zkfsd.sessions import ReportAck, SessionIdGenerator, SessionKeeper, SessionReport, new_password
-from zkfsd.storage import HardState, Snapshot, Storage
+from zkfsd.storage import Storage
 from zkfsd.tree import ApplyResult, DataTree
 from zkfsd.watches import WatchManager
 
 log = logging.getLogger("zkfsd.server")
 
-# Raft election timeout in raft ticks (randomized up to twice that).
-ELECTION_TICKS = 10
+# Raft ticks per ZooKeeper tick (tickTime): leases, timeouts and session rules are counted in
+# raft ticks, finer than tickTime, but never shorter than 20 ms.
+RAFT_TICKS_PER_TICK = 10
+MIN_RAFT_TICK = 0.02
+# A follower whose leader's connection died campaigns within this many raft ticks (a third of
+# a tickTime), instead of waiting out the election timeout; pre-vote keeps that safe.
+LOST_LEADER_TICKS = 3
 
 
 
@@ -60,25 +64,40 @@ class Proposal:
 
     `result` stays None if the proposal failed before it could commit (this member lost its
     leader, or never had one): the client's connection is then closed, as ZooKeeper does, and
-    the client learns the outcome when it reconnects.
+    the client learns the outcome when it reconnects. `zxid` is the transaction's, from its
+    log position, once applied.
     """
-    __slots__ = ("txn", "done", "result")
+    __slots__ = ("txn", "done", "result", "zxid")
 
-    def __init__(self, txn: dict[str, Any]) -> None:
+    def __init__(self, txn: txns.Txn) -> None:
         self.txn = txn
         self.done = trio.Event()
         self.result: ApplyResult | None = None
+        self.zxid = 0
 
     def fail(self) -> None:
         self.done.set()
 
 
-def _pack(txn: dict[str, Any]) -> bytes:
-    return msgpack.packb(txn, use_bin_type=True)
+class LogEntryError(Exception):
+    """A committed log entry this zkfsd cannot read: applying anything after it would make this
+    member's tree differ from the others', so the member stops instead."""
 
 
-def _unpack(data: bytes) -> dict[str, Any]:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+class _Applier:
+    """The server as the driver's Application (consensus.ReadyDriver)."""
+
+    def __init__(self, server: ZkServer) -> None:
+        self.server = server
+
+    def install_snapshot(self, snap: Snapshot) -> None:
+        self.server._install_snapshot(snap)
+
+    def apply(self, entry: Entry) -> None:
+        self.server._apply(entry.index, entry.term, entry.data)
+
+    def read_state(self, index: int, context: bytes) -> None:
+        self.server._read_state(index, context)
 
 
 class Stats:
@@ -132,20 +151,39 @@ class ZkServer:
         self.session_ids = SessionIdGenerator(self.member_id, int(time.time() * 1000))
         self.core: RaftNode | None = None
         self.transport: PeerTransport | None = None
-        self._pending: dict[int, Proposal] = {}  # by the sequence number in txn["origin"]
+        self._pending: dict[int, Proposal] = {}  # by the sequence number in txn.origin
+        # sync (read index): by context, those not answered yet with the tick last asked, and
+        # those answered, waiting for this member to apply up to their index.
+        self._syncs: dict[bytes, tuple[Proposal, int]] = {}
+        self._syncs_applying: list[tuple[int, Proposal]] = []
+        # A follower's writes on their way to the leader: sent by the sender task, all that
+        # arrived in one scheduling round in one frame (the leader proposes them together).
+        self._forwards: list[txns.Txn] = []
         self._next_seq = 0
         # Sequence numbers restart with every process run, and a member catching up applies
-        # entries its earlier runs proposed: a random id per run in txn["origin"] keeps such an
+        # entries its earlier runs proposed: a random id per run in txn.origin keeps such an
         # entry from completing a new proposal that happens to have the same number.
         self._incarnation = int.from_bytes(os.urandom(8), "big") >> 1
         self._leader = 0
         self._replayed = False
-        self._synced_vote: tuple[int, int] | None = None  # (term, vote) as last fsync'd
-        self._wakeup = trio.Event()
+        self.driver: ReadyDriver | None = None  # the core's Readys -> storage, peers, tree
+        self._wakeup = trio.Event()  # the log loop: the core may have a Ready
+        self._urgent = trio.Event()  # the sender: the core may have urgent messages
         self._since_snapshot = 0
-        # Raft ticks are finer than ZooKeeper's tickTime: an election timeout of 10-20 raft ticks
-        # is one to two tickTimes, well inside the smallest session timeout (two tickTimes).
-        self.raft_tick = max(0.02, config.tick_time / 1000.0 / 10)
+        # ZooKeeper's proportions: a member unheard for syncLimit ticks is given up on (a
+        # follower campaigns after syncLimit to 2*syncLimit ticks without its leader, Raft's
+        # randomized election timeout; a leader without a majority for syncLimit ticks steps
+        # down), the leader pings every half tick, and a snapshot transfer may take initLimit
+        # ticks. A dead leader's closed connection starts an election at once (leader_lost), so
+        # failover after a crash does not wait for the timeout.
+        self.raft_tick = max(MIN_RAFT_TICK, config.tick_time / 1000.0 / RAFT_TICKS_PER_TICK)
+        per_tick = config.tick_time / 1000.0 / self.raft_tick
+        self.heartbeat_ticks = max(1, round(per_tick / 2))
+        self.election_ticks = max(self.heartbeat_ticks + 1, round(config.sync_limit * per_tick))
+        self.snapshot_timeout_ticks = max(1, round(config.init_limit * per_tick))
+        # Without a leader to wait for (at start, after losing it, after a split vote), a
+        # member campaigns again after one to two ticks, whatever syncLimit says.
+        self.retry_ticks = min(self.election_ticks, max(1, round(per_tick)))
         self._ticks_due = 0  # raft ticks of real time since _tick_origin
         self._tick_origin = 0.0
         # Followers report every half tickTime; a follower whose reports stop being
@@ -155,7 +193,7 @@ class ZkServer:
         # Observers serve sessions too: the leader must hear their reports before it expires
         # anything they might be keeping alive.
         self.keeper = SessionKeeper(self.member_id, self.members, report_every=report_every,
-                                    cutoff=2 * ELECTION_TICKS + 2 * report_every)
+                                    cutoff=2 * self.election_ticks + 2 * report_every)
         self._was_serving = False
         self.listen_port: int | None = None
         self.secure_listen_port: int | None = None
@@ -226,7 +264,6 @@ class ZkServer:
     def recover(self) -> None:
         started = time.monotonic()
         loaded = self.storage.load()
-        self._synced_vote = (loaded.hard_state.term, loaded.hard_state.vote)
         if loaded.snapshot is not None:
             self.tree = DataTree.from_snapshot(loaded.snapshot.data)
             self._reset_sessions(0)
@@ -261,12 +298,18 @@ class ZkServer:
                         "campaigns until a leader has brought it up to date")
         self.core = RaftNode(self.member_id, self.voters, hard_state=loaded.hard_state,
                              snapshot=loaded.snapshot, entries=loaded.entries,
-                             rng=random.Random(), election_ticks=ELECTION_TICKS,
-                             heartbeat_ticks=1, learners=self.observers,
-                             rebuilding=rebuilding,
+                             rng=random.Random(), election_ticks=self.election_ticks,
+                             heartbeat_ticks=self.heartbeat_ticks, learners=self.observers,
+                             rebuilding=rebuilding, lost_leader_ticks=LOST_LEADER_TICKS,
+                             snapshot_timeout_ticks=self.snapshot_timeout_ticks,
+                             retry_ticks=self.retry_ticks,
                              conf_of_entry=reconfig.entry_conf if self.memberships.static else None,
                              conf_of_snapshot=self.memberships.snapshot_conf
                              if self.memberships.static else None)
+        self.driver = ReadyDriver(self.core, self.storage, self._send, _Applier(self),
+                                  is_urgent,
+                                  synced_vote=(loaded.hard_state.term, loaded.hard_state.vote),
+                                  on_append=self._entries_appended)
         self._since_snapshot = len(loaded.entries)
         log.info("loaded snapshot at index %d and %d log entries (commit %d) in %.3fs",
                  loaded.snapshot.index if loaded.snapshot else 0, len(loaded.entries),
@@ -296,6 +339,7 @@ class ZkServer:
                         if quorum_tls is not None else None)
                     await nursery.start(self.transport.run)
                     self._adopt_membership()
+                nursery.start_soon(self._sender)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._reaper_loop)
                 await self._listen(nursery)
@@ -349,7 +393,7 @@ class ZkServer:
         if due > self._ticks_due and self._tick_origin:
             self.core.tick(due - self._ticks_due)
             self._ticks_due = due
-            self._wakeup.set()
+            self._kick()
         self.keeper.set_role(self.core.term if self.core.is_leader else None, self.core.ticks)
 
     def _session_round(self) -> None:
@@ -363,6 +407,7 @@ class ZkServer:
                 self.close_session(session_id, expired=True)
         elif core.leader_id and self.transport is not None:
             self._report_sessions()
+        self._retry_syncs()
         serving = self.serving
         if serving and not self._was_serving:
             # Back in the quorum: read-only clients go find a read-write session (ZooKeeper
@@ -378,11 +423,11 @@ class ZkServer:
         self._was_serving = serving
 
     # -- proposing -------------------------------------------------------------------------------
-    def propose(self, txn: dict[str, Any]) -> Proposal:
+    def propose(self, txn: txns.Txn) -> Proposal:
         """Send a transaction to the log (through the leader); the Proposal completes once this
         member has applied it."""
         self._next_seq += 1
-        txn["origin"] = [self.member_id, self._incarnation, self._next_seq]
+        txn = txn.with_origin(txns.Origin(self.member_id, self._incarnation, self._next_seq))
         proposal = Proposal(txn)
         self._pending[self._next_seq] = proposal
         if not self._submit(txn):
@@ -390,34 +435,33 @@ class ZkServer:
             proposal.fail()
         return proposal
 
-    def _submit(self, txn: dict[str, Any], *, decided: bool = False) -> bool:
+    def _submit(self, txn: txns.Txn, *, decided: bool = False) -> bool:
         assert self.core is not None
-        if self.core.is_leader and txn.get("type") == OpCode.RECONFIG and not decided:
+        body = txn.body
+        if self.core.is_leader and isinstance(body, txns.Reconfig) and not decided:
             # Decided by the leader, which may first have to catch a new voter up; whatever
             # a request carries besides the plan is not for the asker to say.
-            txn.pop("members", None)
-            txn.pop("err", None)
+            txn = dataclasses.replace(txn, body=dataclasses.replace(body, members=None, err=None))
             assert self._nursery is not None
             # A joining voter gets a few election timeouts, and never less than 5 s, to
             # catch up (ZooKeeper gives a syncing learner initLimit ticks).
             self._nursery.start_soon(reconfig.lead_reconfig, self, txn,
-                                     max(5.0, 4 * ELECTION_TICKS * self.raft_tick))
+                                     max(5.0, 4 * self.election_ticks * self.raft_tick))
             return True
         if self.core.is_leader:
-            term, index = self.core.next_position()
-            txn["zxid"] = make_zxid(term, index)
-            txn["time"] = int(time.time() * 1000)
-            self.core.propose(_pack(txn))
-            self._wakeup.set()
+            # The leader's clock is the transaction's time on every member (mtime, ctime).
+            self.core.propose(txns.encode(txn.stamped(int(time.time() * 1000))))
+            self._kick()
             return True
-        leader = self.core.leader_id
-        if leader and self.transport is not None:
-            return self.transport.send(leader, ["fwd", txn])
+        if self.core.leader_id and self.transport is not None:
+            self._forwards.append(txn)
+            self._urgent.set()
+            return True
         return False
 
     # -- reconfig (reconfig.py decides; these are its handles on the member) ---------------------
     def reconfig_request(self, record: Any, session_id: int,
-                         auth: list[tuple[str, str]]) -> dict[str, Any]:
+                         auth: list[tuple[str, str]]) -> txns.Txn:
         """The transaction for a client's reconfig request; ReconfigError for what this
         member can refuse by itself (disabled, standalone, malformed)."""
         if not self.config.reconfig_enabled:
@@ -427,7 +471,7 @@ class ZkServer:
             raise reconfig.ReconfigError(Err.UNIMPLEMENTED, "standalone")
         plan = reconfig.parse_request(record.joining_servers, record.leaving_servers,
                                       record.new_members, record.cur_config_id)
-        return reconfig.reconfig_txn(None, session_id, auth, plan)
+        return reconfig.reconfig_txn(plan, session_id, auth)
 
     def current_membership(self) -> reconfig.Membership:
         assert self.core is not None
@@ -442,23 +486,29 @@ class ZkServer:
                 self.transport.add_peer(spec.sid, (spec.host, spec.peer_port))
 
     def wakeup(self) -> None:
-        self._wakeup.set()
+        self._kick()
 
     def log_reconfig(self, message: str) -> None:
         log.info("member %d: %s", self.member_id, message)
 
-    def submit_decided(self, txn: dict[str, Any]) -> None:
+    def submit_decided(self, txn: txns.Txn) -> None:
         """Log a decided reconfig (the leader); the core may still refuse a change."""
-        assert self.core is not None
+        assert self.core is not None and isinstance(txn.body, txns.Reconfig)
         if not self.core.is_leader:
             return
         try:
             self._submit(txn, decided=True)
         except ConfChangeRefused as exc:
-            txn.pop("members", None)
-            txn["err"] = int(Err.RECONFIG_IN_PROGRESS if exc.in_progress else Err.BAD_ARGUMENTS)
+            err = Err.RECONFIG_IN_PROGRESS if exc.in_progress else Err.BAD_ARGUMENTS
             log.info("member %d: reconfig refused: %s", self.member_id, exc)
-            self._submit(txn, decided=True)
+            self._submit(dataclasses.replace(
+                txn, body=dataclasses.replace(txn.body, members=None, err=int(err))), decided=True)
+
+    def _entries_appended(self, entries: list[Entry]) -> None:
+        """The driver wrote these entries to the log: note the memberships they carry (and
+        the addresses of servers they name) before anything is applied or adopted."""
+        if self.memberships.static is not None:
+            self.learn_servers(self.memberships.note_entries(entries))
 
     def _adopt_membership(self) -> None:
         """Follow the consensus core's configuration: who votes, who observes, and where they
@@ -494,6 +544,17 @@ class ZkServer:
         node = self.tree.get(reconfig.CONFIG_PATH)
         if self.memberships.static is not None and node is not None and node.mzxid == 0:
             self.tree.set_config(self.memberships.static.config_data(), 0, 0)
+    def _forward(self) -> None:
+        """Send the batch of writes for the leader; if it cannot leave, they fail at once."""
+        batch, self._forwards = self._forwards, []
+        leader = self.core.leader_id if self.core is not None else 0
+        if leader and self.transport is not None and self.transport.send(
+                leader, ["fwd", [txns.encode(txn) for txn in batch]]):
+            return
+        for txn in batch:
+            proposal = self._pending.pop(txn.origin.seq, None) if txn.origin else None
+            if proposal is not None:
+                proposal.fail()
 
     def _on_peer_message(self, frm: int, obj: Any) -> None:
         """A frame from another member. Malformed input raises ValueError (drops that peer)."""
@@ -507,12 +568,16 @@ class ZkServer:
                 raise ValueError(f"member {frm} sent a message signed as {message.frm}")
             self.core.step(message)
         elif kind == "fwd":
-            if not isinstance(body, dict) or not isinstance(body.get("type"), int):
-                raise ValueError("forwarded transaction is malformed")
+            if not isinstance(body, list) or not all(isinstance(b, bytes) for b in body):
+                raise ValueError("forwarded transactions are malformed")
+            # Decoded (and so validated) here, before they can reach the log; TxnDecodeError is
+            # a ValueError and drops the peer like any other malformed frame.
+            batch = [txns.decode(b) for b in body]
             # A forward that reaches a member that is no longer leader is dropped; the origin
             # closes its client's connection when it learns of the new leader.
             if self.core.is_leader:
-                self._submit(body)
+                for txn in batch:
+                    self._submit(txn)
         elif kind == "touch":
             report = SessionReport.from_wire(body)
             self._catch_up()
@@ -524,100 +589,105 @@ class ZkServer:
             self.keeper.acknowledged(ReportAck.from_wire(body))
         else:
             raise ValueError(f"unknown peer message kind {kind!r}")
-        self._wakeup.set()
+        self._kick()
 
     def _on_peer_lost(self, member: int) -> None:
         assert self.core is not None
         if member == self.core.leader_id:
             log.info("member %d: connection from the leader (%d) ended", self.member_id, member)
         self.core.peer_lost(member)
-        self._wakeup.set()
+        self._kick()
 
     # -- the log ---------------------------------------------------------------------------------
-    async def _log_loop(self) -> None:
+    def _kick(self) -> None:
+        """The core took input (a message, ticks, a proposal): wake the log loop, and the
+        sender for what may leave before the next fsync."""
+        self._wakeup.set()
+        self._urgent.set()
+
+    async def _sender(self) -> None:
+        """Heartbeats and their answers leave as soon as the core makes them, never behind a
+        Ready's fsync: a busy disk or a long batch must not look like a dead leader to the
+        followers (or dead followers to the leader). Appends of new proposals leave with the
+        next Ready, one per follower, before the leader's own fsync (the driver sends them
+        first), so leader and followers write in parallel. Forwarded writes go out here too,
+        all that arrived in one scheduling round in one frame."""
         assert self.core is not None
-        core = self.core
+        while True:
+            await self._urgent.wait()
+            self._urgent = trio.Event()
+            if self.transport is not None:
+                self._send(self.core.take_urgent())
+            if self._forwards:
+                self._forward()
+
+    def _send(self, messages: list[Message]) -> None:
+        if self.transport is not None:
+            for message in messages:
+                self.transport.send(message.to, ["raft", message.to_wire()])
+
+    async def _log_loop(self) -> None:
+        assert self.core is not None and self.driver is not None
+        core, driver = self.core, self.driver
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
             while core.has_ready():
-                ready = core.ready()
-                if ready.snapshot is not None:
-                    await self._install_snapshot(ready.snapshot)
-                if ready.entries:
-                    self.storage.append(ready.entries)
-                    if self.memberships.static is not None:
-                        self.learn_servers(self.memberships.note_entries(ready.entries))
-                if ready.hard_state is not None:
-                    self.storage.set_hard_state(ready.hard_state)
-                if ready.entries or self._vote_changed(ready.hard_state):
-                    # One fsync covers every proposal that arrived since the last one (group
-                    # commit); new proposals and peer messages keep reaching the core meanwhile.
-                    # A hard state whose only change is the commit index rides along with the
-                    # next sync: a lost commit index is learned again from the leader.
+                # One Ready carries every proposal and message since the last one, and one
+                # fsync covers them all (group commit); the blocking steps run on a worker
+                # thread while new proposals and peer messages keep reaching the core.
+                syncs = driver.syncs
+                for work in driver.steps():
                     with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(self.storage.sync)
-                    self.stats.fsyncs += 1
-                # Only now may votes and acknowledgements leave: what they vouch for is durable.
-                if self.transport is not None:
-                    for message in ready.messages:
-                        self.transport.send(message.to, ["raft", message.to_wire()])
-                for entry in ready.committed:
-                    self._apply(entry.index, entry.term, entry.data)
-                core.advance(ready)
+                        await trio.to_thread.run_sync(work)
+                self.stats.fsyncs += driver.syncs - syncs
+                ready = driver.last
+                assert ready is not None
                 if not core.rebuilding and self._rebuild_marker.exists():
                     self._rebuild_marker.unlink()
                     log.info("member %d is up to date with the leader and votes again",
                              self.member_id)
                 self._adopt_membership()
+                self._release_syncs()
                 self._check_leader()
                 if ready.committed and self._since_snapshot >= self.config.snap_count:
                     await self._snapshot(ready.committed[-1].index, ready.committed[-1].term)
 
-    def _vote_changed(self, hard_state: HardState | None) -> bool:
-        if hard_state is None:
-            return False
-        synced = (hard_state.term, hard_state.vote)
-        if synced == self._synced_vote:
-            return False
-        self._synced_vote = synced
-        return True
-
     def _apply(self, index: int, term: int, data: bytes) -> None:
+        zxid = make_zxid(term, index)
         if not data:
             # A new leader's empty entry: it only opens its term (ZooKeeper's new epoch).
-            self.tree.last_zxid = max(self.tree.last_zxid, make_zxid(term, index))
+            self.tree.last_zxid = max(self.tree.last_zxid, zxid)
             return
-        txn = _unpack(data)
-        txn_type = txn.get("type")
-        if txn_type == OpCode.SYNC:
-            # sync is an empty transaction: once it is applied here, so is everything the
-            # leader had committed before it.
-            self.tree.last_zxid = max(self.tree.last_zxid, txn.get("zxid", 0))
-            result = ApplyResult(Err.OK, None, [])
-        else:
-            result = self.tree.apply(txn)
+        try:
+            txn = txns.decode(data)
+        except txns.TxnDecodeError as exc:
+            raise LogEntryError(f"committed log entry {index} (zxid 0x{zxid:x}) cannot be read: "
+                                f"{exc}; was it written by a newer zkfsd?") from None
+        body = txn.body
+        result = self.tree.apply(txn, zxid)
         self.stats.txns += 1
         self._since_snapshot += 1
-        if txn_type == OpCode.CREATE_SESSION and result.err == Err.OK:
-            self.keeper.opened(txn["session"], self._timeout_ticks(txn["timeout"]),
+        if isinstance(body, txns.CreateSession) and result.err == Err.OK:
+            self.keeper.opened(txn.session, self._timeout_ticks(body.timeout),
                                self.core.ticks if self.core else 0)
         for event_type, path in result.events:
             for conn in self.watches.trigger(event_type, path):
                 conn.notify(event_type, path)
-        if txn_type == OpCode.CLOSE_SESSION:
-            self._session_closed(txn["session"], expired=bool(txn.get("expired")))
-        if txn_type == OpCode.RECONFIG and result.err == Err.OK:
+        if isinstance(body, txns.CloseSession):
+            self._session_closed(txn.session, expired=body.expired)
+        if isinstance(body, txns.Reconfig) and result.err == Err.OK:
             log.info("member %d: reconfig committed, /zookeeper/config version %x",
-                     self.member_id, txn["zxid"])
+                     self.member_id, zxid)
             if self.core is not None:
                 self.memberships.prune(self.core.commit)
-        origin = txn.get("origin")
-        if (isinstance(origin, list) and len(origin) == 3 and origin[0] == self.member_id
-                and origin[1] == self._incarnation):
-            proposal = self._pending.pop(origin[2], None)
+        origin = txn.origin
+        if (origin is not None and origin.member == self.member_id
+                and origin.incarnation == self._incarnation):
+            proposal = self._pending.pop(origin.seq, None)
             if proposal is not None:
-                proposal.txn = txn  # as committed: stamped with its zxid and time
+                proposal.txn = txn  # as committed: stamped with the leader's time
+                proposal.zxid = zxid
                 proposal.result = result
                 proposal.done.set()
 
@@ -636,6 +706,12 @@ class ZkServer:
             for proposal in self._pending.values():
                 proposal.fail()
             self._pending.clear()
+            self._forwards.clear()  # meant for the old leader; their proposals just failed
+            # Unanswered syncs die with the leadership (the core drops them); answered ones
+            # only wait for this member to apply what was committed.
+            for proposal, _asked in self._syncs.values():
+                proposal.fail()
+            self._syncs.clear()
             for conn in list(self.connections):
                 conn.abort("this member lost its leader")
         # A new leader's deadlines start afresh (SessionKeeper.set_role); a follower tells its
@@ -652,10 +728,9 @@ class ZkServer:
         self.keeper.reset({sid: self._timeout_ticks(info.timeout)
                            for sid, info in self.tree.sessions.items()}, now)
 
-    async def _install_snapshot(self, snap: Snapshot) -> None:
+    def _install_snapshot(self, snap: Snapshot) -> None:
+        """A snapshot from the leader, saved by the driver: it replaces the tree."""
         started = time.monotonic()
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self.storage.save_snapshot, snap)
         self.tree = DataTree.from_snapshot(snap.data)
         self._init_config_node()
         self._reset_sessions(self.core.ticks if self.core else 0)
@@ -666,6 +741,37 @@ class ZkServer:
             conn.abort("state replaced by a snapshot from the leader")
         log.info("installed snapshot from the leader at index %d (%d nodes) in %.3fs",
                  snap.index, self.tree.node_count, time.monotonic() - started)
+
+    def _read_state(self, index: int, context: bytes) -> None:
+        """The leader's answer to a sync: done once this member has applied up to `index`."""
+        asked = self._syncs.pop(context, None)
+        if asked is not None:
+            self._syncs_applying.append((index, asked[0]))
+
+    def _release_syncs(self) -> None:
+        assert self.core is not None
+        if not self._syncs_applying:
+            return
+        applied, waiting = self.core.applied, []
+        for index, proposal in self._syncs_applying:
+            if index <= applied:
+                proposal.zxid = self.tree.last_zxid
+                proposal.result = ApplyResult(Err.OK, None, [])
+                proposal.done.set()
+            else:
+                waiting.append((index, proposal))
+        self._syncs_applying = waiting
+
+    def _retry_syncs(self) -> None:
+        """A read-index request or its answer can be lost with a peer connection; ask again
+        (the core answers a repeated context again, the first answer wins)."""
+        core = self.core
+        assert core is not None
+        for context, (proposal, asked) in list(self._syncs.items()):
+            if core.ticks - asked >= 2 * self.heartbeat_ticks:
+                self._syncs[context] = (proposal, core.ticks)
+                core.read_index(context)
+                self._kick()
 
     async def _snapshot(self, index: int, term: int) -> None:
         assert self.core is not None
@@ -686,19 +792,35 @@ class ZkServer:
     async def create_session(self, timeout_ms: int) -> tuple[int, bytes] | None:
         session_id = self.session_ids.next(self.tree.sessions)
         password = new_password()
-        proposal = self.propose({"type": int(OpCode.CREATE_SESSION), "session": session_id,
-                                 "auth": [], "timeout": timeout_ms, "password": password})
+        proposal = self.propose(txns.Txn(txns.CreateSession(timeout_ms, password), session_id))
         await proposal.done.wait()
         if proposal.result is None:
             return None
         log.info("session 0x%x established, timeout %d ms", session_id, timeout_ms)
         return session_id, password
 
+    def sync(self, session_id: int, path: str) -> Proposal:
+        """ZooKeeper's sync: completes once this member has applied everything the leader had
+        committed when it received the request. Raft's read index, not a log entry: the leader
+        confirms with one heartbeat round that it still leads and answers its commit index,
+        so a sync costs no fsync anywhere. Fails (like a proposal) without a leader or when
+        leadership changes before the answer."""
+        assert self.core is not None
+        proposal = Proposal(txns.Txn(txns.Sync(path), session_id))
+        if self.core.leader_id == 0:
+            proposal.fail()
+            return proposal
+        self._next_seq += 1
+        context = self._next_seq.to_bytes(8, "big")
+        self._syncs[context] = (proposal, self.core.ticks)
+        self.core.read_index(context)
+        self._kick()
+        return proposal
+
     async def sync_barrier(self) -> None:
         """Return once this member has applied everything the leader had committed when this
-        was called (an empty transaction through the log); at once if that fails."""
-        proposal = self.propose({"type": int(OpCode.SYNC), "session": 0, "auth": [], "path": "/"})
-        await proposal.done.wait()
+        was called; at once if that fails."""
+        await self.sync(0, "/").done.wait()
 
     def touch_session(self, session_id: int) -> bool:
         """Client activity on this member; False if the session is gone or expiring."""
@@ -715,8 +837,7 @@ class ZkServer:
         self.transport.send(core.leader_id, ["touch", report.to_wire()])
 
     def close_session(self, session_id: int, *, expired: bool = False) -> Proposal:
-        return self.propose({"type": int(OpCode.CLOSE_SESSION), "session": session_id,
-                             "auth": [], "expired": expired})
+        return self.propose(txns.Txn(txns.CloseSession(expired), session_id))
 
     def _session_closed(self, session_id: int, *, expired: bool) -> None:
         self.keeper.closed(session_id)
@@ -733,8 +854,7 @@ class ZkServer:
             if not self.is_leader:
                 continue
             for path in self.tree.reapable(int(time.time() * 1000)):
-                self.propose({"type": int(OpCode.DELETE_CONTAINER), "session": 0, "auth": [],
-                              "path": path, "version": -1})
+                self.propose(txns.Txn(txns.DeleteContainer(path)))
 
     # -- clients ---------------------------------------------------------------------------------
     async def _listen(self, nursery: trio.Nursery) -> None:

@@ -7,7 +7,7 @@ exception, because an exception here would crash-loop the server on every restar
 
 Layout
 ------
-data_dir/VERSION                      format marker ("zkfs-storage 1")
+data_dir/VERSION                      format marker ("zkfs-storage 2")
 data_dir/snapshot.<index:020d>        [header][u32 crc32 of header][data]
 log_dir/log.<first_index:020d>        sequence of records [u32 len][u32 crc32(payload)][payload]
 
@@ -17,6 +17,12 @@ Payloads are msgpack arrays tagged by their first element:
                                (Raft conflict truncation) or, after a snapshot installed past
                                the end of the log, marks the gap as intentional
     [3, term, vote, commit]    hard state; the last one in the stream wins
+
+Format 2 (this one) differs from 1 only in what entry data holds: typed transactions of
+txns.py (an array led by its own format number) instead of untyped maps. txns.decode still reads
+the maps, so a format-1 directory is upgraded in place on load (the marker is rewritten to 2 and
+new entries use the new encoding); a zkfsd that knows only format 1 then refuses the directory
+with "unsupported storage format" instead of misreading the new entries.
 
 Each segment starts with a hard-state record so that dropping old segments (compaction) never
 loses the current vote.  Segment names only have to sort in write order: after a conflict
@@ -40,13 +46,12 @@ from typing import Any, BinaryIO
 
 import msgpack
 
+from zkfsd.consensus import Entry, HardState, Snapshot
 from zkfsd.metrics import Summary
 
 __all__ = [
-    "Entry",
-    "HardState",
     "LoadedState",
-    "Snapshot",
+    "MemoryStorage",
     "Storage",
     "StorageError",
     "FORMAT_VERSION",
@@ -54,9 +59,11 @@ __all__ = [
 
 logger = logging.getLogger("zkfsd.storage")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _VERSION_FILE = "VERSION"
 _VERSION_TEXT = f"zkfs-storage {FORMAT_VERSION}\n"
+# Formats this code reads and upgrades on load (see the module docstring).
+_UPGRADABLE = {"zkfs-storage 1\n"}
 
 _REC_HDR = struct.Struct("<II")  # payload length, crc32(payload)
 _REC_ENTRY, _REC_TRUNC, _REC_HARD = 1, 2, 3
@@ -68,27 +75,6 @@ _KEEP_SNAPSHOTS = 2
 
 _SEG_RE = re.compile(r"^log\.(\d{20})$")
 _SNAP_RE = re.compile(r"^snapshot\.(\d{20})$")
-
-
-@dataclass(frozen=True)
-class Entry:
-    index: int
-    term: int
-    data: bytes
-
-
-@dataclass
-class HardState:
-    term: int = 0
-    vote: int = 0
-    commit: int = 0
-
-
-@dataclass
-class Snapshot:
-    index: int
-    term: int
-    data: bytes
 
 
 @dataclass
@@ -262,6 +248,11 @@ class Storage:
         try:
             text = path.read_text()
         except FileNotFoundError:
+            text = None
+        if text in _UPGRADABLE:
+            logger.info("%s: upgrading storage format %r to %r (old log entries are read as "
+                        "they are)", self.data_dir, text.strip(), _VERSION_TEXT.strip())
+        if text is None or text in _UPGRADABLE:
             tmp = path.with_name(_VERSION_FILE + ".tmp")
             with open(tmp, "w") as f:
                 f.write(_VERSION_TEXT)
@@ -272,7 +263,10 @@ class Storage:
             return
         if text != _VERSION_TEXT:
             # Refusing beats misparsing data written by a different format.
-            raise StorageError(f"{path}: unsupported storage format {text.strip()!r}")
+            raise StorageError(f"{path}: unsupported storage format {text.strip()!r} (this "
+                               f"zkfsd reads {_VERSION_TEXT.strip()!r} and upgrades "
+                               f"{', '.join(repr(t.strip()) for t in sorted(_UPGRADABLE))}; "
+                               f"was it written by a newer zkfsd?)")
 
     def _list_segments(self) -> list[_Segment]:
         segs = []
@@ -587,3 +581,141 @@ class Storage:
             )
         base = self._snap_index + 1
         return self._entries[lo - base : hi - base]
+
+
+class MemoryStorage:
+    """Storage's interface and crash semantics, in memory: for the test harnesses (and anything
+    else that runs the consensus core without a disk).
+
+    Like Storage, `append` and `set_hard_state` change the in-memory view at once but become
+    durable only at `sync()`; `save_snapshot` syncs first and is durable when it returns.
+    `crash(rng)` returns what a restart would find: the durable state plus a random prefix of
+    the writes since the last sync (a torn tail), as a new, not yet loaded MemoryStorage.
+    """
+
+    def __init__(self, snapshot: Snapshot | None = None, hard_state: HardState | None = None,
+                 entries: list[Entry] | tuple[Entry, ...] = ()) -> None:
+        self.durable = LoadedState(snapshot, hard_state or HardState(),
+                                   [e for e in entries if e.index > (snapshot.index
+                                                                     if snapshot else 0)])
+        self._pending: list[list[Entry] | HardState] = []  # writes since the last sync
+        self._view = LoadedState(self.durable.snapshot, self.durable.hard_state,
+                                 list(self.durable.entries))
+        self._loaded = False
+        self.fsync_count = 0
+
+    # -- Storage's interface -------------------------------------------------------------------
+    def load(self) -> LoadedState:
+        if self._loaded:
+            raise RuntimeError("load() may only be called once")
+        self._loaded = True
+        d = self.durable
+        hs = d.hard_state
+        return LoadedState(d.snapshot, HardState(hs.term, hs.vote, hs.commit), list(d.entries))
+
+    def append(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        _append_to(self._view, entries)
+        self._pending.append(list(entries))
+
+    def set_hard_state(self, hs: HardState) -> None:
+        new = HardState(hs.term, hs.vote, hs.commit)
+        if new != self._view.hard_state:
+            self._view.hard_state = new
+            self._pending.append(new)
+
+    def sync(self) -> None:
+        self._apply_durably(self._pending)
+        self._pending = []
+        self.fsync_count += 1
+
+    def save_snapshot(self, snap: Snapshot) -> None:
+        base = self.first_index() - 1
+        if snap.index < base:
+            raise ValueError(f"snapshot {snap.index} is older than snapshot {base}")
+        if snap.index == base and self._view.snapshot is not None \
+                and self._view.snapshot.term == snap.term:
+            return
+        self.sync()
+        for state in (self.durable, self._view):
+            keep = state.entries if _term_in(state, snap.index) == snap.term else []
+            state.entries = [e for e in keep if e.index > snap.index]
+            state.snapshot = snap
+
+    def close(self) -> None:
+        self.sync()
+
+    # -- the in-memory view, as Storage's ------------------------------------------------------
+    def first_index(self) -> int:
+        snap = self._view.snapshot
+        return (snap.index if snap is not None else 0) + 1
+
+    def last_index(self) -> int:
+        return self.first_index() - 1 + len(self._view.entries)
+
+    def term_at(self, index: int) -> int | None:
+        return _term_in(self._view, index)
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        if lo < self.first_index() or hi > self.last_index() + 1 or lo > hi:
+            raise IndexError(f"entries[{lo}, {hi}) outside [{self.first_index()}, "
+                             f"{self.last_index() + 1})")
+        base = self.first_index()
+        return self._view.entries[lo - base: hi - base]
+
+    # -- crashes ---------------------------------------------------------------------------------
+    def durable_base(self) -> int:
+        """The index of the durable snapshot (0: none)."""
+        snap = self.durable.snapshot
+        return snap.index if snap is not None else 0
+
+    def durable_term_at(self, index: int) -> int | None:
+        """The term of entry `index` as a restart would find it (None: not there)."""
+        return _term_in(self.durable, index)
+
+    def crash(self, rng: Any = None) -> MemoryStorage:
+        """What a restart finds: the durable state plus a random prefix (rng.randint) of the
+        unsynced writes, none without an rng."""
+        cut = rng.randint(0, len(self._pending)) if rng is not None and self._pending else 0
+        d = self.durable
+        found = LoadedState(d.snapshot, d.hard_state, list(d.entries))
+        _apply_writes(found, self._pending[:cut])
+        hs = found.hard_state
+        return MemoryStorage(found.snapshot, HardState(hs.term, hs.vote, hs.commit),
+                             found.entries)
+
+    def _apply_durably(self, writes: list[list[Entry] | HardState]) -> None:
+        _apply_writes(self.durable, writes)
+
+
+def _apply_writes(state: LoadedState, writes: list[list[Entry] | HardState]) -> None:
+    for w in writes:
+        if isinstance(w, HardState):
+            state.hard_state = w
+        else:
+            _append_to(state, w)
+
+
+def _term_in(state: LoadedState, index: int) -> int | None:
+    base = state.snapshot.index if state.snapshot is not None else 0
+    if index == base:
+        return state.snapshot.term if state.snapshot is not None else 0
+    if base < index <= base + len(state.entries):
+        return state.entries[index - base - 1].term
+    return None
+
+
+def _append_to(state: LoadedState, entries: list[Entry]) -> None:
+    """Storage.append's rules: no gap, nothing under the snapshot, a conflicting suffix goes."""
+    base = state.snapshot.index if state.snapshot is not None else 0
+    first = entries[0].index
+    if first > base + len(state.entries) + 1:
+        raise ValueError(f"gap: appending {first} after last index {base + len(state.entries)}")
+    if first <= base:
+        raise ValueError(f"entry {first} is covered by snapshot {base}")
+    for i, e in enumerate(entries):
+        if e.index != first + i:
+            raise ValueError("entries must have contiguous indexes")
+    del state.entries[first - base - 1:]
+    state.entries.extend(entries)

@@ -1,8 +1,8 @@
 """The znode tree as a pure, deterministic state machine.
 
-Every state change of zkfsd is a transaction (a plain, msgpack-able dict) in a replicated log.
-Every member applies the same log with `DataTree.apply` and must reach the same state and the
-same results, so nothing here reads a clock, draws a random number, does I/O, or lets the
+Every state change of zkfsd is a transaction (a typed record of txns.py) in a replicated log.
+Every member applies the same log with `DataTree.apply(txn, zxid)` and must reach the same state
+and the same results, so nothing here reads a clock, draws a random number, does I/O, or lets the
 iteration order of a set or dict leak into a result (str hashing differs between processes).
 
 Semantics follow Apache ZooKeeper 3.8: the checks of PrepRequestProcessor, in its order (which
@@ -22,6 +22,9 @@ import msgpack
 
 from zkfs.constants import (CONTAINER_EPHEMERAL_OWNER, MAX_DATA, MAX_TTL, TTL_EPHEMERAL_OWNER_MASK,
                             CreateMode, Err, EventType, OpCode, Perm)
+
+from zkfsd.txns import (Check, CloseSession, Create, CreateSession, Delete, DeleteContainer,
+                        Multi, Reconfig, SetACL, SetData, Sync, Txn)
 
 __all__ = ["ApplyResult", "DataTree", "Node", "SessionInfo", "Stat", "check_acl",
            "digest_auth_id", "validate_path"]
@@ -55,11 +58,13 @@ _BAD_PATH_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\uf8ff\ufff0-\uffff\U000
 # and underscores, which would make more IP ACLs valid than in ZooKeeper.
 _JAVA_INT = re.compile(r"[+-]?[0-9]+\Z")
 
-_CREATE_OPS = frozenset({OpCode.CREATE, OpCode.CREATE2, OpCode.CREATE_CONTAINER,
-                         OpCode.CREATE_TTL})
-_MULTI_SUB_OPS = _CREATE_OPS | {OpCode.DELETE, OpCode.SET_DATA, OpCode.CHECK}
-# What a malformed transaction (missing field, wrong type) raises while it is being read.
-_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+class _Ctx(NamedTuple):
+    """What an op applies with: its position in the log and the envelope of its transaction."""
+    zxid: int
+    time: int
+    session: int
+    auth: list[tuple[str, str]]
 
 
 class Stat(NamedTuple):
@@ -282,25 +287,19 @@ def check_acl(node_acl: Iterable[Acl], perm: int, auth: Iterable[Any]) -> bool:
     return False
 
 
-def _auth_ids(txn: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(str(scheme), str(ident)) for scheme, ident in txn.get("auth") or ()]
-
-
-def _fixup_acl(acl: Any, auth: list[tuple[str, str]]) -> list[Acl]:
-    """PrepRequestProcessor.fixupACL: validate an ACL list and expand its 'auth' entries."""
+def _fixup_acl(acl: Iterable[tuple[int, str, str | None]],
+               auth: list[tuple[str, str]]) -> list[Acl]:
+    """PrepRequestProcessor.fixupACL: validate an ACL list and expand its 'auth' entries.
+    (Types were checked when the transaction was decoded.)"""
+    acl = list(acl)
     if not acl:
         raise _Fail(Err.INVALID_ACL)
     unique: list[Acl] = []
-    for entry in acl:
-        try:
-            perms, scheme, ident = entry
-        except (TypeError, ValueError):
-            raise _Fail(Err.INVALID_ACL) from None
+    for perms, scheme, ident in acl:
         # The 'auth' pseudo-scheme ignores its id, which may be null: kazoo sends "" as null.
-        if not isinstance(perms, int) or not isinstance(scheme, str) \
-                or not (isinstance(ident, str) or (ident is None and scheme == "auth")):
+        if ident is None and scheme != "auth":
             raise _Fail(Err.INVALID_ACL)
-        item = (int(perms), scheme, ident)
+        item = (perms, scheme, ident)
         # Duplicates are dropped before 'auth' expansion, exactly like removeDuplicates.
         if item not in unique:
             unique.append(item)
@@ -323,16 +322,6 @@ def _fixup_acl(acl: Any, auth: list[tuple[str, str]]) -> list[Acl]:
             # Unknown scheme, or a world id other than 'anyone' (no 'world' provider exists).
             raise _Fail(Err.INVALID_ACL)
     return result
-
-
-def _data_of(txn: dict[str, Any]) -> bytes | None:
-    # None and b'' stay distinct: clients can tell a null znode value from an empty one.
-    data = txn.get("data")
-    if data is None or isinstance(data, bytes):
-        return data
-    if isinstance(data, (bytearray, memoryview)):
-        return bytes(data)
-    raise TypeError(f"znode data must be bytes or None, not {type(data).__name__}")
 
 
 def _check_data_size(data: bytes | None) -> None:
@@ -461,52 +450,37 @@ class DataTree:
 
     # -- transactions -----------------------------------------------------------------------------
 
-    def apply(self, txn: dict[str, Any]) -> ApplyResult:
-        """Apply one transaction of the log. Deterministic: same tree + same txn = same result."""
+    def apply(self, txn: Txn, zxid: int) -> ApplyResult:
+        """Apply one transaction of the log at `zxid` (derived from its log position).
+        Deterministic: same tree + same txn + same zxid = same result."""
+        ctx = _Ctx(zxid, txn.time, txn.session, list(txn.auth))
+        body = txn.body
         try:
-            op = txn["type"]
-            if op == OpCode.MULTI:
-                return self._apply_multi(txn)
-            handler = self._HANDLERS.get(op)
-            if handler is None:
-                return ApplyResult(Err.UNIMPLEMENTED, None, [])
+            if isinstance(body, Multi):
+                return self._apply_multi(body, ctx)
             try:
-                value, events = handler(self, txn)
+                value, events = self._HANDLERS[type(body)](self, body, ctx)
             except _Fail as failure:
                 return ApplyResult(failure.code, None, [])
-            except _MALFORMED:
-                # Single ops read every field before they change anything, so nothing to undo.
-                return ApplyResult(Err.MARSHALLING_ERROR, None, [])
             return ApplyResult(Err.OK, value, events)
         finally:
             # Failed transactions still consume their zxid, as in ZooKeeper.
-            self.last_zxid = txn["zxid"]
+            self.last_zxid = zxid
 
-    def _apply_multi(self, txn: dict[str, Any]) -> ApplyResult:
-        try:
-            ops = list(txn["ops"])
-            inherited = {"zxid": txn["zxid"], "time": txn["time"],
-                         "session": txn.get("session", 0), "auth": txn.get("auth") or []}
-        except _MALFORMED:
-            return ApplyResult(Err.MARSHALLING_ERROR, [], [])
+    def _apply_multi(self, multi: Multi, ctx: _Ctx) -> ApplyResult:
         self._undo = []
         results: list[tuple[int, int, Any]] = []
         events: list[Event] = []
         failed_at, code = -1, Err.OK
         try:
-            for index, op in enumerate(ops):
+            for index, op in enumerate(multi.ops):
                 try:
-                    op_type = op["type"]
-                    if op_type not in _MULTI_SUB_OPS:
-                        raise _Fail(Err.UNIMPLEMENTED)
-                    value, op_events = self._HANDLERS[op_type](self, {**op, **inherited})
+                    value, op_events = self._HANDLERS[type(op)](self, op, ctx)
                 except _Fail as failure:
                     failed_at, code = index, failure.code
                     break
-                except _MALFORMED:
-                    failed_at, code = index, Err.MARSHALLING_ERROR
-                    break
-                results.append((OpCode(op_type), Err.OK, value))
+                results.append((OpCode(op.op if isinstance(op, Create) else op.KIND), Err.OK,
+                                value))
                 events.extend(op_events)
             if failed_at >= 0:
                 for undo in reversed(self._undo):
@@ -516,7 +490,7 @@ class DataTree:
                 results = ([(OpCode.ERROR, Err.OK, None)] * failed_at
                            + [(OpCode.ERROR, code, None)]
                            + [(OpCode.ERROR, Err.RUNTIME_INCONSISTENCY, None)]
-                           * (len(ops) - failed_at - 1))
+                           * (len(multi.ops) - failed_at - 1))
                 events = []
         finally:
             self._undo = None
@@ -595,18 +569,18 @@ class DataTree:
 
     # -- op handlers: (self, txn) -> (value, events), raising _Fail before any change -------------
 
-    def _create(self, txn: dict[str, Any]) -> tuple[Any, list[Event]]:
-        op = txn["type"]
-        path = txn["path"]
-        zxid, time = txn["zxid"], txn["time"]
-        auth = _auth_ids(txn)
-        data = _data_of(txn)
+    def _create(self, txn: Create, ctx: _Ctx) -> tuple[Any, list[Event]]:
+        op = txn.op
+        path = txn.path
+        zxid, time = ctx.zxid, ctx.time
+        auth = ctx.auth
+        data = txn.data
         try:
-            mode = CreateMode(txn.get("flags", 0))
+            mode = CreateMode(txn.flags)
         except ValueError:
             raise _Fail(Err.BAD_ARGUMENTS) from None
         # EphemeralType.validateTTL: a TTL mode needs 0 < ttl <= MAX_TTL, any other mode no ttl.
-        ttl = txn["ttl"] if op == OpCode.CREATE_TTL else -1
+        ttl = txn.ttl if op == OpCode.CREATE_TTL else -1
         if mode.is_ttl:
             if not 0 < ttl <= MAX_TTL:
                 raise _Fail(Err.BAD_ARGUMENTS)
@@ -614,7 +588,7 @@ class DataTree:
             # zkfs: ZooKeeper would let createTTL with a negative ttl and non-TTL flags through
             # and then fail while applying it; refuse the mismatch outright.
             raise _Fail(Err.BAD_ARGUMENTS)
-        session = txn.get("session", 0)
+        session = ctx.session
         if mode.is_ephemeral and session not in self.sessions:
             # checkGlobalSession: an ephemeral of a closed session would never be cleaned up.
             raise _Fail(Err.SESSION_EXPIRED)
@@ -622,7 +596,7 @@ class DataTree:
         # until the sequential suffix is on, after the parent and ACL checks.
         if not isinstance(path, str) or "/" not in path or "\0" in path:
             raise _Fail(Err.BAD_ARGUMENTS)
-        acl = _fixup_acl(txn["acl"], auth)
+        acl = _fixup_acl(txn.acl, auth)
         parent_path, _ = _parent_of(path)
         parent = self._nodes.get(parent_path)
         if parent is None:
@@ -659,11 +633,11 @@ class DataTree:
             raise _Fail(Err.BAD_ARGUMENTS)
         return _parent_of(path)[0]
 
-    def _delete(self, txn: dict[str, Any]) -> tuple[Any, list[Event]]:
-        path = txn["path"]
-        version = txn.get("version", -1)
-        zxid = txn["zxid"]
-        auth = _auth_ids(txn)
+    def _delete(self, txn: Delete, ctx: _Ctx) -> tuple[Any, list[Event]]:
+        path = txn.path
+        version = txn.version
+        zxid = ctx.zxid
+        auth = ctx.auth
         parent_path = self._parent_for_delete(path)
         parent = self._nodes.get(parent_path)
         if parent is None:
@@ -682,9 +656,9 @@ class DataTree:
         return None, [(EventType.NODE_DELETED, path),
                       (EventType.NODE_CHILDREN_CHANGED, parent_path)]
 
-    def _delete_container(self, txn: dict[str, Any]) -> tuple[Any, list[Event]]:
-        path = txn["path"]
-        zxid = txn["zxid"]
+    def _delete_container(self, txn: DeleteContainer, ctx: _Ctx) -> tuple[Any, list[Event]]:
+        path = txn.path
+        zxid = ctx.zxid
         parent_path = self._parent_for_delete(path)
         node = self._nodes.get(path)
         if node is None:
@@ -700,12 +674,12 @@ class DataTree:
         return None, [(EventType.NODE_DELETED, path),
                       (EventType.NODE_CHILDREN_CHANGED, parent_path)]
 
-    def _set_data(self, txn: dict[str, Any]) -> tuple[Any, list[Event]]:
-        path = txn["path"]
-        version = txn.get("version", -1)
-        zxid, time = txn["zxid"], txn["time"]
-        auth = _auth_ids(txn)
-        data = _data_of(txn)
+    def _set_data(self, txn: SetData, ctx: _Ctx) -> tuple[Any, list[Event]]:
+        path = txn.path
+        version = txn.version
+        zxid, time = ctx.zxid, ctx.time
+        auth = ctx.auth
+        data = txn.data
         if _path_error(path) is not None:
             raise _Fail(Err.BAD_ARGUMENTS)
         node = self._nodes.get(path)
@@ -728,13 +702,13 @@ class DataTree:
         self._record(undo)
         return node.stat(), [(EventType.NODE_DATA_CHANGED, path)]
 
-    def _set_acl(self, txn: dict[str, Any]) -> tuple[Any, list[Event]]:
-        path = txn["path"]
-        version = txn.get("version", -1)
-        auth = _auth_ids(txn)
+    def _set_acl(self, txn: SetACL, ctx: _Ctx) -> tuple[Any, list[Event]]:
+        path = txn.path
+        version = txn.version
+        auth = ctx.auth
         if _path_error(path) is not None:
             raise _Fail(Err.BAD_ARGUMENTS)
-        acl = _fixup_acl(txn["acl"], auth)
+        acl = _fixup_acl(txn.acl, auth)
         node = self._nodes.get(path)
         if node is None:
             raise _Fail(Err.NO_NODE)
@@ -750,10 +724,10 @@ class DataTree:
         self._record(undo)
         return node.stat(), []
 
-    def _check(self, txn: dict[str, Any]) -> tuple[Any, list[Event]]:
-        path = txn["path"]
-        version = txn.get("version", -1)
-        auth = _auth_ids(txn)
+    def _check(self, txn: Check, ctx: _Ctx) -> tuple[Any, list[Event]]:
+        path = txn.path
+        version = txn.version
+        auth = ctx.auth
         if _path_error(path) is not None:
             raise _Fail(Err.BAD_ARGUMENTS)
         node = self._nodes.get(path)
@@ -764,15 +738,13 @@ class DataTree:
         _check_version(node.version, version)
         return None, []
 
-    def _create_session(self, txn: dict[str, Any]) -> tuple[Any, list[Event]]:
-        session = txn["session"]
-        info = SessionInfo(int(txn["timeout"]), bytes(txn.get("password") or b""))
-        self.sessions[session] = info
+    def _create_session(self, txn: CreateSession, ctx: _Ctx) -> tuple[Any, list[Event]]:
+        self.sessions[ctx.session] = SessionInfo(txn.timeout, txn.password)
         return None, []
 
-    def _close_session(self, txn: dict[str, Any]) -> tuple[Any, list[Event]]:
-        session = txn["session"]
-        zxid = txn["zxid"]
+    def _close_session(self, txn: CloseSession, ctx: _Ctx) -> tuple[Any, list[Event]]:
+        session = ctx.session
+        zxid = ctx.zxid
         # Sorted so every member deletes (and reports) in the same order.
         paths = sorted(self._ephemerals.get(session, ()))
         events: list[Event] = []
@@ -785,16 +757,20 @@ class DataTree:
         self.sessions.pop(session, None)
         return paths, events
 
-    def _reconfig(self, txn: dict[str, Any]) -> tuple[Any, list[Event]]:
+    def _sync(self, txn: Sync, ctx: _Ctx) -> tuple[Any, list[Event]]:
+        # An empty transaction: once it is applied on a member, so is everything the leader had
+        # committed before it.
+        return None, []
+
+    def _reconfig(self, txn: Reconfig, ctx: _Ctx) -> tuple[Any, list[Event]]:
         # The leader decided (reconfig.py): either a refusal to report, or the new membership,
         # written as ZooKeeper writes it (a SetDataTxn with version -1, so the Stat's version
         # reads -1 and the zxid is the config's version).
-        if txn.get("err") is not None:
-            raise _Fail(Err(txn["err"]))
-        lines = txn["members"]
-        if not isinstance(lines, list) or not all(isinstance(line, str) for line in lines):
-            raise _Fail(Err.BAD_ARGUMENTS)
-        return self.set_config(config_node_data(lines, txn["zxid"]), txn["zxid"], txn["time"])
+        if txn.err is not None:
+            raise _Fail(Err(txn.err))
+        if txn.members is None:
+            raise _Fail(Err.BAD_ARGUMENTS)  # an undecided request never reaches the log
+        return self.set_config(config_node_data(list(txn.members), ctx.zxid), ctx.zxid, ctx.time)
 
     def set_config(self, data: bytes, zxid: int, time: int) -> tuple[Any, list[Event]]:
         """Set /zookeeper/config (a reconfig; or the static membership at startup, as
@@ -804,19 +780,17 @@ class DataTree:
         node.data, node.mzxid, node.mtime, node.version = data, zxid, time, -1
         return (data, node.stat()), [(EventType.NODE_DATA_CHANGED, "/zookeeper/config")]
 
-    _HANDLERS: dict[int, Callable[[DataTree, dict[str, Any]], tuple[Any, list[Event]]]] = {
-        OpCode.CREATE: _create,
-        OpCode.CREATE2: _create,
-        OpCode.CREATE_CONTAINER: _create,
-        OpCode.CREATE_TTL: _create,
-        OpCode.DELETE: _delete,
-        OpCode.DELETE_CONTAINER: _delete_container,
-        OpCode.SET_DATA: _set_data,
-        OpCode.SET_ACL: _set_acl,
-        OpCode.CHECK: _check,
-        OpCode.CREATE_SESSION: _create_session,
-        OpCode.CLOSE_SESSION: _close_session,
-        OpCode.RECONFIG: _reconfig,
+    _HANDLERS: dict[type, Callable[[DataTree, Any, _Ctx], tuple[Any, list[Event]]]] = {
+        Create: _create,
+        Delete: _delete,
+        DeleteContainer: _delete_container,
+        SetData: _set_data,
+        SetACL: _set_acl,
+        Check: _check,
+        CreateSession: _create_session,
+        CloseSession: _close_session,
+        Sync: _sync,
+        Reconfig: _reconfig,
     }
 
     # -- snapshots --------------------------------------------------------------------------------

@@ -464,7 +464,8 @@ def write_zkfsd_data_dir(imported: ImportedTree, data_dir: str | os.PathLike[str
     zkfsd's zxids are (term << 32 | log index). The snapshot's term is one past the imported
     last zxid's epoch, so every zxid zkfsd hands out afterwards is above every imported one
     (clients refuse a server whose zxid is behind what they have seen)."""
-    from zkfsd.storage import HardState, Snapshot, Storage
+    from zkfsd.consensus import HardState, Snapshot
+    from zkfsd.storage import Storage
     from zkfsd.tree import DataTree
 
     rows = [(path, n.data, n.acl, n.czxid, n.mzxid, n.ctime, n.mtime, n.version, n.cversion,
