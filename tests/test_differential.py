@@ -824,6 +824,23 @@ def scenario_session_expiry(t: Target) -> None:
         silent.drop()
 
 
+def scenario_pipelined_reads(t: Target) -> None:
+    # kazoo sends async requests without waiting for replies: each read is queued behind a write
+    # of its own session while the later writes are already proposed; it must see exactly the
+    # write before it.
+    zk = t.kazoo("pipeline")
+    zk.create(t.p("/p"), b"0")
+    pending = []
+    for i in range(1, 31):
+        pending.append(zk.set_async(t.p("/p"), str(i).encode()))
+        pending.append(zk.get_async(t.p("/p")))
+    for n, result in enumerate(pending):
+        value = result.get(timeout=10)
+        if n % 2:
+            data, stat = value
+            t.step(f"get-{n // 2 + 1}", value=(data, stat.version))
+
+
 # -- tests ----------------------------------------------------------------------------------------
 
 @pytest.mark.timeout(60)
@@ -932,3 +949,9 @@ def scenario_check_watches_by_type(t: Target) -> None:
 def test_check_watches_by_type_matches_persistent_watches(
         zkfsd: ZkfsdProcess, apache_zk: ApacheZooKeeper) -> None:
     compare(scenario_check_watches_by_type, zkfsd, apache_zk)
+
+
+@pytest.mark.timeout(60)
+def test_pipelined_reads_see_the_write_before_them(zkfsd: ZkfsdProcess,
+                                                    apache_zk: ApacheZooKeeper) -> None:
+    compare(scenario_pipelined_reads, zkfsd, apache_zk)

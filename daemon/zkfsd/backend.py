@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
@@ -69,6 +70,11 @@ class SubmittedWrite:
         self.started = time.monotonic()
         self.proposal = proposal
         self.done: trio.Event = proposal.done
+
+    def on_applied(self, callback: Callable[[], None]) -> None:
+        """Call `callback` right after the write is applied here, before the member applies
+        the next transaction (not if it fails: `done` tells that)."""
+        self.proposal.on_applied = callback
 
 
 class Backend(Protocol):

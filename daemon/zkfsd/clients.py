@@ -273,6 +273,7 @@ class ClientConnection:
         if op in WRITE_OPS or op in (OpCode.SYNC, OpCode.RECONFIG):
             submitted = self.backend.submit(self, xid, op, record)
             if isinstance(submitted, SubmittedWrite):
+                submitted.on_applied(self._write_applied)
                 self._queue.append(submitted)
                 return
             if submitted is not None:
@@ -303,36 +304,53 @@ class ClientConnection:
             self._encoded()
 
     # -- sender ----------------------------------------------------------------------------------
-    async def _sender(self) -> None:
+    def _answer_ready(self) -> bool:
+        """Encode the replies owed at the queue's head that can be given now: applied writes
+        and the reads and headers behind them, up to the first write still in flight.
+        False if the connection must end (a write of it could not be committed)."""
         queue = self._queue
         backend = self.backend
+        replied = 0
+        while queue and not self._closing and not self._aborted:
+            head = queue[0]
+            if isinstance(head, SubmittedWrite):
+                if not head.done.is_set():
+                    break
+                queue.popleft()
+                reply = backend.write_reply(head)
+                if reply is None:
+                    self.abort("its write could not be committed (leader lost)")
+                    return False
+                self.codec.send_reply(head.xid, *reply)
+                backend.record_latency(time.monotonic() - head.started)
+                if head.op == OpCode.CLOSE_SESSION:
+                    self._closing = True
+            elif isinstance(head, _Read):
+                queue.popleft()
+                self._answer_read(head.xid, head.op, head.record)
+                backend.record_latency(time.monotonic() - head.started)
+            else:
+                queue.popleft()
+                self.codec.send_reply(head.xid, backend.last_zxid, head.err)
+                self._closing = head.close
+            replied += 1
+        if replied:
+            self._drained.unpark_all()
+        return True
+
+    def _write_applied(self) -> None:
+        """One of this session's writes was just applied here, and the member has not applied
+        the next transaction yet: answer it and the reads queued behind it now, so that they
+        see exactly the state it left (a session's later writes may be applied in the same
+        batch), as ZooKeeper's final request processor answers in commit order."""
+        if self._answer_ready() and self.codec.outgoing:
+            self._wake.unpark_all()
+
+    async def _sender(self) -> None:
+        queue = self._queue
         while True:
-            replied = 0
-            while queue and not self._closing and not self._aborted:
-                head = queue[0]
-                if isinstance(head, SubmittedWrite):
-                    if not head.done.is_set():
-                        break
-                    queue.popleft()
-                    reply = backend.write_reply(head)
-                    if reply is None:
-                        self.abort("its write could not be committed (leader lost)")
-                        return
-                    self.codec.send_reply(head.xid, *reply)
-                    backend.record_latency(time.monotonic() - head.started)
-                    if head.op == OpCode.CLOSE_SESSION:
-                        self._closing = True
-                elif isinstance(head, _Read):
-                    queue.popleft()
-                    self._answer_read(head.xid, head.op, head.record)
-                    backend.record_latency(time.monotonic() - head.started)
-                else:
-                    queue.popleft()
-                    self.codec.send_reply(head.xid, backend.last_zxid, head.err)
-                    self._closing = head.close
-                replied += 1
-            if replied:
-                self._drained.unpark_all()
+            if not self._answer_ready():
+                return
             if self.codec.outgoing:
                 if not await self._send_encoded():
                     # The peer is gone (e.g. reset while we wrote): end the whole connection.

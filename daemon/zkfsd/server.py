@@ -27,6 +27,7 @@ import random
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +68,16 @@ class Proposal:
     the client learns the outcome when it reconnects. `zxid` is the transaction's, from its
     log position, once applied.
     """
-    __slots__ = ("txn", "done", "result", "zxid")
+    __slots__ = ("txn", "done", "result", "zxid", "on_applied")
 
     def __init__(self, txn: txns.Txn) -> None:
         self.txn = txn
         self.done = trio.Event()
         self.result: ApplyResult | None = None
         self.zxid = 0
+        # Called as soon as it is applied, before the next transaction is: the connection
+        # answers the reads queued behind this write against exactly the state it left.
+        self.on_applied: Callable[[], None] | None = None
 
     def fail(self) -> None:
         self.done.set()
@@ -690,6 +694,8 @@ class ZkServer:
                 proposal.zxid = zxid
                 proposal.result = result
                 proposal.done.set()
+                if proposal.on_applied is not None:
+                    proposal.on_applied()
 
     def _check_leader(self) -> None:
         assert self.core is not None
