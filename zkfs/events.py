@@ -253,10 +253,22 @@ class ChangeFollower:
     def _note(self, path: str) -> None:
         self._seq += 1
         self._recent.append((self._seq, path))
+        if self.ops._reserved(path):
+            self.ops.drop_settings()  # a directory's settings (zkfs.meta) changed
+            return
         # Cached values of the node and of its directory (child count, kind) are now suspect.
         for p in (path, parent_path(path)):
             for inode in self.ops.inodes.bound_at(p):
                 inode.view = None
+                inode.listed = False
+        # A child that changes kind shows in its directory's listing with a new inode number.
+        grand = self.ops.inodes.find(parent_path(parent_path(path)), Kind.DIR)
+        if grand is not None:
+            grand.listed = False
+        # The kernel's pages of the node are suspect until invalidated (`_inval_steps`): no
+        # open is served from them meanwhile (zkfs.fs `_new_handle`).
+        for inode in self.ops.inodes.bound_at(path):
+            inode.noted_seq = self._seq
 
     # ------------------------------------------------------------------ tasks
 
@@ -430,11 +442,12 @@ class ChangeFollower:
         parent = self._held_dir(parent_path(path)) if path != "/" else None
         if not inodes and parent is None:
             return
+        # The kernel drops the old pages and size before the new version can be fetched and
+        # told (a page of the old version must never sit next to the new size).
+        await self._thread(self._inval_steps(inodes, data=True), None)
         now = await self._fetch(path)
         if now is None:
-            # Deleted meanwhile: its delete event follows. Drop what is cached now.
-            await self._thread(self._inval_steps(inodes, data=True), None)
-            return
+            return  # deleted meanwhile: its delete event follows
         kind, stat, data = now
         file_inode = self.ops.inodes.find(path, Kind.FILE)
         dir_inode = self.ops.inodes.find(path, Kind.DIR)
@@ -444,14 +457,12 @@ class ChangeFollower:
             return
         if kind is Kind.DIR:
             # A directory's own data: the `.data` pseudo-file and the directory's attributes.
-            steps = self._inval_steps(inodes, data=True)
             if dir_inode is not None:
-                steps.append(lambda: _inval_entry(dir_inode.ino, b".data"))
-            await self._thread(steps, None)
+                await self._thread([lambda: _inval_entry(dir_inode.ino, b".data")], None)
             return
         self.ops.notify_pollers(path)
         state = ReplayState(entries={path: (Kind.FILE, stat, data)})
-        steps = self._inval_steps(inodes, data=True)
+        steps: list[Callable[[], object]] = []
         if replay:
             target = self._local(path)
             steps.append(lambda: os.truncate(target, stat.data_length))
@@ -498,6 +509,12 @@ class ChangeFollower:
                 else:
                     os.mknod(target, st.S_IFREG | 0o644)
             steps.append(create)
+            if kind is Kind.FILE:
+                # A file created with its content (the mount's `echo x > f` is one create):
+                # what a local create-and-write reports, IN_MODIFY and IN_CLOSE_WRITE.
+                if stat.data_length:
+                    steps.append(lambda: os.truncate(target, stat.data_length))
+                steps.append(lambda: os.close(os.open(target, os.O_WRONLY | os.O_NOFOLLOW)))
         await self._thread(steps, state)
 
     async def _deleted(self, path: str, replay: bool, own: bool) -> None:
@@ -570,9 +587,13 @@ class ChangeFollower:
 
     def _inval_steps(self, inodes: list[Inode], *, data: bool) -> list[Callable[[], object]]:
         steps: list[Callable[[], object]] = []
+        seq = self._seq
         for inode in inodes:
-            ino = inode.ino
-            steps.append(lambda ino=ino: _inval_inode(ino, attr_only=not data))
+            def step(inode: Inode = inode) -> None:
+                _inval_inode(inode.ino, attr_only=not data)
+                if data:
+                    inode.inval_seq = max(inode.inval_seq, seq)
+            steps.append(step)
         return steps
 
     def _dentry_steps(self, inodes: list[Inode]) -> list[Callable[[], object]]:

@@ -20,7 +20,10 @@ choices made here where the design leaves room are listed in the man page:
   mountpoint as the inotify event a local change gives. Requests of that replay (recognised by
   the request's pid: the replay thread's id) are answered from `ReplayState` without touching
   the ensemble;
-* file I/O is direct (see `use_page_cache` for why not the page cache).
+* read-only opens are served through the kernel's page cache while the follower keeps it
+  coherent (see `_new_handle`): a cached file is re-read without reaching this process's
+  read handler; writers use direct I/O (their buffers never reach the page cache);
+* directory listings are cached by the kernel (FOPEN_CACHE_DIR) until a child event.
 """
 from __future__ import annotations
 
@@ -199,8 +202,7 @@ class OpenFile:
     #: poll(2): the znode changed since the descriptor was opened; the pending poll handle.
     changed: bool = False
     poll_handle: Any = None
-    #: Opened through the page cache: reads serve `inode.content` (what the kernel's size
-    #: belongs to), not this handle's snapshot.
+    #: Opened through the kernel's page cache (keep_cache): one of `inode.pins`.
     cached: bool = False
     #: Opened with O_TRUNC and nothing committed yet: the empty content is still to commit.
     #: It is not committed on its own while the opener still holds another descriptor of the
@@ -218,6 +220,21 @@ class OpenFile:
     czxid: int = 0
     #: This handle created the znode (O_CREAT): a poisoned handle removes it again.
     created: bool = False
+    #: O_CREAT of a new file whose create is deferred to the first commit, which creates it
+    #: with its content (one write; nothing visible before): see `ZkOperations.create`.
+    pending_create: bool = False
+    #: For a pending create: the lifetime of the znode to create and its ACL.
+    ephemeral: bool = False
+
+
+@dataclass
+class AclRead:
+    """A znode's ACL as read for the mode bits (`ZkOperations._acl_mode`)."""
+    #: None: not known (the node vanished, or the ensemble is away).
+    acl: list[Any] | None
+    aversion: int
+    #: False: not even the ACL may be read (NoAuth).
+    readable: bool = True
 
 
 @dataclass
@@ -231,6 +248,8 @@ class OpenLifetime:
 class DirHandle:
     inode: Inode
     entries: list[tuple[str, str, Kind, Stat]] | None = None
+    #: The follower's event count when the listing was read (see `readdir`).
+    seq: int = -1
 
 
 _P = ParamSpec("_P")
@@ -305,14 +324,9 @@ class Probe:
 class ZkOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
-    #: Serve read-only opens through the kernel's page cache (keep_cache). Off: with it, a
-    #: read(2) racing a change can combine the size from one version with the pages of another
-    #: (the kernel's i_size and its pages are updated by different requests, and a READ does
-    #: not say which size it was sized for); tests/test_coherence.py's stress run shows such
-    #: torn values. Instead file I/O is direct and the data comes from the user-space cache
-    #: (`Inode.view`), which events keep coherent: an unchanged file's open and read never
-    #: reach the ensemble, only this process.
-    use_page_cache = False
+    #: Serve read-only opens through the kernel's page cache (see `_new_handle` for how a
+    #: read never combines one version's size with another version's pages).
+    use_page_cache = True
     #: flock(2) and fcntl locks are cluster-wide ZooKeeper locks (zkfs.mountlocks); this
     #: needs pyfuse3 with lock operations (contrib/pyfuse3, built by scripts/setup.sh).
     enable_posix_locks = True
@@ -347,6 +361,8 @@ class ZkOperations(pyfuse3.Operations):
         self._hidden_logged: set[str] = set()
         #: Last znode count for statfs (answered from it while the ensemble is away).
         self._znodes = 1
+        #: Settings znode path → DirSettings (see `_settings`).
+        self._settings_cache: dict[str, DirSettings] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -447,6 +463,8 @@ class ZkOperations(pyfuse3.Operations):
     def drop_views(self) -> None:
         for inode in self.inodes.all():
             inode.view = None
+            inode.listed = False
+        self._settings_cache.clear()
 
     def store_view(self, path: str, kind: Kind, stat: Stat, data: Any, seq: int) -> None:
         """Cache what a read at event count `seq` returned, unless an event overtook it."""
@@ -596,17 +614,19 @@ class ZkOperations(pyfuse3.Operations):
 
     def _attr(self, inode: Inode, stat: Stat, data: Any = NO_DATA) -> pyfuse3.EntryAttributes:
         """The attributes of `inode` at `stat` (remembered as what the kernel was told). For a
-        file, `data` is the content at `stat` if known: page-cache reads serve exactly that;
-        without it the attributes are handed with a zero timeout (the kernel asks again, and
-        getattr fetches data and stat together)."""
+        file, `data` is unused (kept for the callers' symmetry)."""
         known = inode.known_stat
-        if (known is not None and known.czxid == stat.czxid and known.mzxid > stat.mzxid):
+        pinned = inode.pinned if inode.kind is Kind.FILE else None
+        stale = False
+        if pinned is not None and pinned.mzxid != stat.mzxid:
+            # Page-cache handles are open on the version `pinned`: their reads are sized by
+            # the size the kernel holds, so it stays that version's until they are closed
+            # (close-to-open), told with no timeout so that the kernel asks again.
+            stat, stale = pinned, True
+        elif (known is not None and known.czxid == stat.czxid and known.mzxid > stat.mzxid):
             # An older read (an event's replay fetched before a newer change, say) must never
             # take the kernel's attributes of this znode backwards: mzxid only grows.
             stat = known
-            content = inode.content
-            data = content[1] if content is not None and content[0].mzxid == known.mzxid \
-                else NO_DATA
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode.ino
         a.generation = 0
@@ -634,13 +654,8 @@ class ZkOperations(pyfuse3.Operations):
         a.st_mtime_ns = mtime_ns
         a.st_ctime_ns = mtime_ns
         a.st_atime_ns = mtime_ns
-        if inode.kind is Kind.FILE and self.use_page_cache:
-            if data is not NO_DATA and data is not None:
-                inode.content = (stat, bytes(data))
-            elif inode.content is None or inode.content[0].mzxid != stat.mzxid:
-                inode.content = None
-            if inode.content is None or size != stat.data_length:
-                a.attr_timeout = 0
+        if inode.kind is Kind.FILE and (stale or size != stat.data_length):
+            a.attr_timeout = 0
         inode.last_attr = a
         inode.known_stat = stat
         return a
@@ -679,11 +694,23 @@ class ZkOperations(pyfuse3.Operations):
     # ------------------------------------------------------------------ directory settings
 
     async def _settings(self, dir_path: str) -> DirSettings:
+        """The directory's settings; kept while the follower keeps them coherent (events of
+        the settings' side tree drop them, see `drop_settings`)."""
+        mp = meta_path(dir_path)
+        if self._coherent() and mp in self._settings_cache:
+            return self._settings_cache[mp]
+        seq = self._seq()
         try:
-            data, _ = await self._zk(self.zk.get, meta_path(dir_path))
+            data, _ = await self._zk(self.zk.get, mp)
         except NoNodeError:
-            return DirSettings()
-        return decode_settings(data)
+            data = None
+        settings = decode_settings(data)
+        if self.follower is not None and self.follower.unchanged_since(seq, mp):
+            self._settings_cache[mp] = settings
+        return settings
+
+    def drop_settings(self) -> None:
+        self._settings_cache.clear()
 
     async def _effective(self, dir_path: str) -> tuple[str, bool]:
         s = await self._settings(dir_path)
@@ -692,6 +719,7 @@ class ZkOperations(pyfuse3.Operations):
 
     async def _store_settings(self, dir_path: str, change: dict[str, Any]) -> None:
         mp = meta_path(dir_path)
+        self._settings_cache.pop(mp, None)
         for _ in range(10):
             try:
                 data, stat = await self._zk(self.zk.get, mp)
@@ -742,7 +770,7 @@ class ZkOperations(pyfuse3.Operations):
             path = join_path(parent.path, text)
             if self._reserved(path):
                 raise _fail(errno.ENOENT)
-        probe = await self._probe(path, cached=True)
+        probe, acl_read = await self._probe_with_acl(path)
         if probe is None:
             if name == DATA_NAME.encode():
                 dir_probe = await self._probe(parent.path, cached=True)
@@ -751,8 +779,34 @@ class ZkOperations(pyfuse3.Operations):
             raise _fail(errno.ENOENT)
         known = self.inodes.find(path, probe.kind)
         acl_mode = await self._acl_mode(path, probe.kind, probe.stat,
-                                        known.acl_mode if known is not None else None)
+                                        known.acl_mode if known is not None else None,
+                                        acl_read)
         return self._entry(path, probe.kind, probe.stat, probe, acl_mode)
+
+    async def _probe_with_acl(self, path: str) -> tuple[Probe | None, AclRead | None]:
+        """A lookup's probe, and the ACL (for the mode bits `ls -l` shows) when no cached
+        mode can serve: both requests go out together, one round trip (the client
+        pipelines them)."""
+        cached = self._cached_probe(path)
+        if cached is not None:
+            return cached, None
+        if any(i.acl_mode is not None for i in self.inodes.bound_at(path)):
+            return await self._probe(path, cached=True), None
+        result: list[Any] = [None, None]
+
+        async def probe() -> None:
+            result[0] = await self._probe(path, cached=True)
+
+        async def acl() -> None:
+            result[1] = await self._read_acl(path)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(probe)
+                nursery.start_soon(acl)
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+        return result[0], result[1]
 
     @_translate
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
@@ -774,8 +828,10 @@ class ZkOperations(pyfuse3.Operations):
             raise _fail(errno.ENOENT)
         probe = await self._probe(node.path, cached=True)
         if probe is None:
-            if node.last_attr is not None and self._is_open(node):
-                return node.last_attr  # fstat on an open file deleted elsewhere
+            if node.known_stat is not None and self._is_open(node):
+                # fstat on an open file deleted elsewhere, or not created yet (its size is
+                # what was written so far).
+                return self._attr(node, node.known_stat)
             self.inodes.unbind(node.path, (node.kind,), subtree=False)
             self._invalidate([node])
             raise _fail(errno.ENOENT)
@@ -878,7 +934,12 @@ class ZkOperations(pyfuse3.Operations):
             raise _fail(errno.ENOTDIR)
         fh = self._fh()
         self._dirs[fh] = DirHandle(node)
-        return fh
+        # The kernel caches the listing (FOPEN_CACHE_DIR) while the follower keeps it coherent,
+        # and keeps a listing it holds as long as no child event came since (`Inode.listed`,
+        # cleared by the follower); else it drops it and reads the directory again.
+        coherent = self._coherent()
+        keep = coherent and node.listed
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, cache_readdir=coherent)
 
     def _showable(self, path: str, names: list[str]) -> list[str]:
         """The names a listing can show. Longer than NAME_MAX bytes, a name cannot pass the
@@ -929,12 +990,20 @@ class ZkOperations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dirs[fh]
         if start_id == 0 or handle.entries is None:
+            handle.seq = self._seq()
             try:
                 handle.entries = await self._list(handle.inode.path)
             except NoNodeError:
                 handle.entries = []
             handle.inode.children = {n for n, _, k, _ in handle.entries
                                      if k is not Kind.DATA and n not in (".", "..")}
+        if start_id >= len(handle.entries):
+            # The kernel read the whole listing (and cached it): later opens may keep it, unless
+            # an event about the directory's children came since it was read.
+            if self.follower is not None and handle.seq >= 0 and \
+                    self.follower.unchanged_since(handle.seq, handle.inode.path):
+                handle.inode.listed = True
+            return
         for i in range(start_id, len(handle.entries)):
             name, path, kind, stat = handle.entries[i]
             if name in (".", ".."):
@@ -1019,16 +1088,28 @@ class ZkOperations(pyfuse3.Operations):
         owned = self._open_lifetime.get(path)
         if owned is not None and owned.tgid == f.tgid:
             owned.handles.add(fh)
-        # Read-only opens use the page cache when the follower keeps it coherent and the kernel
-        # was told this very version's size (else a page read could mix sizes: direct I/O, as
-        # for writers, whose uncommitted buffers must never reach the page cache).
-        content = inode.content
+        # Read-only opens use the page cache when the follower keeps it coherent and the size
+        # the kernel holds is this very version's (the one read here). Then the handle is a pin
+        # of that version: until the last such handle is closed the kernel is told that
+        # version's size (`_attr`), so that every page it reads through the handle (served from
+        # the handle's data) agrees with the size it clamps the read to, and a reader's
+        # successive read(2)s see one version (close-to-open, as NFS). The pages already cached
+        # are kept only if they were read for this version. Otherwise direct I/O, as for
+        # writers (whose uncommitted buffers must never reach the page cache): the next stat
+        # tells the kernel the current size, and the next open is cached.
+        known = inode.known_stat
         if (self.use_page_cache and not f.writable and not truncated
-                and self._coherent()
-                and inode.kind is Kind.FILE and content is not None
-                and content[0].mzxid == stat.mzxid and content[1] == data):
+                and self._coherent() and inode.kind is Kind.FILE and inode.bound
+                and inode.inval_seq >= inode.noted_seq
+                and known is not None and known.mzxid == stat.mzxid
+                and known.czxid == stat.czxid
+                and (inode.pinned is None or inode.pinned.mzxid == stat.mzxid)):
+            keep = inode.pages_mzxid == stat.mzxid
+            inode.pages_mzxid = stat.mzxid
+            inode.pinned = stat
+            inode.pins += 1
             f.cached = True
-            return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
+            return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=keep)
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     def _check_reserved_write(self, path: str) -> None:
@@ -1056,22 +1137,34 @@ class ZkOperations(pyfuse3.Operations):
         self._identity_zk = zk
         return self._identity
 
+    async def _read_acl(self, path: str) -> AclRead:
+        try:
+            acl, acl_stat = await self._zk(self.zk.get_acl, path)
+        except NoAuthError:
+            return AclRead(None, -1, readable=False)
+        except (NoNodeError, pyfuse3.FUSEError):
+            return AclRead(None, -1)
+        return AclRead(acl, acl_stat.aversion)
+
     async def _acl_mode(self, path: str, kind: Kind, stat: Stat,
-                        known: tuple[int, int] | None) -> tuple[int, int] | None:
+                        known: tuple[int, int] | None, read: AclRead | None = None
+                        ) -> tuple[int, int] | None:
         """The permission bits `ls -l` shows for the znode at `path`: what this mount's
         identities may do by its ACL (r: READ; w: WRITE for a file, CREATE or DELETE for a
-        directory; x stays). Fetched again only when the Stat's aversion moved past `known`;
-        None if it cannot be known now (the configured modes are shown)."""
+        directory; x stays). Fetched again only when the Stat's aversion moved past `known`
+        (unless `read`, fetched alongside the Stat, is given); None if it cannot be known now
+        (the configured modes are shown)."""
         if kind is Kind.DATA:
             return None
         if known is not None and known[0] == stat.aversion:
             return known
-        try:
-            acl, acl_stat = await self._zk(self.zk.get_acl, path)
-        except NoAuthError:
+        if read is None:
+            read = await self._read_acl(path)
+        if not read.readable:
             return (stat.aversion, 0o7111)  # not even the ACL may be read: no r, no w
-        except (NoNodeError, pyfuse3.FUSEError):
+        if read.acl is None:
             return None
+        acl = read.acl
         ids, ip_known = await self._identities()
         mask = 0o7111
         if may(acl, Perm.READ, ids, ip_known):
@@ -1079,7 +1172,7 @@ class ZkOperations(pyfuse3.Operations):
         writes = (Perm.CREATE, Perm.DELETE) if kind is Kind.DIR else (Perm.WRITE,)
         if any(may(acl, p, ids, ip_known) for p in writes):
             mask |= 0o222
-        return (acl_stat.aversion, mask)
+        return (read.aversion, mask)
 
     async def _check_write_access(self, acl: list[Any]) -> None:
         ids, ip_known = await self._identities()
@@ -1186,6 +1279,8 @@ class ZkOperations(pyfuse3.Operations):
         lifetime, sequential = await self._effective(parent.path)
         if sequential and len(name) + 10 > NAME_MAX:
             raise _fail(errno.ENAMETOOLONG)
+        if not (flags & os.O_EXCL) and not sequential and lifetime != "open":
+            return await self._create_deferred(parent, path, lifetime, flags, ctx)
         try:
             created, stat = await self._mutate(
                 self._expect((EventType.NODE_CREATED, path, sequential)),
@@ -1213,6 +1308,39 @@ class ZkOperations(pyfuse3.Operations):
             attr.entry_timeout = 0
         return fi, attr
 
+    async def _create_deferred(self, parent: Inode, path: str, lifetime: str, flags: int,
+                               ctx: pyfuse3.RequestContext
+                               ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        """O_CREAT without O_EXCL of a file that does not exist: created by the handle's first
+        commit, with its content, as one create (`echo x > f` is one write to the ensemble,
+        and nobody sees an empty file first). What the create could be refused for is
+        checked now, so that open() reports it (DESIGN.md §3): the parent's ACL (CREATE),
+        its existence and that it can hold children (not ephemeral). O_EXCL (the lock idiom)
+        and sequential or open-lifetime files are created at open: their creation is the point.
+        If another host creates the name meanwhile, the commit overwrites it (O_TRUNC's last
+        writer wins; O_APPEND appends to it)."""
+        try:
+            acl, parent_stat = await self._zk(self.zk.get_acl, parent.path)
+        except NoNodeError:
+            raise _fail(errno.ENOENT) from None
+        ids, ip_known = await self._identities()
+        if not may(acl, Perm.CREATE, ids, ip_known):
+            raise _fail(errno.EACCES)
+        if parent_stat.ephemeral_owner != 0:
+            raise _fail(errno.EPERM)  # an ephemeral znode cannot have children
+        from zkfs.events import fake_stat
+        stat = fake_stat()
+        attr = self._entry(path, Kind.FILE, stat)
+        inode = self._inode(attr.st_ino)
+        fi = self._new_handle(inode, path, b"", stat, flags & ~os.O_TRUNC, ctx)
+        f = self._files[fi.fh]
+        f.pending_create = True
+        f.conditional = False
+        f.ephemeral = lifetime != "persistent"
+        # The kernel asks for the attributes again once the file exists.
+        attr.attr_timeout = 0
+        return fi, attr
+
     @_translate
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -1238,10 +1366,8 @@ class ZkOperations(pyfuse3.Operations):
         if fh in self._replay_fhs:
             return b""
         f = self._files[fh]
-        if f.cached:
-            content = f.inode.content
-            if content is not None:
-                return content[1][off:off + size]
+        # A page-cache handle reads the pinned version, whose size the kernel holds (see
+        # `_attr`); a direct one its own snapshot: either way, the data read at open.
         return bytes(f.data[off:off + size])
 
     def _poison(self, f: OpenFile, code: int) -> pyfuse3.FUSEError:
@@ -1331,11 +1457,12 @@ class ZkOperations(pyfuse3.Operations):
         if f.failed:
             # Reported at write(); nothing of this handle is committed, not even the file
             # its open created (removed at the opener's last close, or at release).
+            f.pending_create = False
             if f.created and (last or not self._held_elsewhere(f)):
                 await self._uncreate(f)
             return
         if not f.dirty:
-            if not f.truncate_pending:
+            if not f.truncate_pending and not f.pending_create:
                 return
             if not last and self._held_elsewhere(f):
                 # `echo new > f`: the shell's close before echo writes. Committing the empty
@@ -1343,7 +1470,9 @@ class ZkOperations(pyfuse3.Operations):
                 return
         if f.pending_error:
             raise self._poison(f, f.pending_error)
-        if f.appended is not None:
+        if f.pending_create:
+            stat = await self._commit_create(f)
+        elif f.appended is not None:
             stat = await self._commit_append(f)
         else:
             data: bytes | None = bytes(f.data)
@@ -1360,8 +1489,10 @@ class ZkOperations(pyfuse3.Operations):
             except NoNodeError:
                 raise self._poison(f, errno.ENOENT) from None
         f.version = stat.version
+        f.czxid = stat.czxid
         f.dirty = False
         f.truncate_pending = False
+        f.pending_create = False
         f.created = False  # what it committed stays, whatever happens to the handle later
         # Another handle of this mount editing the old content in place is stale now.
         for other in self._files.values():
@@ -1370,6 +1501,42 @@ class ZkOperations(pyfuse3.Operations):
                 other.pending_error = other.pending_error or STALE_ERRNO
         # Read-after-close on this host: the kernel must not keep the old pages or size.
         await self._drop_kernel_data(f.inode)
+
+    async def _commit_create(self, f: OpenFile) -> Stat:
+        """The deferred create of `f` (see `_create_deferred`), carrying its content."""
+        data = bytes(f.data)
+        try:
+            _, stat = await self._mutate(
+                self._expect((EventType.NODE_CREATED, f.path)),
+                self.zk.create, f.path, data, acl=self.cfg.create_acl,
+                ephemeral=f.ephemeral, include_stat=True)
+            if f.appended is not None:
+                f.appended = bytearray()  # committed: what the next commit appends starts anew
+            return stat
+        except NodeExistsError:
+            pass
+        except NoNodeError:
+            raise self._poison(f, errno.ENOENT) from None  # the directory went meanwhile
+        # Created by someone else since open: this handle's content goes onto it, as an
+        # O_TRUNC rewrite (last writer wins) or appended.
+        f.pending_create = False
+        try:
+            current, now = await self._zk(self.zk.get, f.path)
+        except NoNodeError:
+            raise self._poison(f, errno.ENOENT) from None
+        if current is None or now.num_children > 0:
+            raise self._poison(f, errno.EISDIR)
+        f.czxid, f.version = now.czxid, now.version
+        if f.appended is not None:
+            f.data = bytearray(current)
+            f.appended = bytearray(data)
+            f.data.extend(data)
+            return await self._commit_append(f)
+        try:
+            return await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, f.path)),
+                                      self.zk.set, f.path, data, -1)
+        except NoNodeError:
+            raise self._poison(f, errno.ENOENT) from None
 
     async def _uncreate(self, f: OpenFile) -> None:
         """Delete the file `f`'s open created, if it is still as created (version-checked)."""
@@ -1449,6 +1616,12 @@ class ZkOperations(pyfuse3.Operations):
         f = self._files.pop(fh, None)
         if f is None:
             return
+        if f.cached:
+            inode = f.inode
+            inode.pins -= 1
+            if inode.pins <= 0:
+                inode.pins = 0
+                inode.pinned = None
         try:
             await self._commit(f, last=True)
         except pyfuse3.FUSEError as exc:
@@ -1632,6 +1805,25 @@ class ZkOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ extended attributes
 
+    async def _is_dir_now(self, node: Inode) -> bool:
+        """Whether the znode of `node` is a directory now. A file inode whose znode just gained
+        a child (or another client created it with children) is a directory before the
+        follower has replaced its inode: its extended attributes are the directory's."""
+        if node.kind is not Kind.FILE:
+            return node.kind is Kind.DIR
+        stat = await self._zk(self.zk.exists, node.path)
+        if stat is None:
+            return False
+        if stat.num_children > 0:
+            return True
+        if stat.data_length > 0:
+            return False
+        try:
+            data, _ = await self._zk(self.zk.get, node.path)
+        except NoNodeError:
+            return False
+        return data is None
+
     @_translate
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._inode(inode)
@@ -1644,7 +1836,7 @@ class ZkOperations(pyfuse3.Operations):
         if key == XATTR_ACL:
             acl, _ = await self._zk(self.zk.get_acl, node.path)
             return format_acl(acl).encode()
-        if node.kind is Kind.DIR:
+        if await self._is_dir_now(node):
             if key == XATTR_DATA:
                 data, _ = await self._zk(self.zk.get, node.path)
                 if data is None:
@@ -1663,7 +1855,7 @@ class ZkOperations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         node = self._inode(inode)
         names = [k.encode() for k in STAT_XATTRS] + [XATTR_ACL.encode()]
-        if node.kind is Kind.DIR:
+        if await self._is_dir_now(node):
             data, _ = await self._zk(self.zk.get, node.path)
             if data is not None:
                 names.append(XATTR_DATA.encode())
