@@ -38,15 +38,15 @@ import stat as st
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pyfuse3
 import trio
 
-from zkfs.client import ClientState, WatchedEvent, ZkClient
-from zkfs.constants import EventType, WatchMode
+from zkfs.client import ClientState, Op, WatchedEvent, ZkClient
+from zkfs.constants import CreateMode, EventType, OpCode, WatchMode
 from zkfs.errors import NoNodeError, UnimplementedError, ZkError
 from zkfs.inodes import Inode, Kind, base_name, join_path, parent_path
 from zkfs.jute import Stat
@@ -54,7 +54,8 @@ from zkfs.jute import Stat
 if TYPE_CHECKING:
     from zkfs.fs import ZkOperations
 
-__all__ = ["ChangeFollower", "ReplayState", "Change", "fake_stat"]
+__all__ = ["ChangeFollower", "ReplayState", "Change", "Expected", "expected_events",
+           "fake_stat"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,32 @@ class ReplayState:
     creates: dict[str, tuple[Kind, Stat, bytes | None]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Expected:
+    """An event one of this mount's own writes will cause (the kernel reported that change
+    already: it is not replayed)."""
+    type: EventType
+    path: str
+    #: A sequential create: the name gets ZooKeeper's 10-digit suffix (matched by prefix).
+    prefix: bool = False
+
+
+_CREATES = (OpCode.CREATE, OpCode.CREATE2, OpCode.CREATE_CONTAINER, OpCode.CREATE_TTL)
+
+
+def expected_events(ops: Iterable[Op]) -> list[Expected]:
+    """The events a successful write of `ops` (one request, or one multi) causes."""
+    out: list[Expected] = []
+    for op in ops:
+        if op.code in _CREATES:
+            out.append(Expected(CREATED, op.path, CreateMode(op.flags).is_sequential))
+        elif op.code is OpCode.DELETE:
+            out.append(Expected(DELETED, op.path))
+        elif op.code is OpCode.SET_DATA:
+            out.append(Expected(CHANGED, op.path))
+    return out
+
+
 class _Expectations:
     """Events this mount's own writes will cause, keyed by (type, path)."""
 
@@ -100,17 +127,19 @@ class _Expectations:
         #: Sequential creates: (parent, name prefix) → deadlines.
         self._prefix: dict[tuple[str, str], deque[float]] = {}
 
-    def add(self, items: list[tuple[EventType, str, bool]]) -> None:
+    def add(self, items: list[Expected]) -> None:
         deadline = time.monotonic() + _EXPECT_TTL
-        for kind, path, prefix in items:
+        for item in items:
+            kind, path, prefix = item.type, item.path, item.prefix
             if prefix:
                 self._prefix.setdefault((parent_path(path), base_name(path)),
                                         deque()).append(deadline)
             else:
                 self._exact.setdefault((kind, path), deque()).append(deadline)
 
-    def remove(self, items: list[tuple[EventType, str, bool]]) -> None:
-        for kind, path, prefix in items:
+    def remove(self, items: list[Expected]) -> None:
+        for item in items:
+            kind, path, prefix = item.type, item.path, item.prefix
             table: dict[Any, deque[float]] = self._prefix if prefix else self._exact  # type: ignore[assignment]
             key = (parent_path(path), base_name(path)) if prefix else (kind, path)
             q = table.get(key)
@@ -173,11 +202,11 @@ class ChangeFollower:
 
     # ------------------------------------------------------------------ called by zkfs.fs
 
-    def expect(self, items: list[tuple[EventType, str, bool]]) -> None:
-        self._expect.add([i for i in items if not self.ops._reserved(i[1])])
+    def expect(self, items: list[Expected]) -> None:
+        self._expect.add([i for i in items if not self.ops._reserved(i.path)])
 
-    def unexpect(self, items: list[tuple[EventType, str, bool]]) -> None:
-        self._expect.remove([i for i in items if not self.ops._reserved(i[1])])
+    def unexpect(self, items: list[Expected]) -> None:
+        self._expect.remove([i for i in items if not self.ops._reserved(i.path)])
 
     @property
     def seq(self) -> int:
@@ -590,7 +619,7 @@ class ChangeFollower:
         seq = self._seq
         for inode in inodes:
             def step(inode: Inode = inode) -> None:
-                _inval_inode(inode.ino, attr_only=not data)
+                inval_inode(inode.ino, attr_only=not data)
                 if data:
                     inode.inval_seq = max(inode.inval_seq, seq)
             steps.append(step)
@@ -617,7 +646,7 @@ class ChangeFollower:
         def work() -> None:
             if state is not None:
                 state.tid = threading.get_native_id()
-                ops.replay = state
+                ops.responder.state = state
             try:
                 for step in steps:
                     try:
@@ -626,14 +655,14 @@ class ChangeFollower:
                         log.debug("replay step failed: %r", exc)
             finally:
                 if state is not None:
-                    ops.replay = None
+                    ops.responder.state = None
         # Abandoned on cancel: at unmount a replay blocked in the VFS ends with ENOTCONN.
         await trio.to_thread.run_sync(work, abandon_on_cancel=True)
         if state is not None:
             self.replayed += 1
 
 
-def _inval_inode(ino: int, attr_only: bool = False) -> None:
+def inval_inode(ino: int, attr_only: bool = False) -> None:
     try:
         pyfuse3.invalidate_inode(ino, attr_only)
     except (FileNotFoundError, OSError) as exc:

@@ -46,7 +46,7 @@ import trio
 from zkfs.access import Identity, may
 from zkfs.acls import AclTextError, format_acl, parse_acl
 from zkfs.client import Op, Stat, ZkClient
-from zkfs.constants import MAX_DATA, EventType, Perm
+from zkfs.constants import MAX_DATA, CreateMode, EventType, OpCode, Perm
 from zkfs.errors import (
     BadArgumentsError,
     BadVersionError,
@@ -63,6 +63,7 @@ from zkfs.errors import (
     UnimplementedError,
     ZkError,
 )
+from zkfs.events import expected_events, fake_stat, inval_inode
 from zkfs.inodes import NO_DATA, Inode, InodeTable, Kind, base_name, join_path, parent_path
 from zkfs.lock import LockMode
 from zkfs.meta import (
@@ -321,6 +322,128 @@ class Probe:
     has_data: bool = False
 
 
+def _replayed(fn: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
+    """A handler whose requests may come from the follower's replay (zkfs.events): those
+    are answered by the ReplayResponder's method of the same name, the others by the
+    handler itself."""
+    name = fn.__name__
+    # read, write, flush, fsync and release get no request context: the handle says it.
+    by_handle = name in ("read", "write", "flush", "fsync", "release")
+
+    @functools.wraps(fn)
+    async def wrapper(self: ZkOperations, *args: Any) -> Any:
+        if self.responder.owns(args[0] if by_handle else None,
+                               None if by_handle else args[-1]):
+            return getattr(self.responder, name)(*args)
+        return await fn(self, *args)
+    return wrapper
+
+
+class ReplayResponder:
+    """Answers the requests of the follower's replay: the system calls zkfs.events makes
+    through the mountpoint so that inotify reports a remote change (DESIGN.md §4). They are
+    recognised by the requesting thread (the replay thread's id, `state.tid`) or by the
+    handle its open got, and answered from `state` (what the change made the node), never
+    from the ensemble."""
+
+    def __init__(self, ops: ZkOperations) -> None:
+        self.ops = ops
+        #: The replay in progress, set by the replay thread (None: none).
+        self.state: Any = None
+        self._fhs: set[int] = set()
+
+    def owns(self, fh: int | None, ctx: pyfuse3.RequestContext | None) -> bool:
+        """Whether the request (on handle `fh`, or from `ctx`) is the replay's."""
+        if fh is not None:
+            return fh in self._fhs
+        r = self.state
+        return r is not None and ctx is not None and ctx.pid == r.tid
+
+    def _path(self, parent_inode: int, name: bytes) -> str:
+        parent = self.ops._inode(parent_inode)
+        if name == b".":
+            return parent.path
+        if name == b"..":
+            return parent_path(parent.path)
+        return join_path(parent.path, name.decode("utf-8", "replace"))
+
+    def _shown(self, path: str) -> tuple[Kind, Stat, Any] | None | bool:
+        """What the replay shows at `path`: (kind, stat, data), None (absent), or False
+        (the replay says nothing about it)."""
+        return self.state.entries.get(path, False)
+
+    def _attr(self, node: Inode) -> pyfuse3.EntryAttributes:
+        entry = self._shown(node.path)
+        if entry:
+            return self.ops._attr(node, entry[1])
+        if node.last_attr is not None:
+            return node.last_attr
+        return self.ops._attr(node, fake_stat())
+
+    def _create(self, path: str) -> pyfuse3.EntryAttributes:
+        made = self.state.creates.get(path)
+        if made is None:
+            raise _fail(errno.EEXIST)
+        kind, stat, _ = made
+        self.state.entries[path] = made  # later lookups of the replay find it
+        return self.ops._entry(path, kind, stat)
+
+    def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        ops, path = self.ops, self._path(parent_inode, name)
+        entry = self._shown(path)
+        if entry is None:
+            raise _fail(errno.ENOENT)
+        if entry is not False:
+            kind, stat, _ = entry
+            return ops._entry(path, kind, stat)
+        for inode in ops.inodes.bound_at(path):
+            if inode.kind is not Kind.DATA and inode.last_attr is not None:
+                ops.inodes.incref(inode)
+                return inode.last_attr
+        raise _fail(errno.ENOENT)
+
+    def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._attr(self.ops._inode(inode))
+
+    def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any
+                ) -> pyfuse3.EntryAttributes:
+        return self._attr(self.ops._inode(inode))
+
+    def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any
+              ) -> pyfuse3.EntryAttributes:
+        return self._create(self._path(parent_inode, name))
+
+    def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
+              ) -> pyfuse3.EntryAttributes:
+        return self._create(self._path(parent_inode, name))
+
+    def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self.ops.inodes.unbind(self._path(parent_inode, name))
+
+    def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self.ops.inodes.unbind(self._path(parent_inode, name), (Kind.FILE,), subtree=False)
+
+    def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        fh = self.ops._fh()
+        self._fhs.add(fh)
+        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
+
+    def read(self, fh: int, off: int, size: int) -> bytes:
+        return b""
+
+    def write(self, fh: int, off: int, buf: bytes) -> int:
+        return len(buf)
+
+    def flush(self, fh: int) -> None:
+        return None
+
+    def fsync(self, fh: int, datasync: bool) -> None:
+        return None
+
+    def release(self, fh: int) -> None:
+        self._fhs.discard(fh)
+
+
 class ZkOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
@@ -345,9 +468,8 @@ class ZkOperations(pyfuse3.Operations):
         self._open_lifetime: dict[str, OpenLifetime] = {}
         #: zkfs.events.ChangeFollower, set by the mount; None: no following (plain caches).
         self.follower: Any = None
-        #: The replay in progress (zkfs.events.ReplayState), set by the replay thread.
-        self.replay: Any = None
-        self._replay_fhs: set[int] = set()
+        #: Answers the requests of the follower's replay (see ReplayResponder).
+        self.responder = ReplayResponder(self)
         # At the ensemble root (no chroot) /zookeeper is ZooKeeper's own reserved subtree.
         self._ensemble_root = zk.chroot is None
         self.locks = MountLocks(lambda: self.zk, self._zk)
@@ -450,10 +572,6 @@ class ZkOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ change following
 
-    def _is_replay(self, ctx: pyfuse3.RequestContext | None) -> bool:
-        r = self.replay
-        return r is not None and ctx is not None and ctx.pid == r.tid
-
     def _coherent(self) -> bool:
         return self.follower is not None and self.follower.coherent
 
@@ -486,28 +604,44 @@ class ZkOperations(pyfuse3.Operations):
                 return Probe(stat, kind, data, has_data=True)
         return None
 
-    def _expect(self, *items: tuple[EventType, str] | tuple[EventType, str, bool]
-                ) -> list[tuple[EventType, str, bool]]:
-        """Tell the follower which events a mutation of ours will cause (not to replay)."""
-        full = [(i[0], i[1], bool(i[2]) if len(i) > 2 else False) for i in items]
+    async def _write(self, *ops: Op) -> Any:
+        """Send `ops` to the ensemble: one op as its own request (a create returns (path,
+        Stat)), several as one multi transaction. The events they will cause are derived
+        from the ops themselves (zkfs.events.expected_events) and announced to the follower
+        first, so that it does not replay this mount's own changes."""
+        expected = expected_events(ops)
         if self.follower is not None:
-            self.follower.expect(full)
-        return full
-
-    async def _mutate(self, expected: list[tuple[EventType, str, bool]],
-                      fn: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
+            self.follower.expect(expected)
         try:
-            return await self._zk(fn, *args, **kwargs)
+            if len(ops) > 1:
+                return await self._zk(self._send_multi, list(ops))
+            return await self._zk(self._send, ops[0])
         except BaseException:
             if self.follower is not None:
                 self.follower.unexpect(expected)
             raise
 
+    async def _send_multi(self, ops: list[Op]) -> list[Any]:
+        return await self.zk.multi(ops)  # the session now (a new one after expiry)
+
+    async def _send(self, op: Op) -> Any:
+        zk = self.zk
+        if op.code is OpCode.SET_DATA:
+            return await zk.set(op.path, op.data, op.version)
+        if op.code is OpCode.DELETE:
+            return await zk.delete(op.path, op.version)
+        if op.code in (OpCode.CREATE, OpCode.CREATE2):
+            mode = CreateMode(op.flags)
+            return await zk.create(op.path, op.data,
+                                   acl=list(op.acl) if op.acl is not None else None,
+                                   ephemeral=mode.is_ephemeral, sequential=mode.is_sequential,
+                                   include_stat=True)
+        raise ValueError(f"not a write of the mount: {op.code!r}")
+
     async def _drop_kernel_data(self, inode: Inode) -> None:
         """After our own commit: the kernel's pages and size of `inode` are stale now."""
         inode.view = None
-        from zkfs.events import _inval_inode
-        await trio.to_thread.run_sync(_inval_inode, inode.ino, abandon_on_cancel=True)
+        await trio.to_thread.run_sync(inval_inode, inode.ino, abandon_on_cancel=True)
 
     def notify_pollers(self, path: str) -> None:
         for f in list(self._files.values()):
@@ -519,48 +653,6 @@ class ZkOperations(pyfuse3.Operations):
                         ph.notify()
                     except (OSError, RuntimeError) as exc:
                         log.debug("poll notify: %r", exc)
-
-    def _replay_entry(self, path: str) -> tuple[Kind, Stat, Any] | None | bool:
-        """What the replay shows at `path`: (kind, stat, data), None (absent), or False
-        (the replay says nothing about it)."""
-        entries = self.replay.entries
-        if path in entries:
-            return entries[path]
-        return False
-
-    def _replay_lookup(self, path: str) -> pyfuse3.EntryAttributes:
-        entry = self._replay_entry(path)
-        if entry is None:
-            raise _fail(errno.ENOENT)
-        if entry is not False:
-            kind, stat, data = entry
-            inode_attr = self._entry(path, kind, stat)
-            inode = self.inodes.find(path, kind)
-            if inode is not None and data is not None:
-                return self._attr(inode, stat, data)
-            return inode_attr
-        for inode in self.inodes.bound_at(path):
-            if inode.kind is not Kind.DATA and inode.last_attr is not None:
-                self.inodes.incref(inode)
-                return inode.last_attr
-        raise _fail(errno.ENOENT)
-
-    def _replay_create(self, path: str) -> pyfuse3.EntryAttributes:
-        made = self.replay.creates.get(path)
-        if made is None:
-            raise _fail(errno.EEXIST)
-        kind, stat, _ = made
-        self.replay.entries[path] = made  # later lookups of the replay find it
-        return self._entry(path, kind, stat)
-
-    def _replay_attr(self, node: Inode) -> pyfuse3.EntryAttributes:
-        entry = self._replay_entry(node.path)
-        if entry:
-            return self._attr(node, entry[1], entry[2] if entry[2] is not None else NO_DATA)
-        if node.last_attr is not None:
-            return node.last_attr
-        from zkfs.events import fake_stat
-        return self._attr(node, fake_stat())
 
     # ------------------------------------------------------------------ probing
 
@@ -612,9 +704,8 @@ class ZkOperations(pyfuse3.Operations):
             return None
         return Probe(stat, Kind.DIR if stat.num_children > 0 else Kind.FILE, seq=seq)
 
-    def _attr(self, inode: Inode, stat: Stat, data: Any = NO_DATA) -> pyfuse3.EntryAttributes:
-        """The attributes of `inode` at `stat` (remembered as what the kernel was told). For a
-        file, `data` is unused (kept for the callers' symmetry)."""
+    def _attr(self, inode: Inode, stat: Stat) -> pyfuse3.EntryAttributes:
+        """The attributes of `inode` at `stat` (remembered as what the kernel was told)."""
         known = inode.known_stat
         pinned = inode.pinned if inode.kind is Kind.FILE else None
         stale = False
@@ -680,8 +771,7 @@ class ZkOperations(pyfuse3.Operations):
         if acl_mode is not None:
             inode.acl_mode = acl_mode
         self._remember(inode, probe)
-        data = probe.data if probe is not None and probe.has_data else NO_DATA
-        return self._attr(inode, stat, data)
+        return self._attr(inode, stat)
 
     def _remember(self, inode: Inode, probe: Probe | None) -> None:
         if self.follower is None:
@@ -749,15 +839,10 @@ class ZkOperations(pyfuse3.Operations):
     # ------------------------------------------------------------------ lookups and attributes
 
     @_translate
+    @_replayed
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._inode(parent_inode)
-        if self._is_replay(ctx):
-            if name == b".":
-                return self._replay_lookup(parent.path)
-            if name == b"..":
-                return self._replay_lookup(parent_path(parent.path))
-            return self._replay_lookup(join_path(parent.path, name.decode("utf-8", "replace")))
         if name == b".":
             path = parent.path
         elif name == b"..":
@@ -817,11 +902,10 @@ class ZkOperations(pyfuse3.Operations):
         return any(f.inode is inode for f in self._files.values())
 
     @_translate
+    @_replayed
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None
                       ) -> pyfuse3.EntryAttributes:
         node = self._inode(inode)
-        if self._is_replay(ctx):
-            return self._replay_attr(node)
         if not node.bound:
             if node.last_attr is not None and self._is_open(node):
                 return node.last_attr
@@ -849,15 +933,14 @@ class ZkOperations(pyfuse3.Operations):
         acl_mode = await self._acl_mode(node.path, node.kind, probe.stat, node.acl_mode)
         if acl_mode is not None:
             node.acl_mode = acl_mode
-        return self._attr(node, probe.stat, probe.data if probe.has_data else NO_DATA)
+        return self._attr(node, probe.stat)
 
     @_translate
+    @_replayed
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._inode(inode)
-        if self._is_replay(ctx):
-            return self._replay_attr(node)
         if fields.update_size:
             self._writable()
             self._check_reserved_write(node.path)
@@ -890,13 +973,11 @@ class ZkOperations(pyfuse3.Operations):
             if data is None:
                 raise _fail(errno.EISDIR)
             if size == 0:
-                await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, path)),
-                                   self.zk.set, path, b"")
+                await self._write(Op.set(path, b""))
                 return
             new = data[:size] + b"\0" * max(0, size - len(data))
             try:
-                await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, path)),
-                                   self.zk.set, path, new, stat.version)
+                await self._write(Op.set(path, new, stat.version))
                 return
             except BadVersionError:
                 continue  # someone wrote meanwhile: truncate what is there now
@@ -1033,25 +1114,20 @@ class ZkOperations(pyfuse3.Operations):
         self._dirs.pop(fh, None)
 
     @_translate
+    @_replayed
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._inode(parent_inode)
-        if self._is_replay(ctx):
-            return self._replay_create(join_path(parent.path, name.decode("utf-8", "replace")))
         self._writable()
         _, path = self._check_create(parent, name)
         # Directories are always persistent: an ephemeral znode cannot have children.
-        _, stat = await self._mutate(self._expect((EventType.NODE_CREATED, path)),
-                                     self.zk.create, path, None, acl=self.cfg.create_acl,
-                                     include_stat=True)
+        _, stat = await self._write(Op.create(path, None, acl=self.cfg.create_acl))
         return self._entry(path, Kind.DIR, stat)
 
     @_translate
+    @_replayed
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         parent = self._inode(parent_inode)
-        if self._is_replay(ctx):
-            self.inodes.unbind(join_path(parent.path, name.decode("utf-8", "replace")))
-            return
         self._writable()
         path = join_path(parent.path, check_name(name))
         self._check_reserved_write(path)
@@ -1065,7 +1141,7 @@ class ZkOperations(pyfuse3.Operations):
         # made later under the same name does not inherit them.
         if await self._zk(self.zk.exists, meta_path(path)) is not None:
             ops.append(Op.delete(meta_path(path)))
-        await self._mutate(self._expect((EventType.NODE_DELETED, path)), self.zk.multi, ops)
+        await self._write(*ops)
         self._invalidate(self.inodes.unbind(path))
 
     # ------------------------------------------------------------------ files
@@ -1216,12 +1292,9 @@ class ZkOperations(pyfuse3.Operations):
         return result["data"]
 
     @_translate
+    @_replayed
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._inode(inode)
-        if self._is_replay(ctx):
-            fh = self._fh()
-            self._replay_fhs.add(fh)
-            return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
         if node.kind is Kind.DIR:
             raise _fail(errno.EISDIR)
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
@@ -1282,10 +1355,9 @@ class ZkOperations(pyfuse3.Operations):
         if not (flags & os.O_EXCL) and not sequential and lifetime != "open":
             return await self._create_deferred(parent, path, lifetime, flags, ctx)
         try:
-            created, stat = await self._mutate(
-                self._expect((EventType.NODE_CREATED, path, sequential)),
-                self.zk.create, path, b"", acl=self.cfg.create_acl,
-                ephemeral=lifetime != "persistent", sequential=sequential, include_stat=True)
+            created, stat = await self._write(Op.create(
+                path, b"", acl=self.cfg.create_acl, ephemeral=lifetime != "persistent",
+                sequential=sequential))
         except NodeExistsError:
             if flags & os.O_EXCL:
                 raise
@@ -1328,7 +1400,6 @@ class ZkOperations(pyfuse3.Operations):
             raise _fail(errno.EACCES)
         if parent_stat.ephemeral_owner != 0:
             raise _fail(errno.EPERM)  # an ephemeral znode cannot have children
-        from zkfs.events import fake_stat
         stat = fake_stat()
         attr = self._entry(path, Kind.FILE, stat)
         inode = self._inode(attr.st_ino)
@@ -1342,29 +1413,26 @@ class ZkOperations(pyfuse3.Operations):
         return fi, attr
 
     @_translate
+    @_replayed
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._inode(parent_inode)
-        if self._is_replay(ctx):
-            return self._replay_create(join_path(parent.path, name.decode("utf-8", "replace")))
         if not st.S_ISREG(mode):
             raise _fail(errno.EPERM)  # znodes hold data; no devices, fifos or sockets
         self._writable()
         _, path = self._check_create(parent, name)
         lifetime, sequential = await self._effective(parent.path)
-        created, stat = await self._mutate(
-            self._expect((EventType.NODE_CREATED, path, sequential)),
-            self.zk.create, path, b"", acl=self.cfg.create_acl,
-            ephemeral=lifetime != "persistent", sequential=sequential, include_stat=True)
+        created, stat = await self._write(Op.create(
+            path, b"", acl=self.cfg.create_acl, ephemeral=lifetime != "persistent",
+            sequential=sequential))
         attr = self._entry(created, Kind.FILE, stat)
         if created != path:
             attr.entry_timeout = 0
         return attr
 
     @_translate
+    @_replayed
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        if fh in self._replay_fhs:
-            return b""
         f = self._files[fh]
         # A page-cache handle reads the pinned version, whose size the kernel holds (see
         # `_attr`); a direct one its own snapshot: either way, the data read at open.
@@ -1379,9 +1447,8 @@ class ZkOperations(pyfuse3.Operations):
         return _fail(code)
 
     @_translate
+    @_replayed
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        if fh in self._replay_fhs:
-            return len(buf)
         f = self._files[fh]
         if f.failed:
             raise _fail(f.failed)
@@ -1479,9 +1546,8 @@ class ZkOperations(pyfuse3.Operations):
             if f.inode.kind is Kind.DATA and not data:
                 data = None  # an empty `.data` is no data: the directory stays a directory
             try:
-                stat = await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, f.path)),
-                                          self.zk.set, f.path, data,
-                                          f.version if f.conditional else -1)
+                stat = await self._write(Op.set(f.path, data,
+                                                f.version if f.conditional else -1))
             except BadVersionError:
                 # Changed by someone else in the instant before close: refuse to overwrite
                 # their update (only an in-place edit is version-checked).
@@ -1506,10 +1572,8 @@ class ZkOperations(pyfuse3.Operations):
         """The deferred create of `f` (see `_create_deferred`), carrying its content."""
         data = bytes(f.data)
         try:
-            _, stat = await self._mutate(
-                self._expect((EventType.NODE_CREATED, f.path)),
-                self.zk.create, f.path, data, acl=self.cfg.create_acl,
-                ephemeral=f.ephemeral, include_stat=True)
+            _, stat = await self._write(Op.create(f.path, data, acl=self.cfg.create_acl,
+                                                  ephemeral=f.ephemeral))
             if f.appended is not None:
                 f.appended = bytearray()  # committed: what the next commit appends starts anew
             return stat
@@ -1533,8 +1597,7 @@ class ZkOperations(pyfuse3.Operations):
             f.data.extend(data)
             return await self._commit_append(f)
         try:
-            return await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, f.path)),
-                                      self.zk.set, f.path, data, -1)
+            return await self._write(Op.set(f.path, data))
         except NoNodeError:
             raise self._poison(f, errno.ENOENT) from None
 
@@ -1544,8 +1607,7 @@ class ZkOperations(pyfuse3.Operations):
         if f.inode.kind is not Kind.FILE:
             return
         try:
-            await self._mutate(self._expect((EventType.NODE_DELETED, f.path)),
-                               self.zk.delete, f.path, f.version)
+            await self._write(Op.delete(f.path, f.version))
         except (NoNodeError, BadVersionError, NotEmptyError):
             return
         self._open_lifetime.pop(f.path, None)
@@ -1562,8 +1624,7 @@ class ZkOperations(pyfuse3.Operations):
                 # Someone else's data made it too big: could not be known at write().
                 raise self._poison(f, errno.EFBIG)
             try:
-                stat = await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, f.path)),
-                                          self.zk.set, f.path, data, version)
+                stat = await self._write(Op.set(f.path, data, version))
             except BadVersionError:
                 pass
             except NoNodeError:
@@ -1583,15 +1644,13 @@ class ZkOperations(pyfuse3.Operations):
         raise self._poison(f, errno.EBUSY)
 
     @_translate
+    @_replayed
     async def flush(self, fh: int) -> None:
-        if fh in self._replay_fhs:
-            return
         await self._commit(self._files[fh])
 
     @_translate
+    @_replayed
     async def fsync(self, fh: int, datasync: bool) -> None:
-        if fh in self._replay_fhs:
-            return
         await self._commit(self._files[fh], last=True)
 
     @_translate
@@ -1609,10 +1668,8 @@ class ZkOperations(pyfuse3.Operations):
         return 0
 
     @_translate
+    @_replayed
     async def release(self, fh: int) -> None:
-        if fh in self._replay_fhs:
-            self._replay_fhs.discard(fh)
-            return
         f = self._files.pop(fh, None)
         if f is None:
             return
@@ -1633,19 +1690,15 @@ class ZkOperations(pyfuse3.Operations):
                 # The creating process closed its last descriptor: the file goes (ORCLOSE).
                 del self._open_lifetime[f.path]
                 try:
-                    await self._mutate(self._expect((EventType.NODE_DELETED, f.path)),
-                                       self.zk.delete, f.path)
+                    await self._write(Op.delete(f.path))
                 except NoNodeError:
                     pass
                 self._invalidate(self.inodes.unbind(f.path, (Kind.FILE,), subtree=False))
 
     @_translate
+    @_replayed
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         parent = self._inode(parent_inode)
-        if self._is_replay(ctx):
-            self.inodes.unbind(join_path(parent.path, name.decode("utf-8", "replace")),
-                               (Kind.FILE,), subtree=False)
-            return
         self._writable()
         path = join_path(parent.path, check_name(name))
         self._check_reserved_write(path)
@@ -1653,14 +1706,13 @@ class ZkOperations(pyfuse3.Operations):
         if probe is None:
             if name == DATA_NAME.encode():
                 # Removing the pseudo-file makes the directory's data null again.
-                await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, parent.path)),
-                                   self.zk.set, parent.path, None)
+                await self._write(Op.set(parent.path, None))
                 self.inodes.unbind(parent.path, (Kind.DATA,), subtree=False)
                 return
             raise _fail(errno.ENOENT)
         if probe.kind is Kind.DIR:
             raise _fail(errno.EISDIR)
-        await self._mutate(self._expect((EventType.NODE_DELETED, path)), self.zk.delete, path)
+        await self._write(Op.delete(path))
         self._open_lifetime.pop(path, None)
         # Descriptors other processes here hold on it: their next write says ENOENT.
         self.note_remote(path, EventType.NODE_DELETED)
@@ -1729,10 +1781,8 @@ class ZkOperations(pyfuse3.Operations):
                 raise NoNodeError(path=new_dir)
             # Onto `.data`: becomes the directory's data (sed -i DIR/.data), whether or not
             # the directory had data (one rule for `.data`; the mount makes no such child).
-            await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, new_dir),
-                                            (EventType.NODE_DELETED, old)),
-                               self.zk.multi, [Op.set(new_dir, data or None, own.stat.version),
-                                               Op.delete(old, sstat.version)])
+            await self._write(Op.set(new_dir, data or None, own.stat.version),
+                              Op.delete(old, sstat.version))
             return
         ops: list[Op] = []
         if target is not None:
@@ -1747,9 +1797,7 @@ class ZkOperations(pyfuse3.Operations):
         ops += [Op.create(new, data, acl=self.cfg.create_acl,
                           ephemeral=lifetime != "persistent"),
                 Op.delete(old, sstat.version)]
-        expected = [(EventType.NODE_DELETED, new)] if target is not None else []
-        expected += [(EventType.NODE_CREATED, new), (EventType.NODE_DELETED, old)]
-        await self._mutate(self._expect(*expected), self.zk.multi, ops)
+        await self._write(*ops)
 
     async def _rename_dir(self, old: str, new: str, noreplace: bool) -> None:
         # Collect the subtree (parents before children); too big or ephemeral → EXDEV, and
@@ -1796,12 +1844,7 @@ class ZkOperations(pyfuse3.Operations):
                 mdata, mstat = await self._zk(self.zk.get, f"{META_ROOT}/{key}")
                 ops.append(Op.create(meta_path(new + dpath[len(old):]), mdata))
                 ops.append(Op.delete(f"{META_ROOT}/{key}", mstat.version))
-        expected: list[tuple[EventType, str]] = []
-        if target is not None:
-            expected.append((EventType.NODE_DELETED, new))
-        expected += [(EventType.NODE_CREATED, new + p[len(old):]) for p, _, _ in nodes]
-        expected += [(EventType.NODE_DELETED, p) for p, _, _ in reversed(nodes)]
-        await self._mutate(self._expect(*expected), self.zk.multi, ops)
+        await self._write(*ops)
 
     # ------------------------------------------------------------------ extended attributes
 
@@ -1900,8 +1943,7 @@ class ZkOperations(pyfuse3.Operations):
         if key == XATTR_DATA:
             if len(value) > MAX_DATA:
                 raise _fail(errno.EFBIG)
-            await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, node.path)),
-                               self.zk.set, node.path, value)
+            await self._write(Op.set(node.path, value))
             return
         text = value.decode("utf-8", "replace").strip()
         if key == XATTR_LIFETIME:
@@ -1921,8 +1963,7 @@ class ZkOperations(pyfuse3.Operations):
             raise _fail(errno.EPERM)
         self._writable()
         if node.kind is Kind.DIR and key == XATTR_DATA:
-            await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, node.path)),
-                               self.zk.set, node.path, None)
+            await self._write(Op.set(node.path, None))
             return
         if node.kind is Kind.DIR and key in (XATTR_LIFETIME, XATTR_SEQUENTIAL):
             await self._store_settings(
