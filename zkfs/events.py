@@ -446,7 +446,7 @@ class ChangeFollower:
             # Open handles learn it before anything else (their next write reports it).
             self.ops.note_remote(path, change.type)
         if change.type is CHANGED:
-            await self._changed(path, replay)
+            await self._changed(path, replay, own)
         elif change.type is CREATED:
             await self._created(path, replay, own)
         elif change.type is DELETED:
@@ -455,29 +455,52 @@ class ChangeFollower:
     def _held_dir(self, path: str) -> Inode | None:
         return self.ops.inodes.find(path, Kind.DIR)
 
-    async def _fetch(self, path: str) -> tuple[Kind, Stat, bytes | None] | None:
-        zk = self.ops.zk
-        seq = self._seq
+    async def _get(self, path: str) -> tuple[Kind, Stat, bytes | None] | None:
         try:
-            data, stat = await zk.get(path)
+            data, stat = await self.ops.zk.get(path)
         except NoNodeError:
             return None
         kind = Kind.DIR if (path == "/" or data is None or stat.num_children > 0) else Kind.FILE
-        self.ops.store_view(path, kind, stat, data, seq)
         return kind, stat, data
 
-    async def _changed(self, path: str, replay: bool) -> None:
+    async def _fetch(self, path: str) -> tuple[Kind, Stat, bytes | None] | None:
+        seq = self._seq
+        now = await self._get(path)
+        if now is not None:
+            self.ops.store_view(path, now[0], now[1], now[2], seq)
+        return now
+
+    async def _changed(self, path: str, replay: bool, own: bool) -> None:
         inodes = self.ops.inodes.bound_at(path)
         parent = self._held_dir(parent_path(path)) if path != "/" else None
         if not inodes and parent is None:
             return
-        # The kernel drops the old pages and size before the new version can be fetched and
-        # told (a page of the old version must never sit next to the new size).
-        await self._thread(self._inval_steps(inodes, data=True), None)
-        now = await self._fetch(path)
+        if own and self.ops.inodes.find(path, Kind.DIR) is None:
+            # This mount's own write of a file: the kernel reported it, and the file cannot
+            # have changed kind; only its pages and size are dropped.
+            await self._thread(self._inval_steps(inodes, data=True), None)
+            self.ops.notify_pollers(path)
+            return
+        # The kernel drops the old pages and size while the new version is fetched, and
+        # before it can be cached and told (a page of the old version must never sit next
+        # to the new size).
+        seq = self._seq
+        fetched: list[tuple[Kind, Stat, bytes | None] | None] = []
+
+        async def fetch() -> None:
+            fetched.append(await self._get(path))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._thread, self._inval_steps(inodes, data=True), None)
+                nursery.start_soon(fetch)
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+        now = fetched[0]
         if now is None:
             return  # deleted meanwhile: its delete event follows
         kind, stat, data = now
+        self.ops.store_view(path, kind, stat, data, seq)
         file_inode = self.ops.inodes.find(path, Kind.FILE)
         dir_inode = self.ops.inodes.find(path, Kind.DIR)
         if (file_inode is not None and kind is Kind.DIR) or (

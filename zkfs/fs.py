@@ -1879,6 +1879,9 @@ class ZkOperations(pyfuse3.Operations):
         if key == XATTR_ACL:
             acl, _ = await self._zk(self.zk.get_acl, node.path)
             return format_acl(acl).encode()
+        if key not in (XATTR_DATA, XATTR_HIDDEN, XATTR_LIFETIME, XATTR_SEQUENTIAL):
+            # Not ours (ls -l asks every file for security.selinux): no round trip.
+            raise _fail(pyfuse3.ENOATTR)
         if await self._is_dir_now(node):
             if key == XATTR_DATA:
                 data, _ = await self._zk(self.zk.get, node.path)
