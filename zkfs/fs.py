@@ -1151,6 +1151,7 @@ class ZkOperations(pyfuse3.Operations):
         fh = self._fh()
         truncated = bool(flags & os.O_TRUNC)
         append = bool(flags & os.O_APPEND) and not truncated
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         f = OpenFile(
             inode=inode, path=path, data=bytearray(b"" if truncated else data),
             version=stat.version,
@@ -1158,7 +1159,10 @@ class ZkOperations(pyfuse3.Operations):
             # builds on what was read at open.
             conditional=not truncated, truncate_pending=truncated,
             append=append, appended=bytearray() if append else None,
-            writable=(flags & os.O_ACCMODE) != os.O_RDONLY, tgid=_tgid(ctx.pid),
+            writable=writable,
+            # The opener's process (reading /proc costs): for a writer (see _held_elsewhere)
+            # and for an open-lifetime file's handles.
+            tgid=_tgid(ctx.pid) if writable or path in self._open_lifetime else 0,
             czxid=stat.czxid, created=created)
         self._files[fh] = f
         owned = self._open_lifetime.get(path)
