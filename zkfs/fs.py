@@ -103,6 +103,9 @@ STATFS_WAIT = 2.0
 # growing random pause (so that many appenders on many hosts all get through: a failure here
 # is at close, which shells ignore).
 _APPEND_RETRIES = 200
+# How long a directory's ACL read by a lookup still judges the create of the O_CREAT open
+# right behind it (the same open(2); anything older is read again).
+_PARENT_ACL_FRESH = 0.5
 _APPEND_BACKOFF = 0.002
 
 STAT_XATTRS: dict[str, Callable[[Stat], str]] = {
@@ -485,6 +488,9 @@ class ZkOperations(pyfuse3.Operations):
         self._znodes = 1
         #: Settings znode path → DirSettings (see `_settings`).
         self._settings_cache: dict[str, DirSettings] = {}
+        #: Path a lookup found absent → (when, the directory's ACL and Stat as read with it):
+        #: the O_CREAT open that follows uses it (see `_create_deferred`).
+        self._parent_acls: dict[str, tuple[float, tuple[list[Any], Stat]]] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -639,9 +645,14 @@ class ZkOperations(pyfuse3.Operations):
         raise ValueError(f"not a write of the mount: {op.code!r}")
 
     async def _drop_kernel_data(self, inode: Inode) -> None:
-        """After our own commit: the kernel's pages and size of `inode` are stale now."""
+        """After our own commit: the kernel's attributes of `inode` are stale now (stat
+        after close must show the new size). Its pages need not go: the writer's I/O was
+        direct, readers of the old version read their pinned version, and a later open of
+        the new one is told to drop them (keep_cache off, see `_new_handle`). Attributes
+        only touch no page or lock, so this is safe inside the request, with no thread hop;
+        the follower drops the pages when the event arrives."""
         inode.view = None
-        await trio.to_thread.run_sync(inval_inode, inode.ino, abandon_on_cancel=True)
+        inval_inode(inode.ino, attr_only=True)
 
     def notify_pollers(self, path: str) -> None:
         for f in list(self._files.values()):
@@ -877,7 +888,7 @@ class ZkOperations(pyfuse3.Operations):
             return cached, None
         if any(i.acl_mode is not None for i in self.inodes.bound_at(path)):
             return await self._probe(path, cached=True), None
-        result: list[Any] = [None, None]
+        result: list[Any] = [None, None, None]
 
         async def probe() -> None:
             result[0] = await self._probe(path, cached=True)
@@ -885,12 +896,26 @@ class ZkOperations(pyfuse3.Operations):
         async def acl() -> None:
             result[1] = await self._read_acl(path)
 
+        async def parent_acl() -> None:
+            try:
+                result[2] = await self._zk(self.zk.get_acl, parent_path(path))
+            except (ZkError, pyfuse3.FUSEError):
+                pass  # the create reads it again (and reports what it finds)
+
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(probe)
                 nursery.start_soon(acl)
+                if path != "/":
+                    # If there is no such file, an O_CREAT open follows this lookup at once:
+                    # its create is judged by the directory's ACL, read in this round trip.
+                    nursery.start_soon(parent_acl)
         except BaseExceptionGroup as group:
             raise group.exceptions[0] from None
+        if result[0] is None and result[2] is not None:
+            if len(self._parent_acls) > 256:
+                self._parent_acls.clear()  # lookups of names never created (a PATH search)
+            self._parent_acls[path] = (trio.current_time(), result[2])
         return result[0], result[1]
 
     @_translate
@@ -1185,6 +1210,12 @@ class ZkOperations(pyfuse3.Operations):
                 and known.czxid == stat.czxid
                 and (inode.pinned is None or inode.pinned.mzxid == stat.mzxid)):
             keep = inode.pages_mzxid == stat.mzxid
+            if not keep:
+                # The first page-cache open of this version: the kernel may have discarded the
+                # reply that told it this size (a reply older than an invalidation is ignored),
+                # so its attributes are invalidated now and the first read asks again (answered
+                # with this pinned version). Attributes only: safe inside the request.
+                inval_inode(inode.ino, attr_only=True)
             inode.pages_mzxid = stat.mzxid
             inode.pinned = stat
             inode.pins += 1
@@ -1395,10 +1426,14 @@ class ZkOperations(pyfuse3.Operations):
         and sequential or open-lifetime files are created at open: their creation is the point.
         If another host creates the name meanwhile, the commit overwrites it (O_TRUNC's last
         writer wins; O_APPEND appends to it)."""
-        try:
-            acl, parent_stat = await self._zk(self.zk.get_acl, parent.path)
-        except NoNodeError:
-            raise _fail(errno.ENOENT) from None
+        read = self._parent_acls.pop(path, None)
+        if read is not None and trio.current_time() - read[0] < _PARENT_ACL_FRESH:
+            acl, parent_stat = read[1]  # read by the lookup of this very open
+        else:
+            try:
+                acl, parent_stat = await self._zk(self.zk.get_acl, parent.path)
+            except NoNodeError:
+                raise _fail(errno.ENOENT) from None
         ids, ip_known = await self._identities()
         if not may(acl, Perm.CREATE, ids, ip_known):
             raise _fail(errno.EACCES)
