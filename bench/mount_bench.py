@@ -1,9 +1,14 @@
 """The FUSE mount (`zkfs mount` on zkfsd) against tmpfs, the same file operations on both.
 
-Operations: stat, open+read+close, `ls -l` of a directory of N entries (a fresh `ls` process
-each run), small-file create+write+close. The tmpfs is mounted by us in a temp dir and unmounted
-afterwards; the zkfs mount is a subprocess we own by PID (tests/mount_helpers.py), with default
-mount options (no debug logging) so it is what users get.
+Operations (issue 11's targets, each side by side with tmpfs): stat, open+read+close of an
+already-read file, listdir and scandir+stat (`ls -l`'s calls, in-process) of a directory of N
+entries the first time (a directory nobody listed yet) and again, `ls -l` of it (a fresh `ls`
+process), a new file (`echo x > f`: O_CREAT|O_TRUNC, write, close), an overwrite (O_TRUNC,
+write, close), an O_EXCL create+write+close; the writes also against one kazoo create/set on
+the same zkfsd in the same run (section WRITE_SECTION). And the mount process's memory (RSS)
+once it has looked up MEM_ZNODES znodes (section MEM_SECTION). The tmpfs is mounted by us in a
+temp dir and unmounted afterwards; the zkfs mount is a subprocess we own by PID
+(tests/mount_helpers.py), with default mount options (no debug logging) so it is what users get.
 
 Two mounts of one server (`write_to_event_latency`, section EV_SECTION): a write (open, write,
 close) through mount A until `inotifywait -m` on mount B prints CLOSE_WRITE for that file, p50 and
@@ -38,6 +43,11 @@ EV_P99 = "write on A -> inotify CLOSE_WRITE on B, p99"
 CACHED = ("cached stat on B (file written on A)", "cached open+read+close on B")
 EV_METRICS = [(EV_P50, "ms", "lower"), (EV_P99, "ms", "lower"),
               (CACHED[0], "ops/s", "higher"), (CACHED[1], "ops/s", "higher")]
+WRITE_SECTION = "mount writes vs one kazoo request on the same zkfsd standalone"
+MEM_SECTION = "mount memory"
+NEW_FILE = "new file (O_CREAT|O_TRUNC, write, close)"
+OVERWRITE = "overwrite (O_TRUNC, write, close)"
+EXCL = "O_EXCL create+write+close"
 
 
 def fuse_missing() -> str | None:
@@ -52,6 +62,10 @@ def fuse_missing() -> str | None:
     return None
 
 
+#: Mountpoint → PID of the `zkfs mount` process serving it (for its RSS).
+_MOUNT_PIDS: dict[str, int] = {}
+
+
 @contextlib.contextmanager
 def zkfs_mount(hosts: str, mountpoint: Path, log_path: Path, options: str = "") -> Iterator[Path]:
     """`zkfs mount` in the foreground as our subprocess; unmounted and stopped by PID after."""
@@ -61,6 +75,7 @@ def zkfs_mount(hosts: str, mountpoint: Path, log_path: Path, options: str = "") 
         proc = subprocess.Popen([PYTHON, "-c", _RUN, hosts, str(mountpoint), opts],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    _MOUNT_PIDS[str(mountpoint)] = proc.pid
     try:
         deadline = time.monotonic() + 30
         while not is_mounted(mountpoint):
@@ -114,33 +129,108 @@ def _ls_l(path: Path) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def _ms(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _scandir_stat(path: str) -> None:
+    """What `ls -l` does: list, then stat every entry."""
+    for e in os.scandir(path):
+        os.stat(e.path)
+
+
+def _write(path: str, flags: int) -> None:
+    fd = os.open(path, os.O_WRONLY | flags, 0o644)
+    try:
+        os.write(fd, PAYLOAD)
+    finally:
+        os.close(fd)
+
+
+def _writes_us(names: list[str], flags: int) -> float:
+    t0 = time.perf_counter()
+    for name in names:
+        _write(name, flags)
+    return (time.perf_counter() - t0) / len(names) * 1e6
+
+
+def _best_ms(fn, path: str, times: int = 5) -> float:
+    return min(_ms(fn, path) for _ in range(times))
+
+
 def _fs_ops(root: Path, st: Settings, run: int) -> dict[str, float]:
-    """One run of every operation under `root` (already holding files/ and big/)."""
+    """One run of every operation under `root` (holding files/ and big{run}/, which nobody has
+    listed yet)."""
+    n = st.mount_dir_entries
     files = [str(root / "files" / f"f{i}") for i in range(st.mount_files)]
+    for f in files:  # already read: what the caches are for
+        _read(f)
+    big = str(root / f"big{run}")
     out = {"stat": _per_op_us(os.stat, files, st.mount_iterations),
-           "open+read+close": _per_op_us(_read, files, st.mount_iterations),
-           f"ls -l of {st.mount_dir_entries} entries": _ls_l(root / "big")}
+           "open+read+close of an already-read file": _per_op_us(_read, files,
+                                                                 st.mount_iterations),
+           f"listdir of {n} entries, first time": _ms(os.listdir, big),
+           f"listdir of {n} entries, again": _best_ms(os.listdir, big),
+           f"scandir+stat (ls -l) of {n} entries, again": _best_ms(_scandir_stat, big),
+           f"ls -l of {n} entries (ls process), again": _ls_l(Path(big))}
     new = root / f"new{run}"
     new.mkdir()
     names = [str(new / f"c{i}") for i in range(st.mount_files)]
-    t0 = time.perf_counter()
-    for name in names:
-        with open(name, "wb") as f:
-            f.write(PAYLOAD)
-    out["create+write+close"] = (time.perf_counter() - t0) / len(names) * 1e6
+    out[NEW_FILE] = _writes_us(names, os.O_CREAT | os.O_TRUNC)
+    out[OVERWRITE] = _writes_us(names, os.O_TRUNC)
+    excl = [str(new / f"x{i}") for i in range(st.mount_files)]
+    out[EXCL] = _writes_us(excl, os.O_CREAT | os.O_EXCL)
     return out
 
 
-UNITS = {"stat": "µs/op", "open+read+close": "µs/op", "create+write+close": "µs/op"}
+def _unit(metric: str) -> str:
+    return "ms" if metric.startswith(("listdir", "scandir", "ls ")) else "µs/op"
+
+
+def _kazoo_writes(hosts: str, base: str, count: int) -> dict[str, float]:
+    """µs per kazoo create and per set of a 100-byte node, one at a time, on `hosts`."""
+    from kazoo.client import KazooClient
+
+    kz = KazooClient(hosts=hosts, timeout=30)
+    kz.start(timeout=30)
+    try:
+        kz.ensure_path(base)
+        names = [f"{base}/k{i}" for i in range(count)]
+        t0 = time.perf_counter()
+        for name in names:
+            kz.create(name, PAYLOAD)
+        create = (time.perf_counter() - t0) / count * 1e6
+        t0 = time.perf_counter()
+        for name in names:
+            kz.set(name, PAYLOAD)
+        set_ = (time.perf_counter() - t0) / count * 1e6
+    finally:
+        kz.stop()
+        kz.close()
+    return {NEW_FILE: create, OVERWRITE: set_, EXCL: create}
+
+
+def _rss_kib(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return float(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
 def _populate_local(root: Path, st: Settings) -> None:
     (root / "files").mkdir()
-    (root / "big").mkdir()
     for i in range(st.mount_files):
         (root / "files" / f"f{i}").write_bytes(PAYLOAD)
-    for i in range(st.mount_dir_entries):
-        (root / "big" / f"e{i}").write_bytes(PAYLOAD)
+    for run in range(st.runs):
+        (root / f"big{run}").mkdir()
+        for i in range(st.mount_dir_entries):
+            (root / f"big{run}" / f"e{i}").write_bytes(PAYLOAD)
 
 
 def _populate_znodes(address, base: str, st: Settings) -> None:
@@ -148,11 +238,41 @@ def _populate_znodes(address, base: str, st: Settings) -> None:
     with Session(*address) as s:
         ensure_path(s, base)
         s.create(f"{base}/files", None)
-        s.create(f"{base}/big", None)
         for i in range(st.mount_files):
             s.create(f"{base}/files/f{i}")
-        for i in range(st.mount_dir_entries):
-            s.create(f"{base}/big/e{i}")
+        for run in range(st.runs):
+            s.create(f"{base}/big{run}", None)
+            for i in range(st.mount_dir_entries):
+                s.create(f"{base}/big{run}/e{i}")
+
+
+def mount_memory(shape, st: Settings, res: Results, tmp: Path, log=print) -> None:
+    """RSS of a mount process before and after it looked up (ls -l) MEM_ZNODES znodes."""
+    dirs, per_dir = st.mount_dir_entries // 10, st.mount_dir_entries
+    total = dirs * per_dir
+    with Session(*shape.addresses[0]) as s:
+        ensure_path(s, "/mem")
+        for d in range(dirs):
+            s.create(f"/mem/d{d}", None)
+            for i in range(per_dir):
+                s.create(f"/mem/d{d}/e{i}")
+    with zkfs_mount(shape.hosts + "/mem", tmp / "mntM", tmp / "mountM.log") as mnt:
+        pid = _MOUNT_PIDS[str(mnt)]
+        before = _rss_kib(pid)
+        for d in range(dirs):
+            _scandir_stat(str(mnt / f"d{d}"))
+        after = _rss_kib(pid)
+    metric = f"mount process RSS with {total} znodes looked up (ls -l)"
+    if before is None or after is None:
+        res.note(MEM_SECTION, metric, "MiB", "RSS not readable", subject="mount",
+                 reference="fresh mount")
+        return
+    res.add(MEM_SECTION, metric, "MiB", "a", after / 1024, subject="mount",
+            reference="fresh mount", better="lower")
+    res.add(MEM_SECTION, metric, "MiB", "b", before / 1024, subject="mount",
+            reference="fresh mount", better="lower")
+    log(f"  mount RSS: {before / 1024:.1f} MiB fresh, {after / 1024:.1f} MiB with {total} "
+        f"znodes looked up ({(after - before) * 1024 / total:.0f} B per znode)")
 
 
 def _event_latencies(write_dir: Path, watch_dir: Path, n: int, log=print
@@ -269,11 +389,14 @@ def write_to_event_latency(shape, st: Settings, res: Results, tmp: Path, log=pri
 
 def mount_vs_tmpfs(st: Settings, res: Results, tick_ms: int, log=print) -> None:
     missing = fuse_missing()
-    metrics = ["stat", "open+read+close", f"ls -l of {st.mount_dir_entries} entries",
-               "create+write+close"]
+    n = st.mount_dir_entries
+    metrics = ["stat", "open+read+close of an already-read file",
+               f"listdir of {n} entries, first time", f"listdir of {n} entries, again",
+               f"scandir+stat (ls -l) of {n} entries, again",
+               f"ls -l of {n} entries (ls process), again", NEW_FILE, OVERWRITE, EXCL]
     if missing:
         for m in metrics:
-            res.note(SECTION, m, UNITS.get(m, "ms"), f"not available: {missing}",
+            res.note(SECTION, m, _unit(m), f"not available: {missing}",
                      subject="mount", reference="tmpfs")
         for m, unit, _better in EV_METRICS:
             res.note(EV_SECTION, m, unit, f"not available: {missing}", subject="mount",
@@ -286,7 +409,7 @@ def mount_vs_tmpfs(st: Settings, res: Results, tick_ms: int, log=print) -> None:
             _populate_local(t, st)
             for run in range(st.runs):
                 for m, v in _fs_ops(t, st, run).items():
-                    res.add(SECTION, m, UNITS.get(m, "ms"), "b", v, subject="mount",
+                    res.add(SECTION, m, _unit(m), "b", v, subject="mount",
                             reference="tmpfs", better="lower")
             if not no_inotify:
                 event_reference_tmpfs(t, st, res, log)
@@ -294,10 +417,23 @@ def mount_vs_tmpfs(st: Settings, res: Results, tick_ms: int, log=print) -> None:
             _populate_znodes(shape.addresses[0], "/m", st)
             with zkfs_mount(shape.hosts + "/m", tmp / "mnt", tmp / "mount.log") as mnt:
                 for run in range(st.runs):
-                    for m, v in _fs_ops(mnt, st, run).items():
-                        res.add(SECTION, m, UNITS.get(m, "ms"), "a", v, subject="mount",
+                    ops = _fs_ops(mnt, st, run)
+                    for m, v in ops.items():
+                        res.add(SECTION, m, _unit(m), "a", v, subject="mount",
                                 reference="tmpfs", better="lower")
+                    # The same writes as one kazoo request each, same server, same run.
+                    ref = _kazoo_writes(shape.hosts, f"/kz{run}", st.mount_files)
+                    for m, v in ref.items():
+                        kw = dict(subject="mount", reference="kazoo", better="lower")
+                        res.add(WRITE_SECTION, m, "µs/op", "a", ops[m], **kw)
+                        res.add(WRITE_SECTION, m, "µs/op", "b", v, **kw)
                     log(f"  mount run {run + 1} done")
+            try:
+                mount_memory(shape, st, res, tmp, log)
+            except Exception as e:  # noqa: BLE001 - keep the other rows
+                res.note(MEM_SECTION, "mount process RSS", "MiB",
+                         f"{type(e).__name__}: {e}"[:300], subject="mount",
+                         reference="fresh mount")
             if no_inotify:
                 for m, unit, _better in EV_METRICS:
                     res.note(EV_SECTION, m, unit, no_inotify, subject="mount", reference="tmpfs")

@@ -60,6 +60,29 @@ def force_unmount(path: str | Path) -> None:
         subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=10)
 
 
+def abort_fuse_connection(path: str | Path) -> bool:
+    """Abort the FUSE connection mounted at `path` (/sys/fs/fuse/connections/N/abort, N the
+    mount's device minor from mountinfo, which is read without touching the mount)."""
+    target = os.path.realpath(path)
+    minor = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[4] == target:
+                minor = fields[2].split(":")[1]
+    if minor is None:
+        return False
+    conns = Path("/sys/fs/fuse/connections")
+    if not (conns / minor).exists():
+        subprocess.run(["mount", "-t", "fusectl", "none", str(conns)], capture_output=True,
+                       timeout=10, stdin=subprocess.DEVNULL)
+    try:
+        (conns / minor / "abort").write_text("1")
+    except OSError:
+        return False
+    return True
+
+
 class MountProcess:
     """`zkfs mount -f SERVERS MOUNTPOINT -o OPTIONS` as a subprocess of the test."""
 
@@ -119,10 +142,19 @@ class MountProcess:
         return rc
 
     def kill9(self) -> None:
-        """A crash: SIGKILL, no closeSession. The dead mount is lazily unmounted."""
+        """A crash: SIGKILL, no closeSession. The dead mount is lazily unmounted.
+
+        A FUSE server killed while one of its own threads waits on its own mount (the change
+        follower's replay) cannot finish exiting: that thread waits for an answer only the dead
+        server could give. As an administrator would, the connection is then aborted through
+        fusectl, which fails that request and lets the process go."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                abort_fuse_connection(self.mountpoint)
+                self.proc.wait(timeout=20)
         force_unmount(self.mountpoint)
 
 

@@ -38,15 +38,15 @@ import stat as st
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import pyfuse3
 import trio
 
-from zkfs.client import ClientState, WatchedEvent, ZkClient
-from zkfs.constants import EventType, WatchMode
+from zkfs.client import ClientState, Op, WatchedEvent, ZkClient
+from zkfs.constants import CreateMode, EventType, OpCode, WatchMode
 from zkfs.errors import NoNodeError, UnimplementedError, ZkError
 from zkfs.inodes import Inode, Kind, base_name, join_path, parent_path
 from zkfs.jute import Stat
@@ -54,7 +54,8 @@ from zkfs.jute import Stat
 if TYPE_CHECKING:
     from zkfs.fs import ZkOperations
 
-__all__ = ["ChangeFollower", "ReplayState", "Change", "fake_stat"]
+__all__ = ["ChangeFollower", "ReplayState", "Change", "Expected", "expected_events",
+           "fake_stat"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,32 @@ class ReplayState:
     creates: dict[str, tuple[Kind, Stat, bytes | None]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Expected:
+    """An event one of this mount's own writes will cause (the kernel reported that change
+    already: it is not replayed)."""
+    type: EventType
+    path: str
+    #: A sequential create: the name gets ZooKeeper's 10-digit suffix (matched by prefix).
+    prefix: bool = False
+
+
+_CREATES = (OpCode.CREATE, OpCode.CREATE2, OpCode.CREATE_CONTAINER, OpCode.CREATE_TTL)
+
+
+def expected_events(ops: Iterable[Op]) -> list[Expected]:
+    """The events a successful write of `ops` (one request, or one multi) causes."""
+    out: list[Expected] = []
+    for op in ops:
+        if op.code in _CREATES:
+            out.append(Expected(CREATED, op.path, CreateMode(op.flags).is_sequential))
+        elif op.code is OpCode.DELETE:
+            out.append(Expected(DELETED, op.path))
+        elif op.code is OpCode.SET_DATA:
+            out.append(Expected(CHANGED, op.path))
+    return out
+
+
 class _Expectations:
     """Events this mount's own writes will cause, keyed by (type, path)."""
 
@@ -100,17 +127,19 @@ class _Expectations:
         #: Sequential creates: (parent, name prefix) → deadlines.
         self._prefix: dict[tuple[str, str], deque[float]] = {}
 
-    def add(self, items: list[tuple[EventType, str, bool]]) -> None:
+    def add(self, items: list[Expected]) -> None:
         deadline = time.monotonic() + _EXPECT_TTL
-        for kind, path, prefix in items:
+        for item in items:
+            kind, path, prefix = item.type, item.path, item.prefix
             if prefix:
                 self._prefix.setdefault((parent_path(path), base_name(path)),
                                         deque()).append(deadline)
             else:
                 self._exact.setdefault((kind, path), deque()).append(deadline)
 
-    def remove(self, items: list[tuple[EventType, str, bool]]) -> None:
-        for kind, path, prefix in items:
+    def remove(self, items: list[Expected]) -> None:
+        for item in items:
+            kind, path, prefix = item.type, item.path, item.prefix
             table: dict[Any, deque[float]] = self._prefix if prefix else self._exact  # type: ignore[assignment]
             key = (parent_path(path), base_name(path)) if prefix else (kind, path)
             q = table.get(key)
@@ -173,11 +202,11 @@ class ChangeFollower:
 
     # ------------------------------------------------------------------ called by zkfs.fs
 
-    def expect(self, items: list[tuple[EventType, str, bool]]) -> None:
-        self._expect.add([i for i in items if not self.ops._reserved(i[1])])
+    def expect(self, items: list[Expected]) -> None:
+        self._expect.add([i for i in items if not self.ops._reserved(i.path)])
 
-    def unexpect(self, items: list[tuple[EventType, str, bool]]) -> None:
-        self._expect.remove([i for i in items if not self.ops._reserved(i[1])])
+    def unexpect(self, items: list[Expected]) -> None:
+        self._expect.remove([i for i in items if not self.ops._reserved(i.path)])
 
     @property
     def seq(self) -> int:
@@ -253,10 +282,22 @@ class ChangeFollower:
     def _note(self, path: str) -> None:
         self._seq += 1
         self._recent.append((self._seq, path))
+        if self.ops._reserved(path):
+            self.ops.drop_settings()  # a directory's settings (zkfs.meta) changed
+            return
         # Cached values of the node and of its directory (child count, kind) are now suspect.
         for p in (path, parent_path(path)):
             for inode in self.ops.inodes.bound_at(p):
                 inode.view = None
+                inode.listed = False
+        # A child that changes kind shows in its directory's listing with a new inode number.
+        grand = self.ops.inodes.find(parent_path(parent_path(path)), Kind.DIR)
+        if grand is not None:
+            grand.listed = False
+        # The kernel's pages of the node are suspect until invalidated (`_inval_steps`): no
+        # open is served from them meanwhile (zkfs.fs `_new_handle`).
+        for inode in self.ops.inodes.bound_at(path):
+            inode.noted_seq = self._seq
 
     # ------------------------------------------------------------------ tasks
 
@@ -405,7 +446,7 @@ class ChangeFollower:
             # Open handles learn it before anything else (their next write reports it).
             self.ops.note_remote(path, change.type)
         if change.type is CHANGED:
-            await self._changed(path, replay)
+            await self._changed(path, replay, own)
         elif change.type is CREATED:
             await self._created(path, replay, own)
         elif change.type is DELETED:
@@ -414,28 +455,52 @@ class ChangeFollower:
     def _held_dir(self, path: str) -> Inode | None:
         return self.ops.inodes.find(path, Kind.DIR)
 
-    async def _fetch(self, path: str) -> tuple[Kind, Stat, bytes | None] | None:
-        zk = self.ops.zk
-        seq = self._seq
+    async def _get(self, path: str) -> tuple[Kind, Stat, bytes | None] | None:
         try:
-            data, stat = await zk.get(path)
+            data, stat = await self.ops.zk.get(path)
         except NoNodeError:
             return None
         kind = Kind.DIR if (path == "/" or data is None or stat.num_children > 0) else Kind.FILE
-        self.ops.store_view(path, kind, stat, data, seq)
         return kind, stat, data
 
-    async def _changed(self, path: str, replay: bool) -> None:
+    async def _fetch(self, path: str) -> tuple[Kind, Stat, bytes | None] | None:
+        seq = self._seq
+        now = await self._get(path)
+        if now is not None:
+            self.ops.store_view(path, now[0], now[1], now[2], seq)
+        return now
+
+    async def _changed(self, path: str, replay: bool, own: bool) -> None:
         inodes = self.ops.inodes.bound_at(path)
         parent = self._held_dir(parent_path(path)) if path != "/" else None
         if not inodes and parent is None:
             return
-        now = await self._fetch(path)
-        if now is None:
-            # Deleted meanwhile: its delete event follows. Drop what is cached now.
+        if own and self.ops.inodes.find(path, Kind.DIR) is None:
+            # This mount's own write of a file: the kernel reported it, and the file cannot
+            # have changed kind; only its pages and size are dropped.
             await self._thread(self._inval_steps(inodes, data=True), None)
+            self.ops.notify_pollers(path)
             return
+        # The kernel drops the old pages and size while the new version is fetched, and
+        # before it can be cached and told (a page of the old version must never sit next
+        # to the new size).
+        seq = self._seq
+        fetched: list[tuple[Kind, Stat, bytes | None] | None] = []
+
+        async def fetch() -> None:
+            fetched.append(await self._get(path))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._thread, self._inval_steps(inodes, data=True), None)
+                nursery.start_soon(fetch)
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+        now = fetched[0]
+        if now is None:
+            return  # deleted meanwhile: its delete event follows
         kind, stat, data = now
+        self.ops.store_view(path, kind, stat, data, seq)
         file_inode = self.ops.inodes.find(path, Kind.FILE)
         dir_inode = self.ops.inodes.find(path, Kind.DIR)
         if (file_inode is not None and kind is Kind.DIR) or (
@@ -444,14 +509,12 @@ class ChangeFollower:
             return
         if kind is Kind.DIR:
             # A directory's own data: the `.data` pseudo-file and the directory's attributes.
-            steps = self._inval_steps(inodes, data=True)
             if dir_inode is not None:
-                steps.append(lambda: _inval_entry(dir_inode.ino, b".data"))
-            await self._thread(steps, None)
+                await self._thread([lambda: _inval_entry(dir_inode.ino, b".data")], None)
             return
         self.ops.notify_pollers(path)
         state = ReplayState(entries={path: (Kind.FILE, stat, data)})
-        steps = self._inval_steps(inodes, data=True)
+        steps: list[Callable[[], object]] = []
         if replay:
             target = self._local(path)
             steps.append(lambda: os.truncate(target, stat.data_length))
@@ -498,6 +561,12 @@ class ChangeFollower:
                 else:
                     os.mknod(target, st.S_IFREG | 0o644)
             steps.append(create)
+            if kind is Kind.FILE:
+                # A file created with its content (the mount's `echo x > f` is one create):
+                # what a local create-and-write reports, IN_MODIFY and IN_CLOSE_WRITE.
+                if stat.data_length:
+                    steps.append(lambda: os.truncate(target, stat.data_length))
+                steps.append(lambda: os.close(os.open(target, os.O_WRONLY | os.O_NOFOLLOW)))
         await self._thread(steps, state)
 
     async def _deleted(self, path: str, replay: bool, own: bool) -> None:
@@ -570,9 +639,13 @@ class ChangeFollower:
 
     def _inval_steps(self, inodes: list[Inode], *, data: bool) -> list[Callable[[], object]]:
         steps: list[Callable[[], object]] = []
+        seq = self._seq
         for inode in inodes:
-            ino = inode.ino
-            steps.append(lambda ino=ino: _inval_inode(ino, attr_only=not data))
+            def step(inode: Inode = inode) -> None:
+                inval_inode(inode.ino, attr_only=not data)
+                if data:
+                    inode.inval_seq = max(inode.inval_seq, seq)
+            steps.append(step)
         return steps
 
     def _dentry_steps(self, inodes: list[Inode]) -> list[Callable[[], object]]:
@@ -596,7 +669,7 @@ class ChangeFollower:
         def work() -> None:
             if state is not None:
                 state.tid = threading.get_native_id()
-                ops.replay = state
+                ops.responder.state = state
             try:
                 for step in steps:
                     try:
@@ -605,14 +678,14 @@ class ChangeFollower:
                         log.debug("replay step failed: %r", exc)
             finally:
                 if state is not None:
-                    ops.replay = None
+                    ops.responder.state = None
         # Abandoned on cancel: at unmount a replay blocked in the VFS ends with ENOTCONN.
         await trio.to_thread.run_sync(work, abandon_on_cancel=True)
         if state is not None:
             self.replayed += 1
 
 
-def _inval_inode(ino: int, attr_only: bool = False) -> None:
+def inval_inode(ino: int, attr_only: bool = False) -> None:
     try:
         pyfuse3.invalidate_inode(ino, attr_only)
     except (FileNotFoundError, OSError) as exc:

@@ -20,7 +20,10 @@ choices made here where the design leaves room are listed in the man page:
   mountpoint as the inotify event a local change gives. Requests of that replay (recognised by
   the request's pid: the replay thread's id) are answered from `ReplayState` without touching
   the ensemble;
-* file I/O is direct (see `use_page_cache` for why not the page cache).
+* read-only opens are served through the kernel's page cache while the follower keeps it
+  coherent (see `_new_handle`): a cached file is re-read without reaching this process's
+  read handler; writers use direct I/O (their buffers never reach the page cache);
+* directory listings are cached by the kernel (FOPEN_CACHE_DIR) until a child event.
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ import trio
 from zkfs.access import Identity, may
 from zkfs.acls import AclTextError, format_acl, parse_acl
 from zkfs.client import Op, Stat, ZkClient
-from zkfs.constants import MAX_DATA, EventType, Perm
+from zkfs.constants import MAX_DATA, CreateMode, EventType, OpCode, Perm
 from zkfs.errors import (
     BadArgumentsError,
     BadVersionError,
@@ -60,6 +63,7 @@ from zkfs.errors import (
     UnimplementedError,
     ZkError,
 )
+from zkfs.events import expected_events, fake_stat, inval_inode
 from zkfs.inodes import NO_DATA, Inode, InodeTable, Kind, base_name, join_path, parent_path
 from zkfs.lock import LockMode
 from zkfs.meta import (
@@ -99,6 +103,9 @@ STATFS_WAIT = 2.0
 # growing random pause (so that many appenders on many hosts all get through: a failure here
 # is at close, which shells ignore).
 _APPEND_RETRIES = 200
+# How long a directory's ACL read by a lookup still judges the create of the O_CREAT open
+# right behind it (the same open(2); anything older is read again).
+_PARENT_ACL_FRESH = 0.5
 _APPEND_BACKOFF = 0.002
 
 STAT_XATTRS: dict[str, Callable[[Stat], str]] = {
@@ -199,8 +206,7 @@ class OpenFile:
     #: poll(2): the znode changed since the descriptor was opened; the pending poll handle.
     changed: bool = False
     poll_handle: Any = None
-    #: Opened through the page cache: reads serve `inode.content` (what the kernel's size
-    #: belongs to), not this handle's snapshot.
+    #: Opened through the kernel's page cache (keep_cache): one of `inode.pins`.
     cached: bool = False
     #: Opened with O_TRUNC and nothing committed yet: the empty content is still to commit.
     #: It is not committed on its own while the opener still holds another descriptor of the
@@ -218,6 +224,21 @@ class OpenFile:
     czxid: int = 0
     #: This handle created the znode (O_CREAT): a poisoned handle removes it again.
     created: bool = False
+    #: O_CREAT of a new file whose create is deferred to the first commit, which creates it
+    #: with its content (one write; nothing visible before): see `ZkOperations.create`.
+    pending_create: bool = False
+    #: For a pending create: the lifetime of the znode to create and its ACL.
+    ephemeral: bool = False
+
+
+@dataclass
+class AclRead:
+    """A znode's ACL as read for the mode bits (`ZkOperations._acl_mode`)."""
+    #: None: not known (the node vanished, or the ensemble is away).
+    acl: list[Any] | None
+    aversion: int
+    #: False: not even the ACL may be read (NoAuth).
+    readable: bool = True
 
 
 @dataclass
@@ -231,6 +252,8 @@ class OpenLifetime:
 class DirHandle:
     inode: Inode
     entries: list[tuple[str, str, Kind, Stat]] | None = None
+    #: The follower's event count when the listing was read (see `readdir`).
+    seq: int = -1
 
 
 _P = ParamSpec("_P")
@@ -302,17 +325,134 @@ class Probe:
     has_data: bool = False
 
 
+def _replayed(fn: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
+    """A handler whose requests may come from the follower's replay (zkfs.events): those
+    are answered by the ReplayResponder's method of the same name, the others by the
+    handler itself."""
+    name = fn.__name__
+    # read, write, flush, fsync and release get no request context: the handle says it.
+    by_handle = name in ("read", "write", "flush", "fsync", "release")
+
+    @functools.wraps(fn)
+    async def wrapper(self: ZkOperations, *args: Any) -> Any:
+        if self.responder.owns(args[0] if by_handle else None,
+                               None if by_handle else args[-1]):
+            return getattr(self.responder, name)(*args)
+        return await fn(self, *args)
+    return wrapper
+
+
+class ReplayResponder:
+    """Answers the requests of the follower's replay: the system calls zkfs.events makes
+    through the mountpoint so that inotify reports a remote change (DESIGN.md §4). They are
+    recognised by the requesting thread (the replay thread's id, `state.tid`) or by the
+    handle its open got, and answered from `state` (what the change made the node), never
+    from the ensemble."""
+
+    def __init__(self, ops: ZkOperations) -> None:
+        self.ops = ops
+        #: The replay in progress, set by the replay thread (None: none).
+        self.state: Any = None
+        self._fhs: set[int] = set()
+
+    def owns(self, fh: int | None, ctx: pyfuse3.RequestContext | None) -> bool:
+        """Whether the request (on handle `fh`, or from `ctx`) is the replay's."""
+        if fh is not None:
+            return fh in self._fhs
+        r = self.state
+        return r is not None and ctx is not None and ctx.pid == r.tid
+
+    def _path(self, parent_inode: int, name: bytes) -> str:
+        parent = self.ops._inode(parent_inode)
+        if name == b".":
+            return parent.path
+        if name == b"..":
+            return parent_path(parent.path)
+        return join_path(parent.path, name.decode("utf-8", "replace"))
+
+    def _shown(self, path: str) -> tuple[Kind, Stat, Any] | None | bool:
+        """What the replay shows at `path`: (kind, stat, data), None (absent), or False
+        (the replay says nothing about it)."""
+        return self.state.entries.get(path, False)
+
+    def _attr(self, node: Inode) -> pyfuse3.EntryAttributes:
+        entry = self._shown(node.path)
+        if entry:
+            return self.ops._attr(node, entry[1])
+        if node.last_attr is not None:
+            return node.last_attr
+        return self.ops._attr(node, fake_stat())
+
+    def _create(self, path: str) -> pyfuse3.EntryAttributes:
+        made = self.state.creates.get(path)
+        if made is None:
+            raise _fail(errno.EEXIST)
+        kind, stat, _ = made
+        self.state.entries[path] = made  # later lookups of the replay find it
+        return self.ops._entry(path, kind, stat)
+
+    def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
+        ops, path = self.ops, self._path(parent_inode, name)
+        entry = self._shown(path)
+        if entry is None:
+            raise _fail(errno.ENOENT)
+        if entry is not False:
+            kind, stat, _ = entry
+            return ops._entry(path, kind, stat)
+        for inode in ops.inodes.bound_at(path):
+            if inode.kind is not Kind.DATA and inode.last_attr is not None:
+                ops.inodes.incref(inode)
+                return inode.last_attr
+        raise _fail(errno.ENOENT)
+
+    def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._attr(self.ops._inode(inode))
+
+    def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any
+                ) -> pyfuse3.EntryAttributes:
+        return self._attr(self.ops._inode(inode))
+
+    def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any
+              ) -> pyfuse3.EntryAttributes:
+        return self._create(self._path(parent_inode, name))
+
+    def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any
+              ) -> pyfuse3.EntryAttributes:
+        return self._create(self._path(parent_inode, name))
+
+    def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self.ops.inodes.unbind(self._path(parent_inode, name))
+
+    def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self.ops.inodes.unbind(self._path(parent_inode, name), (Kind.FILE,), subtree=False)
+
+    def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
+        fh = self.ops._fh()
+        self._fhs.add(fh)
+        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
+
+    def read(self, fh: int, off: int, size: int) -> bytes:
+        return b""
+
+    def write(self, fh: int, off: int, buf: bytes) -> int:
+        return len(buf)
+
+    def flush(self, fh: int) -> None:
+        return None
+
+    def fsync(self, fh: int, datasync: bool) -> None:
+        return None
+
+    def release(self, fh: int) -> None:
+        self._fhs.discard(fh)
+
+
 class ZkOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
-    #: Serve read-only opens through the kernel's page cache (keep_cache). Off: with it, a
-    #: read(2) racing a change can combine the size from one version with the pages of another
-    #: (the kernel's i_size and its pages are updated by different requests, and a READ does
-    #: not say which size it was sized for); tests/test_coherence.py's stress run shows such
-    #: torn values. Instead file I/O is direct and the data comes from the user-space cache
-    #: (`Inode.view`), which events keep coherent: an unchanged file's open and read never
-    #: reach the ensemble, only this process.
-    use_page_cache = False
+    #: Serve read-only opens through the kernel's page cache (see `_new_handle` for how a
+    #: read never combines one version's size with another version's pages).
+    use_page_cache = True
     #: flock(2) and fcntl locks are cluster-wide ZooKeeper locks (zkfs.mountlocks); this
     #: needs pyfuse3 with lock operations (contrib/pyfuse3, built by scripts/setup.sh).
     enable_posix_locks = True
@@ -331,9 +471,8 @@ class ZkOperations(pyfuse3.Operations):
         self._open_lifetime: dict[str, OpenLifetime] = {}
         #: zkfs.events.ChangeFollower, set by the mount; None: no following (plain caches).
         self.follower: Any = None
-        #: The replay in progress (zkfs.events.ReplayState), set by the replay thread.
-        self.replay: Any = None
-        self._replay_fhs: set[int] = set()
+        #: Answers the requests of the follower's replay (see ReplayResponder).
+        self.responder = ReplayResponder(self)
         # At the ensemble root (no chroot) /zookeeper is ZooKeeper's own reserved subtree.
         self._ensemble_root = zk.chroot is None
         self.locks = MountLocks(lambda: self.zk, self._zk)
@@ -347,6 +486,11 @@ class ZkOperations(pyfuse3.Operations):
         self._hidden_logged: set[str] = set()
         #: Last znode count for statfs (answered from it while the ensemble is away).
         self._znodes = 1
+        #: Settings znode path → DirSettings (see `_settings`).
+        self._settings_cache: dict[str, DirSettings] = {}
+        #: Path a lookup found absent → (when, the directory's ACL and Stat as read with it):
+        #: the O_CREAT open that follows uses it (see `_create_deferred`).
+        self._parent_acls: dict[str, tuple[float, tuple[list[Any], Stat]]] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -434,10 +578,6 @@ class ZkOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ change following
 
-    def _is_replay(self, ctx: pyfuse3.RequestContext | None) -> bool:
-        r = self.replay
-        return r is not None and ctx is not None and ctx.pid == r.tid
-
     def _coherent(self) -> bool:
         return self.follower is not None and self.follower.coherent
 
@@ -447,6 +587,8 @@ class ZkOperations(pyfuse3.Operations):
     def drop_views(self) -> None:
         for inode in self.inodes.all():
             inode.view = None
+            inode.listed = False
+        self._settings_cache.clear()
 
     def store_view(self, path: str, kind: Kind, stat: Stat, data: Any, seq: int) -> None:
         """Cache what a read at event count `seq` returned, unless an event overtook it."""
@@ -468,28 +610,49 @@ class ZkOperations(pyfuse3.Operations):
                 return Probe(stat, kind, data, has_data=True)
         return None
 
-    def _expect(self, *items: tuple[EventType, str] | tuple[EventType, str, bool]
-                ) -> list[tuple[EventType, str, bool]]:
-        """Tell the follower which events a mutation of ours will cause (not to replay)."""
-        full = [(i[0], i[1], bool(i[2]) if len(i) > 2 else False) for i in items]
+    async def _write(self, *ops: Op) -> Any:
+        """Send `ops` to the ensemble: one op as its own request (a create returns (path,
+        Stat)), several as one multi transaction. The events they will cause are derived
+        from the ops themselves (zkfs.events.expected_events) and announced to the follower
+        first, so that it does not replay this mount's own changes."""
+        expected = expected_events(ops)
         if self.follower is not None:
-            self.follower.expect(full)
-        return full
-
-    async def _mutate(self, expected: list[tuple[EventType, str, bool]],
-                      fn: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any) -> _T:
+            self.follower.expect(expected)
         try:
-            return await self._zk(fn, *args, **kwargs)
+            if len(ops) > 1:
+                return await self._zk(self._send_multi, list(ops))
+            return await self._zk(self._send, ops[0])
         except BaseException:
             if self.follower is not None:
                 self.follower.unexpect(expected)
             raise
 
+    async def _send_multi(self, ops: list[Op]) -> list[Any]:
+        return await self.zk.multi(ops)  # the session now (a new one after expiry)
+
+    async def _send(self, op: Op) -> Any:
+        zk = self.zk
+        if op.code is OpCode.SET_DATA:
+            return await zk.set(op.path, op.data, op.version)
+        if op.code is OpCode.DELETE:
+            return await zk.delete(op.path, op.version)
+        if op.code in (OpCode.CREATE, OpCode.CREATE2):
+            mode = CreateMode(op.flags)
+            return await zk.create(op.path, op.data,
+                                   acl=list(op.acl) if op.acl is not None else None,
+                                   ephemeral=mode.is_ephemeral, sequential=mode.is_sequential,
+                                   include_stat=True)
+        raise ValueError(f"not a write of the mount: {op.code!r}")
+
     async def _drop_kernel_data(self, inode: Inode) -> None:
-        """After our own commit: the kernel's pages and size of `inode` are stale now."""
+        """After our own commit: the kernel's attributes of `inode` are stale now (stat
+        after close must show the new size). Its pages need not go: the writer's I/O was
+        direct, readers of the old version read their pinned version, and a later open of
+        the new one is told to drop them (keep_cache off, see `_new_handle`). Attributes
+        only touch no page or lock, so this is safe inside the request, with no thread hop;
+        the follower drops the pages when the event arrives."""
         inode.view = None
-        from zkfs.events import _inval_inode
-        await trio.to_thread.run_sync(_inval_inode, inode.ino, abandon_on_cancel=True)
+        inval_inode(inode.ino, attr_only=True)
 
     def notify_pollers(self, path: str) -> None:
         for f in list(self._files.values()):
@@ -501,48 +664,6 @@ class ZkOperations(pyfuse3.Operations):
                         ph.notify()
                     except (OSError, RuntimeError) as exc:
                         log.debug("poll notify: %r", exc)
-
-    def _replay_entry(self, path: str) -> tuple[Kind, Stat, Any] | None | bool:
-        """What the replay shows at `path`: (kind, stat, data), None (absent), or False
-        (the replay says nothing about it)."""
-        entries = self.replay.entries
-        if path in entries:
-            return entries[path]
-        return False
-
-    def _replay_lookup(self, path: str) -> pyfuse3.EntryAttributes:
-        entry = self._replay_entry(path)
-        if entry is None:
-            raise _fail(errno.ENOENT)
-        if entry is not False:
-            kind, stat, data = entry
-            inode_attr = self._entry(path, kind, stat)
-            inode = self.inodes.find(path, kind)
-            if inode is not None and data is not None:
-                return self._attr(inode, stat, data)
-            return inode_attr
-        for inode in self.inodes.bound_at(path):
-            if inode.kind is not Kind.DATA and inode.last_attr is not None:
-                self.inodes.incref(inode)
-                return inode.last_attr
-        raise _fail(errno.ENOENT)
-
-    def _replay_create(self, path: str) -> pyfuse3.EntryAttributes:
-        made = self.replay.creates.get(path)
-        if made is None:
-            raise _fail(errno.EEXIST)
-        kind, stat, _ = made
-        self.replay.entries[path] = made  # later lookups of the replay find it
-        return self._entry(path, kind, stat)
-
-    def _replay_attr(self, node: Inode) -> pyfuse3.EntryAttributes:
-        entry = self._replay_entry(node.path)
-        if entry:
-            return self._attr(node, entry[1], entry[2] if entry[2] is not None else NO_DATA)
-        if node.last_attr is not None:
-            return node.last_attr
-        from zkfs.events import fake_stat
-        return self._attr(node, fake_stat())
 
     # ------------------------------------------------------------------ probing
 
@@ -594,19 +715,20 @@ class ZkOperations(pyfuse3.Operations):
             return None
         return Probe(stat, Kind.DIR if stat.num_children > 0 else Kind.FILE, seq=seq)
 
-    def _attr(self, inode: Inode, stat: Stat, data: Any = NO_DATA) -> pyfuse3.EntryAttributes:
-        """The attributes of `inode` at `stat` (remembered as what the kernel was told). For a
-        file, `data` is the content at `stat` if known: page-cache reads serve exactly that;
-        without it the attributes are handed with a zero timeout (the kernel asks again, and
-        getattr fetches data and stat together)."""
+    def _attr(self, inode: Inode, stat: Stat) -> pyfuse3.EntryAttributes:
+        """The attributes of `inode` at `stat` (remembered as what the kernel was told)."""
         known = inode.known_stat
-        if (known is not None and known.czxid == stat.czxid and known.mzxid > stat.mzxid):
+        pinned = inode.pinned if inode.kind is Kind.FILE else None
+        stale = False
+        if pinned is not None and pinned.mzxid != stat.mzxid:
+            # Page-cache handles are open on the version `pinned`: their reads are sized by
+            # the size the kernel holds, so it stays that version's until they are closed
+            # (close-to-open), told with no timeout so that the kernel asks again.
+            stat, stale = pinned, True
+        elif (known is not None and known.czxid == stat.czxid and known.mzxid > stat.mzxid):
             # An older read (an event's replay fetched before a newer change, say) must never
             # take the kernel's attributes of this znode backwards: mzxid only grows.
             stat = known
-            content = inode.content
-            data = content[1] if content is not None and content[0].mzxid == known.mzxid \
-                else NO_DATA
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode.ino
         a.generation = 0
@@ -634,13 +756,8 @@ class ZkOperations(pyfuse3.Operations):
         a.st_mtime_ns = mtime_ns
         a.st_ctime_ns = mtime_ns
         a.st_atime_ns = mtime_ns
-        if inode.kind is Kind.FILE and self.use_page_cache:
-            if data is not NO_DATA and data is not None:
-                inode.content = (stat, bytes(data))
-            elif inode.content is None or inode.content[0].mzxid != stat.mzxid:
-                inode.content = None
-            if inode.content is None or size != stat.data_length:
-                a.attr_timeout = 0
+        if inode.kind is Kind.FILE and (stale or size != stat.data_length):
+            a.attr_timeout = 0
         inode.last_attr = a
         inode.known_stat = stat
         return a
@@ -665,8 +782,7 @@ class ZkOperations(pyfuse3.Operations):
         if acl_mode is not None:
             inode.acl_mode = acl_mode
         self._remember(inode, probe)
-        data = probe.data if probe is not None and probe.has_data else NO_DATA
-        return self._attr(inode, stat, data)
+        return self._attr(inode, stat)
 
     def _remember(self, inode: Inode, probe: Probe | None) -> None:
         if self.follower is None:
@@ -679,11 +795,23 @@ class ZkOperations(pyfuse3.Operations):
     # ------------------------------------------------------------------ directory settings
 
     async def _settings(self, dir_path: str) -> DirSettings:
+        """The directory's settings; kept while the follower keeps them coherent (events of
+        the settings' side tree drop them, see `drop_settings`)."""
+        mp = meta_path(dir_path)
+        if self._coherent() and mp in self._settings_cache:
+            return self._settings_cache[mp]
+        seq = self._seq()
         try:
-            data, _ = await self._zk(self.zk.get, meta_path(dir_path))
+            data, _ = await self._zk(self.zk.get, mp)
         except NoNodeError:
-            return DirSettings()
-        return decode_settings(data)
+            data = None
+        settings = decode_settings(data)
+        if self.follower is not None and self.follower.unchanged_since(seq, mp):
+            self._settings_cache[mp] = settings
+        return settings
+
+    def drop_settings(self) -> None:
+        self._settings_cache.clear()
 
     async def _effective(self, dir_path: str) -> tuple[str, bool]:
         s = await self._settings(dir_path)
@@ -692,6 +820,7 @@ class ZkOperations(pyfuse3.Operations):
 
     async def _store_settings(self, dir_path: str, change: dict[str, Any]) -> None:
         mp = meta_path(dir_path)
+        self._settings_cache.pop(mp, None)
         for _ in range(10):
             try:
                 data, stat = await self._zk(self.zk.get, mp)
@@ -721,15 +850,10 @@ class ZkOperations(pyfuse3.Operations):
     # ------------------------------------------------------------------ lookups and attributes
 
     @_translate
+    @_replayed
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._inode(parent_inode)
-        if self._is_replay(ctx):
-            if name == b".":
-                return self._replay_lookup(parent.path)
-            if name == b"..":
-                return self._replay_lookup(parent_path(parent.path))
-            return self._replay_lookup(join_path(parent.path, name.decode("utf-8", "replace")))
         if name == b".":
             path = parent.path
         elif name == b"..":
@@ -742,7 +866,7 @@ class ZkOperations(pyfuse3.Operations):
             path = join_path(parent.path, text)
             if self._reserved(path):
                 raise _fail(errno.ENOENT)
-        probe = await self._probe(path, cached=True)
+        probe, acl_read = await self._probe_with_acl(path)
         if probe is None:
             if name == DATA_NAME.encode():
                 dir_probe = await self._probe(parent.path, cached=True)
@@ -751,8 +875,48 @@ class ZkOperations(pyfuse3.Operations):
             raise _fail(errno.ENOENT)
         known = self.inodes.find(path, probe.kind)
         acl_mode = await self._acl_mode(path, probe.kind, probe.stat,
-                                        known.acl_mode if known is not None else None)
+                                        known.acl_mode if known is not None else None,
+                                        acl_read)
         return self._entry(path, probe.kind, probe.stat, probe, acl_mode)
+
+    async def _probe_with_acl(self, path: str) -> tuple[Probe | None, AclRead | None]:
+        """A lookup's probe, and the ACL (for the mode bits `ls -l` shows) when no cached
+        mode can serve: both requests go out together, one round trip (the client
+        pipelines them)."""
+        cached = self._cached_probe(path)
+        if cached is not None:
+            return cached, None
+        if any(i.acl_mode is not None for i in self.inodes.bound_at(path)):
+            return await self._probe(path, cached=True), None
+        result: list[Any] = [None, None, None]
+
+        async def probe() -> None:
+            result[0] = await self._probe(path, cached=True)
+
+        async def acl() -> None:
+            result[1] = await self._read_acl(path)
+
+        async def parent_acl() -> None:
+            try:
+                result[2] = await self._zk(self.zk.get_acl, parent_path(path))
+            except (ZkError, pyfuse3.FUSEError):
+                pass  # the create reads it again (and reports what it finds)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(probe)
+                nursery.start_soon(acl)
+                if path != "/":
+                    # If there is no such file, an O_CREAT open follows this lookup at once:
+                    # its create is judged by the directory's ACL, read in this round trip.
+                    nursery.start_soon(parent_acl)
+        except BaseExceptionGroup as group:
+            raise group.exceptions[0] from None
+        if result[0] is None and result[2] is not None:
+            if len(self._parent_acls) > 256:
+                self._parent_acls.clear()  # lookups of names never created (a PATH search)
+            self._parent_acls[path] = (trio.current_time(), result[2])
+        return result[0], result[1]
 
     @_translate
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
@@ -763,19 +927,20 @@ class ZkOperations(pyfuse3.Operations):
         return any(f.inode is inode for f in self._files.values())
 
     @_translate
+    @_replayed
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None
                       ) -> pyfuse3.EntryAttributes:
         node = self._inode(inode)
-        if self._is_replay(ctx):
-            return self._replay_attr(node)
         if not node.bound:
             if node.last_attr is not None and self._is_open(node):
                 return node.last_attr
             raise _fail(errno.ENOENT)
         probe = await self._probe(node.path, cached=True)
         if probe is None:
-            if node.last_attr is not None and self._is_open(node):
-                return node.last_attr  # fstat on an open file deleted elsewhere
+            if node.known_stat is not None and self._is_open(node):
+                # fstat on an open file deleted elsewhere, or not created yet (its size is
+                # what was written so far).
+                return self._attr(node, node.known_stat)
             self.inodes.unbind(node.path, (node.kind,), subtree=False)
             self._invalidate([node])
             raise _fail(errno.ENOENT)
@@ -793,15 +958,14 @@ class ZkOperations(pyfuse3.Operations):
         acl_mode = await self._acl_mode(node.path, node.kind, probe.stat, node.acl_mode)
         if acl_mode is not None:
             node.acl_mode = acl_mode
-        return self._attr(node, probe.stat, probe.data if probe.has_data else NO_DATA)
+        return self._attr(node, probe.stat)
 
     @_translate
+    @_replayed
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._inode(inode)
-        if self._is_replay(ctx):
-            return self._replay_attr(node)
         if fields.update_size:
             self._writable()
             self._check_reserved_write(node.path)
@@ -834,13 +998,11 @@ class ZkOperations(pyfuse3.Operations):
             if data is None:
                 raise _fail(errno.EISDIR)
             if size == 0:
-                await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, path)),
-                                   self.zk.set, path, b"")
+                await self._write(Op.set(path, b""))
                 return
             new = data[:size] + b"\0" * max(0, size - len(data))
             try:
-                await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, path)),
-                                   self.zk.set, path, new, stat.version)
+                await self._write(Op.set(path, new, stat.version))
                 return
             except BadVersionError:
                 continue  # someone wrote meanwhile: truncate what is there now
@@ -878,7 +1040,12 @@ class ZkOperations(pyfuse3.Operations):
             raise _fail(errno.ENOTDIR)
         fh = self._fh()
         self._dirs[fh] = DirHandle(node)
-        return fh
+        # The kernel caches the listing (FOPEN_CACHE_DIR) while the follower keeps it coherent,
+        # and keeps a listing it holds as long as no child event came since (`Inode.listed`,
+        # cleared by the follower); else it drops it and reads the directory again.
+        coherent = self._coherent()
+        keep = coherent and node.listed
+        return pyfuse3.FileInfo(fh=fh, keep_cache=keep, cache_readdir=coherent)
 
     def _showable(self, path: str, names: list[str]) -> list[str]:
         """The names a listing can show. Longer than NAME_MAX bytes, a name cannot pass the
@@ -929,12 +1096,20 @@ class ZkOperations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dirs[fh]
         if start_id == 0 or handle.entries is None:
+            handle.seq = self._seq()
             try:
                 handle.entries = await self._list(handle.inode.path)
             except NoNodeError:
                 handle.entries = []
             handle.inode.children = {n for n, _, k, _ in handle.entries
                                      if k is not Kind.DATA and n not in (".", "..")}
+        if start_id >= len(handle.entries):
+            # The kernel read the whole listing (and cached it): later opens may keep it, unless
+            # an event about the directory's children came since it was read.
+            if self.follower is not None and handle.seq >= 0 and \
+                    self.follower.unchanged_since(handle.seq, handle.inode.path):
+                handle.inode.listed = True
+            return
         for i in range(start_id, len(handle.entries)):
             name, path, kind, stat = handle.entries[i]
             if name in (".", ".."):
@@ -964,25 +1139,20 @@ class ZkOperations(pyfuse3.Operations):
         self._dirs.pop(fh, None)
 
     @_translate
+    @_replayed
     async def mkdir(self, parent_inode: int, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._inode(parent_inode)
-        if self._is_replay(ctx):
-            return self._replay_create(join_path(parent.path, name.decode("utf-8", "replace")))
         self._writable()
         _, path = self._check_create(parent, name)
         # Directories are always persistent: an ephemeral znode cannot have children.
-        _, stat = await self._mutate(self._expect((EventType.NODE_CREATED, path)),
-                                     self.zk.create, path, None, acl=self.cfg.create_acl,
-                                     include_stat=True)
+        _, stat = await self._write(Op.create(path, None, acl=self.cfg.create_acl))
         return self._entry(path, Kind.DIR, stat)
 
     @_translate
+    @_replayed
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         parent = self._inode(parent_inode)
-        if self._is_replay(ctx):
-            self.inodes.unbind(join_path(parent.path, name.decode("utf-8", "replace")))
-            return
         self._writable()
         path = join_path(parent.path, check_name(name))
         self._check_reserved_write(path)
@@ -996,7 +1166,7 @@ class ZkOperations(pyfuse3.Operations):
         # made later under the same name does not inherit them.
         if await self._zk(self.zk.exists, meta_path(path)) is not None:
             ops.append(Op.delete(meta_path(path)))
-        await self._mutate(self._expect((EventType.NODE_DELETED, path)), self.zk.multi, ops)
+        await self._write(*ops)
         self._invalidate(self.inodes.unbind(path))
 
     # ------------------------------------------------------------------ files
@@ -1006,6 +1176,7 @@ class ZkOperations(pyfuse3.Operations):
         fh = self._fh()
         truncated = bool(flags & os.O_TRUNC)
         append = bool(flags & os.O_APPEND) and not truncated
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
         f = OpenFile(
             inode=inode, path=path, data=bytearray(b"" if truncated else data),
             version=stat.version,
@@ -1013,22 +1184,43 @@ class ZkOperations(pyfuse3.Operations):
             # builds on what was read at open.
             conditional=not truncated, truncate_pending=truncated,
             append=append, appended=bytearray() if append else None,
-            writable=(flags & os.O_ACCMODE) != os.O_RDONLY, tgid=_tgid(ctx.pid),
+            writable=writable,
+            # The opener's process (reading /proc costs): for a writer (see _held_elsewhere)
+            # and for an open-lifetime file's handles.
+            tgid=_tgid(ctx.pid) if writable or path in self._open_lifetime else 0,
             czxid=stat.czxid, created=created)
         self._files[fh] = f
         owned = self._open_lifetime.get(path)
         if owned is not None and owned.tgid == f.tgid:
             owned.handles.add(fh)
-        # Read-only opens use the page cache when the follower keeps it coherent and the kernel
-        # was told this very version's size (else a page read could mix sizes: direct I/O, as
-        # for writers, whose uncommitted buffers must never reach the page cache).
-        content = inode.content
+        # Read-only opens use the page cache when the follower keeps it coherent and the size
+        # the kernel holds is this very version's (the one read here). Then the handle is a pin
+        # of that version: until the last such handle is closed the kernel is told that
+        # version's size (`_attr`), so that every page it reads through the handle (served from
+        # the handle's data) agrees with the size it clamps the read to, and a reader's
+        # successive read(2)s see one version (close-to-open, as NFS). The pages already cached
+        # are kept only if they were read for this version. Otherwise direct I/O, as for
+        # writers (whose uncommitted buffers must never reach the page cache): the next stat
+        # tells the kernel the current size, and the next open is cached.
+        known = inode.known_stat
         if (self.use_page_cache and not f.writable and not truncated
-                and self._coherent()
-                and inode.kind is Kind.FILE and content is not None
-                and content[0].mzxid == stat.mzxid and content[1] == data):
+                and self._coherent() and inode.kind is Kind.FILE and inode.bound
+                and inode.inval_seq >= inode.noted_seq
+                and known is not None and known.mzxid == stat.mzxid
+                and known.czxid == stat.czxid
+                and (inode.pinned is None or inode.pinned.mzxid == stat.mzxid)):
+            keep = inode.pages_mzxid == stat.mzxid
+            if not keep:
+                # The first page-cache open of this version: the kernel may have discarded the
+                # reply that told it this size (a reply older than an invalidation is ignored),
+                # so its attributes are invalidated now and the first read asks again (answered
+                # with this pinned version). Attributes only: safe inside the request.
+                inval_inode(inode.ino, attr_only=True)
+            inode.pages_mzxid = stat.mzxid
+            inode.pinned = stat
+            inode.pins += 1
             f.cached = True
-            return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
+            return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=keep)
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     def _check_reserved_write(self, path: str) -> None:
@@ -1056,22 +1248,34 @@ class ZkOperations(pyfuse3.Operations):
         self._identity_zk = zk
         return self._identity
 
+    async def _read_acl(self, path: str) -> AclRead:
+        try:
+            acl, acl_stat = await self._zk(self.zk.get_acl, path)
+        except NoAuthError:
+            return AclRead(None, -1, readable=False)
+        except (NoNodeError, pyfuse3.FUSEError):
+            return AclRead(None, -1)
+        return AclRead(acl, acl_stat.aversion)
+
     async def _acl_mode(self, path: str, kind: Kind, stat: Stat,
-                        known: tuple[int, int] | None) -> tuple[int, int] | None:
+                        known: tuple[int, int] | None, read: AclRead | None = None
+                        ) -> tuple[int, int] | None:
         """The permission bits `ls -l` shows for the znode at `path`: what this mount's
         identities may do by its ACL (r: READ; w: WRITE for a file, CREATE or DELETE for a
-        directory; x stays). Fetched again only when the Stat's aversion moved past `known`;
-        None if it cannot be known now (the configured modes are shown)."""
+        directory; x stays). Fetched again only when the Stat's aversion moved past `known`
+        (unless `read`, fetched alongside the Stat, is given); None if it cannot be known now
+        (the configured modes are shown)."""
         if kind is Kind.DATA:
             return None
         if known is not None and known[0] == stat.aversion:
             return known
-        try:
-            acl, acl_stat = await self._zk(self.zk.get_acl, path)
-        except NoAuthError:
+        if read is None:
+            read = await self._read_acl(path)
+        if not read.readable:
             return (stat.aversion, 0o7111)  # not even the ACL may be read: no r, no w
-        except (NoNodeError, pyfuse3.FUSEError):
+        if read.acl is None:
             return None
+        acl = read.acl
         ids, ip_known = await self._identities()
         mask = 0o7111
         if may(acl, Perm.READ, ids, ip_known):
@@ -1079,7 +1283,7 @@ class ZkOperations(pyfuse3.Operations):
         writes = (Perm.CREATE, Perm.DELETE) if kind is Kind.DIR else (Perm.WRITE,)
         if any(may(acl, p, ids, ip_known) for p in writes):
             mask |= 0o222
-        return (acl_stat.aversion, mask)
+        return (read.aversion, mask)
 
     async def _check_write_access(self, acl: list[Any]) -> None:
         ids, ip_known = await self._identities()
@@ -1123,12 +1327,9 @@ class ZkOperations(pyfuse3.Operations):
         return result["data"]
 
     @_translate
+    @_replayed
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._inode(inode)
-        if self._is_replay(ctx):
-            fh = self._fh()
-            self._replay_fhs.add(fh)
-            return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
         if node.kind is Kind.DIR:
             raise _fail(errno.EISDIR)
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
@@ -1186,11 +1387,12 @@ class ZkOperations(pyfuse3.Operations):
         lifetime, sequential = await self._effective(parent.path)
         if sequential and len(name) + 10 > NAME_MAX:
             raise _fail(errno.ENAMETOOLONG)
+        if not (flags & os.O_EXCL) and not sequential and lifetime != "open":
+            return await self._create_deferred(parent, path, lifetime, flags, ctx)
         try:
-            created, stat = await self._mutate(
-                self._expect((EventType.NODE_CREATED, path, sequential)),
-                self.zk.create, path, b"", acl=self.cfg.create_acl,
-                ephemeral=lifetime != "persistent", sequential=sequential, include_stat=True)
+            created, stat = await self._write(Op.create(
+                path, b"", acl=self.cfg.create_acl, ephemeral=lifetime != "persistent",
+                sequential=sequential))
         except NodeExistsError:
             if flags & os.O_EXCL:
                 raise
@@ -1213,35 +1415,66 @@ class ZkOperations(pyfuse3.Operations):
             attr.entry_timeout = 0
         return fi, attr
 
+    async def _create_deferred(self, parent: Inode, path: str, lifetime: str, flags: int,
+                               ctx: pyfuse3.RequestContext
+                               ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        """O_CREAT without O_EXCL of a file that does not exist: created by the handle's first
+        commit, with its content, as one create (`echo x > f` is one write to the ensemble,
+        and nobody sees an empty file first). What the create could be refused for is
+        checked now, so that open() reports it (DESIGN.md §3): the parent's ACL (CREATE),
+        its existence and that it can hold children (not ephemeral). O_EXCL (the lock idiom)
+        and sequential or open-lifetime files are created at open: their creation is the point.
+        If another host creates the name meanwhile, the commit overwrites it (O_TRUNC's last
+        writer wins; O_APPEND appends to it)."""
+        read = self._parent_acls.pop(path, None)
+        if read is not None and trio.current_time() - read[0] < _PARENT_ACL_FRESH:
+            acl, parent_stat = read[1]  # read by the lookup of this very open
+        else:
+            try:
+                acl, parent_stat = await self._zk(self.zk.get_acl, parent.path)
+            except NoNodeError:
+                raise _fail(errno.ENOENT) from None
+        ids, ip_known = await self._identities()
+        if not may(acl, Perm.CREATE, ids, ip_known):
+            raise _fail(errno.EACCES)
+        if parent_stat.ephemeral_owner != 0:
+            raise _fail(errno.EPERM)  # an ephemeral znode cannot have children
+        stat = fake_stat()
+        attr = self._entry(path, Kind.FILE, stat)
+        inode = self._inode(attr.st_ino)
+        fi = self._new_handle(inode, path, b"", stat, flags & ~os.O_TRUNC, ctx)
+        f = self._files[fi.fh]
+        f.pending_create = True
+        f.conditional = False
+        f.ephemeral = lifetime != "persistent"
+        # The kernel asks for the attributes again once the file exists.
+        attr.attr_timeout = 0
+        return fi, attr
+
     @_translate
+    @_replayed
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._inode(parent_inode)
-        if self._is_replay(ctx):
-            return self._replay_create(join_path(parent.path, name.decode("utf-8", "replace")))
         if not st.S_ISREG(mode):
             raise _fail(errno.EPERM)  # znodes hold data; no devices, fifos or sockets
         self._writable()
         _, path = self._check_create(parent, name)
         lifetime, sequential = await self._effective(parent.path)
-        created, stat = await self._mutate(
-            self._expect((EventType.NODE_CREATED, path, sequential)),
-            self.zk.create, path, b"", acl=self.cfg.create_acl,
-            ephemeral=lifetime != "persistent", sequential=sequential, include_stat=True)
+        created, stat = await self._write(Op.create(
+            path, b"", acl=self.cfg.create_acl, ephemeral=lifetime != "persistent",
+            sequential=sequential))
         attr = self._entry(created, Kind.FILE, stat)
         if created != path:
             attr.entry_timeout = 0
         return attr
 
     @_translate
+    @_replayed
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        if fh in self._replay_fhs:
-            return b""
         f = self._files[fh]
-        if f.cached:
-            content = f.inode.content
-            if content is not None:
-                return content[1][off:off + size]
+        # A page-cache handle reads the pinned version, whose size the kernel holds (see
+        # `_attr`); a direct one its own snapshot: either way, the data read at open.
         return bytes(f.data[off:off + size])
 
     def _poison(self, f: OpenFile, code: int) -> pyfuse3.FUSEError:
@@ -1253,9 +1486,8 @@ class ZkOperations(pyfuse3.Operations):
         return _fail(code)
 
     @_translate
+    @_replayed
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        if fh in self._replay_fhs:
-            return len(buf)
         f = self._files[fh]
         if f.failed:
             raise _fail(f.failed)
@@ -1331,11 +1563,12 @@ class ZkOperations(pyfuse3.Operations):
         if f.failed:
             # Reported at write(); nothing of this handle is committed, not even the file
             # its open created (removed at the opener's last close, or at release).
+            f.pending_create = False
             if f.created and (last or not self._held_elsewhere(f)):
                 await self._uncreate(f)
             return
         if not f.dirty:
-            if not f.truncate_pending:
+            if not f.truncate_pending and not f.pending_create:
                 return
             if not last and self._held_elsewhere(f):
                 # `echo new > f`: the shell's close before echo writes. Committing the empty
@@ -1343,16 +1576,17 @@ class ZkOperations(pyfuse3.Operations):
                 return
         if f.pending_error:
             raise self._poison(f, f.pending_error)
-        if f.appended is not None:
+        if f.pending_create:
+            stat = await self._commit_create(f)
+        elif f.appended is not None:
             stat = await self._commit_append(f)
         else:
             data: bytes | None = bytes(f.data)
             if f.inode.kind is Kind.DATA and not data:
                 data = None  # an empty `.data` is no data: the directory stays a directory
             try:
-                stat = await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, f.path)),
-                                          self.zk.set, f.path, data,
-                                          f.version if f.conditional else -1)
+                stat = await self._write(Op.set(f.path, data,
+                                                f.version if f.conditional else -1))
             except BadVersionError:
                 # Changed by someone else in the instant before close: refuse to overwrite
                 # their update (only an in-place edit is version-checked).
@@ -1360,8 +1594,10 @@ class ZkOperations(pyfuse3.Operations):
             except NoNodeError:
                 raise self._poison(f, errno.ENOENT) from None
         f.version = stat.version
+        f.czxid = stat.czxid
         f.dirty = False
         f.truncate_pending = False
+        f.pending_create = False
         f.created = False  # what it committed stays, whatever happens to the handle later
         # Another handle of this mount editing the old content in place is stale now.
         for other in self._files.values():
@@ -1371,14 +1607,46 @@ class ZkOperations(pyfuse3.Operations):
         # Read-after-close on this host: the kernel must not keep the old pages or size.
         await self._drop_kernel_data(f.inode)
 
+    async def _commit_create(self, f: OpenFile) -> Stat:
+        """The deferred create of `f` (see `_create_deferred`), carrying its content."""
+        data = bytes(f.data)
+        try:
+            _, stat = await self._write(Op.create(f.path, data, acl=self.cfg.create_acl,
+                                                  ephemeral=f.ephemeral))
+            if f.appended is not None:
+                f.appended = bytearray()  # committed: what the next commit appends starts anew
+            return stat
+        except NodeExistsError:
+            pass
+        except NoNodeError:
+            raise self._poison(f, errno.ENOENT) from None  # the directory went meanwhile
+        # Created by someone else since open: this handle's content goes onto it, as an
+        # O_TRUNC rewrite (last writer wins) or appended.
+        f.pending_create = False
+        try:
+            current, now = await self._zk(self.zk.get, f.path)
+        except NoNodeError:
+            raise self._poison(f, errno.ENOENT) from None
+        if current is None or now.num_children > 0:
+            raise self._poison(f, errno.EISDIR)
+        f.czxid, f.version = now.czxid, now.version
+        if f.appended is not None:
+            f.data = bytearray(current)
+            f.appended = bytearray(data)
+            f.data.extend(data)
+            return await self._commit_append(f)
+        try:
+            return await self._write(Op.set(f.path, data))
+        except NoNodeError:
+            raise self._poison(f, errno.ENOENT) from None
+
     async def _uncreate(self, f: OpenFile) -> None:
         """Delete the file `f`'s open created, if it is still as created (version-checked)."""
         f.created = False
         if f.inode.kind is not Kind.FILE:
             return
         try:
-            await self._mutate(self._expect((EventType.NODE_DELETED, f.path)),
-                               self.zk.delete, f.path, f.version)
+            await self._write(Op.delete(f.path, f.version))
         except (NoNodeError, BadVersionError, NotEmptyError):
             return
         self._open_lifetime.pop(f.path, None)
@@ -1395,8 +1663,7 @@ class ZkOperations(pyfuse3.Operations):
                 # Someone else's data made it too big: could not be known at write().
                 raise self._poison(f, errno.EFBIG)
             try:
-                stat = await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, f.path)),
-                                          self.zk.set, f.path, data, version)
+                stat = await self._write(Op.set(f.path, data, version))
             except BadVersionError:
                 pass
             except NoNodeError:
@@ -1416,15 +1683,13 @@ class ZkOperations(pyfuse3.Operations):
         raise self._poison(f, errno.EBUSY)
 
     @_translate
+    @_replayed
     async def flush(self, fh: int) -> None:
-        if fh in self._replay_fhs:
-            return
         await self._commit(self._files[fh])
 
     @_translate
+    @_replayed
     async def fsync(self, fh: int, datasync: bool) -> None:
-        if fh in self._replay_fhs:
-            return
         await self._commit(self._files[fh], last=True)
 
     @_translate
@@ -1442,13 +1707,17 @@ class ZkOperations(pyfuse3.Operations):
         return 0
 
     @_translate
+    @_replayed
     async def release(self, fh: int) -> None:
-        if fh in self._replay_fhs:
-            self._replay_fhs.discard(fh)
-            return
         f = self._files.pop(fh, None)
         if f is None:
             return
+        if f.cached:
+            inode = f.inode
+            inode.pins -= 1
+            if inode.pins <= 0:
+                inode.pins = 0
+                inode.pinned = None
         try:
             await self._commit(f, last=True)
         except pyfuse3.FUSEError as exc:
@@ -1460,19 +1729,15 @@ class ZkOperations(pyfuse3.Operations):
                 # The creating process closed its last descriptor: the file goes (ORCLOSE).
                 del self._open_lifetime[f.path]
                 try:
-                    await self._mutate(self._expect((EventType.NODE_DELETED, f.path)),
-                                       self.zk.delete, f.path)
+                    await self._write(Op.delete(f.path))
                 except NoNodeError:
                     pass
                 self._invalidate(self.inodes.unbind(f.path, (Kind.FILE,), subtree=False))
 
     @_translate
+    @_replayed
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         parent = self._inode(parent_inode)
-        if self._is_replay(ctx):
-            self.inodes.unbind(join_path(parent.path, name.decode("utf-8", "replace")),
-                               (Kind.FILE,), subtree=False)
-            return
         self._writable()
         path = join_path(parent.path, check_name(name))
         self._check_reserved_write(path)
@@ -1480,14 +1745,13 @@ class ZkOperations(pyfuse3.Operations):
         if probe is None:
             if name == DATA_NAME.encode():
                 # Removing the pseudo-file makes the directory's data null again.
-                await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, parent.path)),
-                                   self.zk.set, parent.path, None)
+                await self._write(Op.set(parent.path, None))
                 self.inodes.unbind(parent.path, (Kind.DATA,), subtree=False)
                 return
             raise _fail(errno.ENOENT)
         if probe.kind is Kind.DIR:
             raise _fail(errno.EISDIR)
-        await self._mutate(self._expect((EventType.NODE_DELETED, path)), self.zk.delete, path)
+        await self._write(Op.delete(path))
         self._open_lifetime.pop(path, None)
         # Descriptors other processes here hold on it: their next write says ENOENT.
         self.note_remote(path, EventType.NODE_DELETED)
@@ -1556,10 +1820,8 @@ class ZkOperations(pyfuse3.Operations):
                 raise NoNodeError(path=new_dir)
             # Onto `.data`: becomes the directory's data (sed -i DIR/.data), whether or not
             # the directory had data (one rule for `.data`; the mount makes no such child).
-            await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, new_dir),
-                                            (EventType.NODE_DELETED, old)),
-                               self.zk.multi, [Op.set(new_dir, data or None, own.stat.version),
-                                               Op.delete(old, sstat.version)])
+            await self._write(Op.set(new_dir, data or None, own.stat.version),
+                              Op.delete(old, sstat.version))
             return
         ops: list[Op] = []
         if target is not None:
@@ -1574,9 +1836,7 @@ class ZkOperations(pyfuse3.Operations):
         ops += [Op.create(new, data, acl=self.cfg.create_acl,
                           ephemeral=lifetime != "persistent"),
                 Op.delete(old, sstat.version)]
-        expected = [(EventType.NODE_DELETED, new)] if target is not None else []
-        expected += [(EventType.NODE_CREATED, new), (EventType.NODE_DELETED, old)]
-        await self._mutate(self._expect(*expected), self.zk.multi, ops)
+        await self._write(*ops)
 
     async def _rename_dir(self, old: str, new: str, noreplace: bool) -> None:
         # Collect the subtree (parents before children); too big or ephemeral → EXDEV, and
@@ -1623,14 +1883,28 @@ class ZkOperations(pyfuse3.Operations):
                 mdata, mstat = await self._zk(self.zk.get, f"{META_ROOT}/{key}")
                 ops.append(Op.create(meta_path(new + dpath[len(old):]), mdata))
                 ops.append(Op.delete(f"{META_ROOT}/{key}", mstat.version))
-        expected: list[tuple[EventType, str]] = []
-        if target is not None:
-            expected.append((EventType.NODE_DELETED, new))
-        expected += [(EventType.NODE_CREATED, new + p[len(old):]) for p, _, _ in nodes]
-        expected += [(EventType.NODE_DELETED, p) for p, _, _ in reversed(nodes)]
-        await self._mutate(self._expect(*expected), self.zk.multi, ops)
+        await self._write(*ops)
 
     # ------------------------------------------------------------------ extended attributes
+
+    async def _is_dir_now(self, node: Inode) -> bool:
+        """Whether the znode of `node` is a directory now. A file inode whose znode just gained
+        a child (or another client created it with children) is a directory before the
+        follower has replaced its inode: its extended attributes are the directory's."""
+        if node.kind is not Kind.FILE:
+            return node.kind is Kind.DIR
+        stat = await self._zk(self.zk.exists, node.path)
+        if stat is None:
+            return False
+        if stat.num_children > 0:
+            return True
+        if stat.data_length > 0:
+            return False
+        try:
+            data, _ = await self._zk(self.zk.get, node.path)
+        except NoNodeError:
+            return False
+        return data is None
 
     @_translate
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
@@ -1644,7 +1918,10 @@ class ZkOperations(pyfuse3.Operations):
         if key == XATTR_ACL:
             acl, _ = await self._zk(self.zk.get_acl, node.path)
             return format_acl(acl).encode()
-        if node.kind is Kind.DIR:
+        if key not in (XATTR_DATA, XATTR_HIDDEN, XATTR_LIFETIME, XATTR_SEQUENTIAL):
+            # Not ours (ls -l asks every file for security.selinux): no round trip.
+            raise _fail(pyfuse3.ENOATTR)
+        if await self._is_dir_now(node):
             if key == XATTR_DATA:
                 data, _ = await self._zk(self.zk.get, node.path)
                 if data is None:
@@ -1663,7 +1940,7 @@ class ZkOperations(pyfuse3.Operations):
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         node = self._inode(inode)
         names = [k.encode() for k in STAT_XATTRS] + [XATTR_ACL.encode()]
-        if node.kind is Kind.DIR:
+        if await self._is_dir_now(node):
             data, _ = await self._zk(self.zk.get, node.path)
             if data is not None:
                 names.append(XATTR_DATA.encode())
@@ -1708,8 +1985,7 @@ class ZkOperations(pyfuse3.Operations):
         if key == XATTR_DATA:
             if len(value) > MAX_DATA:
                 raise _fail(errno.EFBIG)
-            await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, node.path)),
-                               self.zk.set, node.path, value)
+            await self._write(Op.set(node.path, value))
             return
         text = value.decode("utf-8", "replace").strip()
         if key == XATTR_LIFETIME:
@@ -1729,8 +2005,7 @@ class ZkOperations(pyfuse3.Operations):
             raise _fail(errno.EPERM)
         self._writable()
         if node.kind is Kind.DIR and key == XATTR_DATA:
-            await self._mutate(self._expect((EventType.NODE_DATA_CHANGED, node.path)),
-                               self.zk.set, node.path, None)
+            await self._write(Op.set(node.path, None))
             return
         if node.kind is Kind.DIR and key in (XATTR_LIFETIME, XATTR_SEQUENTIAL):
             await self._store_settings(

@@ -47,11 +47,21 @@ class Inode:
     #: Cached (stat, data) while the mount follows changes coherently (zkfs.events); data is
     #: NO_DATA when only the stat is known. Dropped on every event touching the path.
     view: tuple[Any, Any] | None = field(default=None, repr=False)
-    #: (stat, data) matching `known_stat`: what page-cache reads serve, so that the pages the
-    #: kernel caches always agree with the size it was told. None: not known.
-    content: tuple[Any, bytes] | None = field(default=None, repr=False)
+    #: While page-cache handles are open (`pins` of them): the Stat of the version they read.
+    #: The kernel is told that version's size until they are closed (zkfs.fs `_attr`).
+    pinned: Any = field(default=None, repr=False)
+    pins: int = 0
+    #: The version (mzxid) whose data the kernel's page cache may hold (-1: none).
+    pages_mzxid: int = -1
     #: For directories: the names seen at the last listing (kept up to date by events).
     children: set[str] | None = field(default=None, repr=False)
+    #: For directories: the kernel holds a complete listing (FOPEN_CACHE_DIR) that no event
+    #: has made stale since; opendir lets the kernel keep it.
+    listed: bool = False
+    #: The follower's event count of the last change noted for this node, and of the last
+    #: invalidation of its kernel pages: pages are trusted only if inval_seq >= noted_seq.
+    noted_seq: int = 0
+    inval_seq: int = 0
     #: (aversion, permission bits the mount's identities may have by the znode's ACL): what
     #: `ls -l` shows. None: not known yet (the configured modes are shown).
     acl_mode: tuple[int, int] | None = field(default=None, repr=False)
