@@ -32,6 +32,7 @@ from zkfs.errors import (
     UnimplementedError,
     ZkError,
 )
+from zkfs.paths import ancestors, is_within, join_path
 
 # Exit status, also documented in man/zkfs.1 (EXIT STATUS).
 EXIT_OK = 0
@@ -266,10 +267,6 @@ def format_time(ms: int) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
-def _join(parent: str, name: str) -> str:
-    return (parent.rstrip("/") or "") + "/" + name
-
-
 async def _gather(funcs: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
     """Run the calls concurrently (one pipelined burst on the session); results in order."""
     import trio
@@ -493,12 +490,12 @@ def ls(ctx: click.Context, path: str, long: bool, recursive: bool, as_json: bool
         if recursive:
             async def walk(rel_prefix: str, full: str, children: list[str]) -> None:
                 subs = await _gather(
-                    [lambda c=c: _children_or_none(zk, _join(full, c)) for c in children])
+                    [lambda c=c: _children_or_none(zk, join_path(full, c)) for c in children])
                 for child, grand in zip(children, subs):
                     rel = rel_prefix + child
                     entries.append(rel)
                     if grand:
-                        await walk(rel + "/", _join(full, child), grand)
+                        await walk(rel + "/", join_path(full, child), grand)
             await walk("", path, names)
         else:
             entries = names
@@ -508,7 +505,7 @@ def ls(ctx: click.Context, path: str, long: bool, recursive: bool, as_json: bool
         if not long:
             _out("".join(f"{e}\n" for e in entries))
             return
-        stats = await _gather([lambda e=e: _stat_or_none(zk, _join(path, e)) for e in entries])
+        stats = await _gather([lambda e=e: _stat_or_none(zk, join_path(path, e)) for e in entries])
         if as_json:
             _json_line({"path": path, "children": [
                 {"name": e, "stat": stat_dict(st)} for e, st in zip(entries, stats)
@@ -568,12 +565,7 @@ def create(ctx: click.Context, path: str, data: str | None, ephemeral: bool, seq
         import trio
 
         if parents:
-            ancestors = []
-            p = path.rsplit("/", 1)[0]
-            while p:
-                ancestors.append(p)
-                p = p.rsplit("/", 1)[0]
-            for a in reversed(ancestors):
+            for a in ancestors(path):
                 if await zk.exists(a) is None:
                     try:
                         await zk.create(a, None)
@@ -611,7 +603,7 @@ def rm(ctx: click.Context, path: str, recursive: bool, force: bool, version: int
             children = await _children_or_none(zk, node)
             if children is None:
                 raise NoNodeError(path=node)
-            await _gather([lambda c=c: delete_tree_quiet(zk, _join(node, c)) for c in children])
+            await _gather([lambda c=c: delete_tree_quiet(zk, join_path(node, c)) for c in children])
             try:
                 await zk.delete(node, node_version)
                 return
@@ -741,7 +733,7 @@ class _OneShotWatcher:
             return
         if self.recursive:
             for child in sorted(children):
-                full = _join(node, child)
+                full = join_path(node, child)
                 if full not in self.known:
                     await self.arm(full, emit)
 
@@ -750,7 +742,7 @@ class _OneShotWatcher:
         if kind == EventType.NODE_DELETED:
             if p in self.known or p == self.root:
                 emit("DELETED", p)
-            self.known = {k for k in self.known if k != p and not k.startswith(p + "/")}
+            self.known = {k for k in self.known if not is_within(k, p)}
             if p == self.root:
                 await self.arm(p, emit)
         elif kind == EventType.NODE_CREATED:

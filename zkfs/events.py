@@ -48,8 +48,9 @@ import trio
 from zkfs.client import ClientState, Op, WatchedEvent, ZkClient
 from zkfs.constants import CreateMode, EventType, OpCode, WatchMode
 from zkfs.errors import NoNodeError, UnimplementedError, ZkError
-from zkfs.inodes import Inode, Kind, base_name, join_path, parent_path
+from zkfs.inodes import Inode, Kind
 from zkfs.jute import Stat
+from zkfs.paths import base_name, join_path, parent_path
 
 if TYPE_CHECKING:
     from zkfs.fs import ZkOperations

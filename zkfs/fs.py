@@ -64,7 +64,7 @@ from zkfs.errors import (
     ZkError,
 )
 from zkfs.events import expected_events, fake_stat, inval_inode
-from zkfs.inodes import NO_DATA, Inode, InodeTable, Kind, base_name, join_path, parent_path
+from zkfs.inodes import NO_DATA, Inode, InodeTable, Kind
 from zkfs.lock import LockMode
 from zkfs.meta import (
     LIFETIMES,
@@ -78,6 +78,7 @@ from zkfs.meta import (
 )
 from zkfs.mountlocks import FlockKey, MountLocks, PosixKey, fatal_signal_pending
 from zkfs.mountinfo import mounted_at
+from zkfs.paths import base_name, is_within, join_path, parent_path
 
 __all__ = ["DATA_NAME", "STALE_ERRNO", "MountConfig", "ZkOperations", "errno_for"]
 
@@ -560,9 +561,7 @@ class ZkOperations(pyfuse3.Operations):
 
     def _reserved(self, path: str) -> bool:
         """Paths the mount never shows or creates."""
-        if path == META_ROOT or path.startswith(META_ROOT + "/"):
-            return True
-        return False
+        return is_within(path, META_ROOT)
 
     def _check_create(self, parent: Inode, name: bytes, *, data_ok: bool = False
                       ) -> tuple[str, str]:
@@ -1879,10 +1878,10 @@ class ZkOperations(pyfuse3.Operations):
             keys = []
         for key in keys:
             dpath = meta_key_path(key)
-            if dpath == old or dpath.startswith(old + "/"):
-                mdata, mstat = await self._zk(self.zk.get, f"{META_ROOT}/{key}")
+            if is_within(dpath, old):
+                mdata, mstat = await self._zk(self.zk.get, join_path(META_ROOT, key))
                 ops.append(Op.create(meta_path(new + dpath[len(old):]), mdata))
-                ops.append(Op.delete(f"{META_ROOT}/{key}", mstat.version))
+                ops.append(Op.delete(join_path(META_ROOT, key), mstat.version))
         await self._write(*ops)
 
     # ------------------------------------------------------------------ extended attributes
