@@ -33,6 +33,7 @@ from zkfs.errors import (
     ZkError,
 )
 from zkfs.paths import ancestors, is_within, join_path
+from zkfs.watching import OneShotWatches
 
 # Exit status, also documented in man/zkfs.1 (EXIT STATUS).
 EXIT_OK = 0
@@ -706,34 +707,29 @@ _EVENT_NAMES = {
 
 
 class _OneShotWatcher:
-    """Persistent(-recursive) watch semantics from re-armed one-shot watches, for servers without
-    addWatch (ZooKeeper before 3.6). Changes between an event and its re-arming can be missed."""
+    """Persistent(-recursive) watch semantics from re-armed one-shot watches (zkfs.watching,
+    shared with the mount), for servers without addWatch (ZooKeeper before 3.6). Changes
+    between an event and its re-arming can be missed."""
 
     def __init__(self, zk: Any, root: str, recursive: bool, callback: Callable[..., None]) -> None:
-        self.zk = zk
+        self.watches = OneShotWatches(zk, callback)
         self.root = root
         self.recursive = recursive
-        self.callback = callback
         self.known: set[str] = set()
 
     async def arm(self, node: str, emit: Callable[[str, str], None] | None = None) -> None:
         """Watch `node` (and, recursively, what is below it); report newly seen nodes via emit."""
-        st = await self.zk.exists(node, watch=self.callback)
+        with_children = node == self.root or self.recursive
+        st = await self.watches.arm(node, children=with_children)
         if st is None:
             self.known.discard(node)
             return
         if node != self.root and node not in self.known and emit is not None:
             emit("CREATED", node)
         self.known.add(node)
-        if node != self.root and not self.recursive:
-            return
-        try:
-            children = await self.zk.get_children(node, watch=self.callback)
-        except NoNodeError:
-            return
         if self.recursive:
-            for child in sorted(children):
-                full = join_path(node, child)
+            for name in sorted(self.watches.children_of(node)):
+                full = join_path(node, name)
                 if full not in self.known:
                     await self.arm(full, emit)
 
@@ -743,6 +739,7 @@ class _OneShotWatcher:
             if p in self.known or p == self.root:
                 emit("DELETED", p)
             self.known = {k for k in self.known if not is_within(k, p)}
+            self.watches.forget(p, subtree=True)
             if p == self.root:
                 await self.arm(p, emit)
         elif kind == EventType.NODE_CREATED:
@@ -751,13 +748,11 @@ class _OneShotWatcher:
             await self.arm(p, emit)
         elif kind == EventType.NODE_DATA_CHANGED:
             emit("CHANGED", p)
-            await self.zk.exists(p, watch=self.callback)
+            await self.watches.rearm(p)
         elif kind == EventType.NODE_CHILDREN_CHANGED:
             if not self.recursive:
                 emit("CHILD", p)
-            try:
-                await self.zk.get_children(p, watch=self.callback)
-            except NoNodeError:
+            if (await self.watches.children_changed(p)).gone:
                 return
             if self.recursive:
                 await self.arm(p, emit)

@@ -19,7 +19,8 @@ keeps serving those requests while the replay waits for them.
 Which changes: one persistent-recursive watch (addWatch) on the mount root; events on paths the
 kernel holds no inode for (neither the znode nor its directory) are dropped, so every inotify
 watch a user can set (it needs the inode) is covered. Servers without addWatch get re-armed
-one-shot watches (exists on every held path, getChildren on every held directory).
+one-shot watches (zkfs.watching, shared with `zkfs watch`: exists on every held path,
+getChildren on every held directory).
 
 The mount's own changes are not replayed (the kernel already reported them): each mutation
 registers the events it will cause (`MountState.expect`) and the follower consumes them
@@ -50,6 +51,7 @@ from zkfs.inodes import Inode, Kind
 from zkfs.jute import Stat
 from zkfs.mountstate import DATA_NAME, MountState, ReplayState, fake_stat, inval_entry
 from zkfs.paths import base_name, join_path, parent_path
+from zkfs.watching import OneShotWatches
 
 __all__ = ["ChangeFollower", "Change"]
 
@@ -84,9 +86,9 @@ class ChangeFollower:
         self._send, self._receive = trio.open_memory_channel[Change](float("inf"))
         self._zk: ZkClient | None = None
         self.one_shot = False
-        # One-shot mode: what is armed, and the children each watched directory had.
+        # One-shot mode: what is armed, and the watches of this session.
         self._armed: set[str] = set()
-        self._kids: dict[str, set[str]] = {}
+        self._watches: OneShotWatches | None = None
         self._arm_send, self._arm_receive = trio.open_memory_channel[str](float("inf"))
         self._resync_needed = trio.Event()
         #: Number of changes fully processed (for tests/diagnostics).
@@ -117,7 +119,7 @@ class ChangeFollower:
                 self.one_shot = True
         if self.one_shot:
             self._armed.clear()
-            self._kids.clear()
+            self._watches = OneShotWatches(zk, self._on_event)
             for inode in list(self.state.inodes.all()):
                 if inode.bound and inode.kind is not Kind.DATA:
                     self._armed.add(inode.path)
@@ -185,20 +187,20 @@ class ChangeFollower:
 
     async def _arm_loop(self) -> None:
         async for item in self._arm_receive:
-            zk = self._zk
-            if zk is None:
+            watches = self._watches
+            if watches is None:
                 continue
             try:
                 if item.startswith("\0"):
                     _, kind, path = item.split("\0", 2)
-                    await self._one_shot_event(zk, EventType(int(kind)), path)
+                    await self._one_shot_event(watches, EventType(int(kind)), path)
                 else:
-                    await self._arm(zk, item)
+                    await self._arm(watches, item)
             except ZkError as exc:
                 log.debug("one-shot watch on %s: %r", item, exc)
 
-    async def _arm(self, zk: ZkClient, path: str) -> None:
-        stat = await zk.exists(path, watch=self._on_event)
+    async def _arm(self, watches: OneShotWatches, path: str) -> None:
+        stat = await watches.arm(path, children=False)
         # Changed between the kernel's lookup and the arming: no event will say so.
         for inode in self.state.inodes.bound_at(path):
             known = inode.known_stat
@@ -208,29 +210,20 @@ class ChangeFollower:
                 await self._send.send(Change(CHANGED, path, True))
                 break
         if stat is not None:
-            try:
-                kids = await zk.get_children(path, watch=self._on_event)
-            except NoNodeError:
-                return
-            self._kids[path] = set(kids)
+            await watches.arm_children(path)
 
-    async def _one_shot_event(self, zk: ZkClient, kind: EventType, path: str) -> None:
+    async def _one_shot_event(self, watches: OneShotWatches, kind: EventType,
+                              path: str) -> None:
         if kind is CHILDREN:
-            try:
-                kids = set(await zk.get_children(path, watch=self._on_event))
-            except NoNodeError:
-                kids = set()
-            old = self._kids.get(path, set())
-            self._kids[path] = kids
-            for name in sorted(old - kids):
-                await self._send.send(Change(DELETED, join_path(path, name)))
-            for name in sorted(kids - old):
-                child = join_path(path, name)
+            diff = await watches.children_changed(path)
+            for child in diff.removed:
+                await self._send.send(Change(DELETED, child))
+            for child in diff.added:
                 self._note(child)
                 await self._send.send(Change(CREATED, child))
             return
         if kind is DELETED:
-            self._kids.pop(path, None)
+            watches.forget(path)
             if path in self._armed:
                 self._armed.discard(path)
             return  # the parent's child event reports it
@@ -238,7 +231,7 @@ class ChangeFollower:
             return  # likewise
         await self._send.send(Change(kind, path))
         if path in self._armed or self.state.inodes.bound_at(path):
-            await zk.exists(path, watch=self._on_event)
+            await watches.rearm(path)
 
     # ------------------------------------------------------------------ resync
 
