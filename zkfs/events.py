@@ -398,14 +398,8 @@ class ChangeFollower:
             target = self._local(path)
 
             state.creates[path] = (kind, stat, data)
-
-            def create() -> None:
-                # The lookup before the create answers ENOENT; the create binds the inode.
-                if kind is Kind.DIR:
-                    os.mkdir(target)
-                else:
-                    os.mknod(target, st.S_IFREG | 0o644)
-            steps.append(create)
+            # The lookup before the create answers ENOENT; the create binds the inode.
+            steps.append(lambda: _make_node(target, kind))
             if kind is Kind.FILE:
                 # A file created with its content (the mount's `echo x > f` is one create):
                 # what a local create-and-write reports, IN_MODIFY and IN_CLOSE_WRITE.
@@ -463,15 +457,9 @@ class ChangeFollower:
 
             state.creates[path] = (kind, stat, data)
 
-            def create() -> None:
-                if kind is Kind.DIR:
-                    os.mkdir(target)
-                else:
-                    os.mknod(target, st.S_IFREG | 0o644)
-
             def forget_old() -> None:
                 state.entries[path] = None
-            steps += [forget_old, create]
+            steps += [forget_old, lambda: _make_node(target, kind)]
         await self._thread(steps, state)
         gone = [i for i in self.state.inodes.unbind(path, (old_kind,), subtree=True)]
         if parent is not None and gone:
@@ -512,3 +500,9 @@ class ChangeFollower:
             self.replayed += 1
 
 
+def _make_node(target: str, kind: Kind) -> None:
+    """The replayed create of a `kind` node at `target` (what raises IN_CREATE)."""
+    if kind is Kind.DIR:
+        os.mkdir(target)
+    else:
+        os.mknod(target, st.S_IFREG | 0o644)

@@ -755,15 +755,10 @@ class ZkOperations(pyfuse3.Operations):
         inode.known_stat = stat
         return a
 
-    def _invalidate(self, inodes: list[Inode]) -> None:
-        """Make the kernel drop its dentries for inodes we no longer map to their path."""
-        self.state.drop_dentries_async(inodes)
-
     def _entry(self, path: str, kind: Kind, stat: Stat, probe: Probe | None = None,
                acl_mode: tuple[int, int] | None = None) -> pyfuse3.EntryAttributes:
         """Bind `path` to an inode, count the kernel's new reference, return its attributes."""
-        inode, displaced = self.inodes.bind(path, kind)
-        self._invalidate(displaced)
+        inode = self.state.bind(path, kind)
         self.inodes.incref(inode)
         if acl_mode is not None:
             inode.acl_mode = acl_mode
@@ -924,8 +919,7 @@ class ZkOperations(pyfuse3.Operations):
                 # fstat on an open file deleted elsewhere, or not created yet (its size is
                 # what was written so far).
                 return self._attr(node, node.known_stat)
-            self.inodes.unbind(node.path, (node.kind,), subtree=False)
-            self._invalidate([node])
+            self.state.detach_inode(node)
             raise _fail(errno.ENOENT)
         if node.kind is Kind.DATA:
             if probe.kind is not Kind.DIR or probe.stat.data_length == 0:
@@ -934,8 +928,7 @@ class ZkOperations(pyfuse3.Operations):
         if node.ino != pyfuse3.ROOT_INODE and probe.kind is not node.kind:
             # The znode changed kind (a file gained a child): it has a new inode now. ESTALE
             # makes the VFS look the path up again, which finds that new inode.
-            self.inodes.unbind(node.path, (node.kind,), subtree=False)
-            self._invalidate([node])
+            self.state.detach_inode(node)
             raise _fail(errno.ESTALE)
         self._remember(node, probe)
         acl_mode = await self._acl_mode(node.path, node.kind, probe.stat, node.acl_mode)
@@ -1100,8 +1093,7 @@ class ZkOperations(pyfuse3.Operations):
                                              self._dot_attr(inode, stat), i + 1):
                     return
                 continue
-            inode, displaced = self.inodes.bind(path, kind)
-            self._invalidate(displaced)
+            inode = self.state.bind(path, kind)
             if not pyfuse3.readdir_reply(token, name.encode(), self._attr(inode, stat), i + 1):
                 self.inodes.forget(inode.ino, 0)  # drop it again if nobody references it
                 return
@@ -1131,14 +1123,20 @@ class ZkOperations(pyfuse3.Operations):
         _, stat = await self._write(Op.create(path, None, acl=self.cfg.create_acl))
         return self._entry(path, Kind.DIR, stat)
 
-    @_translate
-    @_replayed
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def _removal(self, parent_inode: int, name: bytes
+                       ) -> tuple[Inode, str, Probe | None]:
+        """The directory, path and znode (None: absent) an rmdir or unlink of `name` removes,
+        once it may be removed at all (a writable mount, a path the mount shows)."""
         parent = self._inode(parent_inode)
         self._writable()
         path = join_path(parent.path, check_name(name))
         self._check_reserved_write(path)
-        probe = await self._probe(path)
+        return parent, path, await self._probe(path)
+
+    @_translate
+    @_replayed
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        _, path, probe = await self._removal(parent_inode, name)
         if probe is None:
             raise _fail(errno.ENOENT)
         if probe.kind is not Kind.DIR:
@@ -1149,7 +1147,7 @@ class ZkOperations(pyfuse3.Operations):
         if await self._zk(self.zk.exists, meta_path(path)) is not None:
             ops.append(Op.delete(meta_path(path)))
         await self._write(*ops)
-        self._invalidate(self.inodes.unbind(path))
+        self.state.detach(path)
 
     # ------------------------------------------------------------------ files
 
@@ -1336,8 +1334,7 @@ class ZkOperations(pyfuse3.Operations):
             self.state.store_view(node.path, kind, stat, data, seq)
         if node.kind is Kind.FILE and (data is None or stat.num_children > 0):
             # Became a directory: ESTALE makes the VFS look it up again (and find a directory).
-            self.inodes.unbind(node.path, (Kind.FILE,), subtree=False)
-            self._invalidate([node])
+            self.state.detach_inode(node)
             raise _fail(errno.ESTALE)
         if node.kind is Kind.DATA and not data and not writing:
             raise _fail(errno.ENOENT)
@@ -1632,7 +1629,7 @@ class ZkOperations(pyfuse3.Operations):
         except (NoNodeError, BadVersionError, NotEmptyError):
             return
         self._open_lifetime.pop(f.path, None)
-        self._invalidate(self.inodes.unbind(f.path, (Kind.FILE,), subtree=False))
+        self.state.detach(f.path, (Kind.FILE,), subtree=False)
 
     async def _commit_append(self, f: OpenFile) -> Stat:
         """O_APPEND: the bytes written through `f` since its last commit go after whatever the
@@ -1714,16 +1711,12 @@ class ZkOperations(pyfuse3.Operations):
                     await self._write(Op.delete(f.path))
                 except NoNodeError:
                     pass
-                self._invalidate(self.inodes.unbind(f.path, (Kind.FILE,), subtree=False))
+                self.state.detach(f.path, (Kind.FILE,), subtree=False)
 
     @_translate
     @_replayed
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        parent = self._inode(parent_inode)
-        self._writable()
-        path = join_path(parent.path, check_name(name))
-        self._check_reserved_write(path)
-        probe = await self._probe(path)
+        parent, path, probe = await self._removal(parent_inode, name)
         if probe is None:
             if name == DATA_NAME.encode():
                 # Removing the pseudo-file makes the directory's data null again.

@@ -46,7 +46,7 @@ class Inode:
     last_attr: pyfuse3.EntryAttributes | None = field(default=None, repr=False)
     #: The znode's Stat as last handed to the kernel (resync compares it with the tree).
     known_stat: Any = field(default=None, repr=False)
-    #: Cached (stat, data) while the mount follows changes coherently (zkfs.events); data is
+    #: Cached (stat, data) while the mount follows changes coherently (zkfs.mountstate); data is
     #: NO_DATA when only the stat is known. Dropped on every event touching the path.
     view: tuple[Any, Any] | None = field(default=None, repr=False)
     #: While page-cache handles are open (`pins` of them): the Stat of the version they read.

@@ -333,6 +333,27 @@ class MountState:
         if self.handles is not None:
             self.handles.notify_pollers(path)
 
+    # ------------------------------------------------------------------ binding and detaching
+
+    def bind(self, path: str, kind: Kind) -> Inode:
+        """The inode of `path` seen as `kind`, created if needed; the inode the same path had
+        as the other kind (the znode changed kind) loses its dentry."""
+        inode, displaced = self.inodes.bind(path, kind)
+        self.drop_dentries_async(displaced)
+        return inode
+
+    def detach(self, path: str, kinds: tuple[Kind, ...] = (Kind.FILE, Kind.DIR, Kind.DATA),
+               *, subtree: bool = True) -> None:
+        """The znode at `path` is gone (see InodeTable.unbind): its inodes no longer stand
+        for the path, and the kernel drops their dentries."""
+        self.drop_dentries_async(self.inodes.unbind(path, kinds, subtree=subtree))
+
+    def detach_inode(self, inode: Inode) -> None:
+        """`inode` no longer stands for its path (deleted, or changed kind): the kernel
+        drops its dentry even if the table had let go of it already."""
+        self.inodes.unbind(inode.path, (inode.kind,), subtree=False)
+        self.drop_dentries_async([inode])
+
     # ------------------------------------------------------------------ kernel invalidation
 
     def drop_attrs(self, inode: Inode) -> None:
