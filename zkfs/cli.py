@@ -32,6 +32,8 @@ from zkfs.errors import (
     UnimplementedError,
     ZkError,
 )
+from zkfs.paths import ancestors, is_within, join_path
+from zkfs.watching import OneShotWatches
 
 # Exit status, also documented in man/zkfs.1 (EXIT STATUS).
 EXIT_OK = 0
@@ -266,10 +268,6 @@ def format_time(ms: int) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
-def _join(parent: str, name: str) -> str:
-    return (parent.rstrip("/") or "") + "/" + name
-
-
 async def _gather(funcs: Iterable[Callable[[], Awaitable[T]]]) -> list[T]:
     """Run the calls concurrently (one pipelined burst on the session); results in order."""
     import trio
@@ -493,12 +491,12 @@ def ls(ctx: click.Context, path: str, long: bool, recursive: bool, as_json: bool
         if recursive:
             async def walk(rel_prefix: str, full: str, children: list[str]) -> None:
                 subs = await _gather(
-                    [lambda c=c: _children_or_none(zk, _join(full, c)) for c in children])
+                    [lambda c=c: _children_or_none(zk, join_path(full, c)) for c in children])
                 for child, grand in zip(children, subs):
                     rel = rel_prefix + child
                     entries.append(rel)
                     if grand:
-                        await walk(rel + "/", _join(full, child), grand)
+                        await walk(rel + "/", join_path(full, child), grand)
             await walk("", path, names)
         else:
             entries = names
@@ -508,7 +506,7 @@ def ls(ctx: click.Context, path: str, long: bool, recursive: bool, as_json: bool
         if not long:
             _out("".join(f"{e}\n" for e in entries))
             return
-        stats = await _gather([lambda e=e: _stat_or_none(zk, _join(path, e)) for e in entries])
+        stats = await _gather([lambda e=e: _stat_or_none(zk, join_path(path, e)) for e in entries])
         if as_json:
             _json_line({"path": path, "children": [
                 {"name": e, "stat": stat_dict(st)} for e, st in zip(entries, stats)
@@ -568,12 +566,7 @@ def create(ctx: click.Context, path: str, data: str | None, ephemeral: bool, seq
         import trio
 
         if parents:
-            ancestors = []
-            p = path.rsplit("/", 1)[0]
-            while p:
-                ancestors.append(p)
-                p = p.rsplit("/", 1)[0]
-            for a in reversed(ancestors):
+            for a in ancestors(path):
                 if await zk.exists(a) is None:
                     try:
                         await zk.create(a, None)
@@ -611,7 +604,7 @@ def rm(ctx: click.Context, path: str, recursive: bool, force: bool, version: int
             children = await _children_or_none(zk, node)
             if children is None:
                 raise NoNodeError(path=node)
-            await _gather([lambda c=c: delete_tree_quiet(zk, _join(node, c)) for c in children])
+            await _gather([lambda c=c: delete_tree_quiet(zk, join_path(node, c)) for c in children])
             try:
                 await zk.delete(node, node_version)
                 return
@@ -714,34 +707,29 @@ _EVENT_NAMES = {
 
 
 class _OneShotWatcher:
-    """Persistent(-recursive) watch semantics from re-armed one-shot watches, for servers without
-    addWatch (ZooKeeper before 3.6). Changes between an event and its re-arming can be missed."""
+    """Persistent(-recursive) watch semantics from re-armed one-shot watches (zkfs.watching,
+    shared with the mount), for servers without addWatch (ZooKeeper before 3.6). Changes
+    between an event and its re-arming can be missed."""
 
     def __init__(self, zk: Any, root: str, recursive: bool, callback: Callable[..., None]) -> None:
-        self.zk = zk
+        self.watches = OneShotWatches(zk, callback)
         self.root = root
         self.recursive = recursive
-        self.callback = callback
         self.known: set[str] = set()
 
     async def arm(self, node: str, emit: Callable[[str, str], None] | None = None) -> None:
         """Watch `node` (and, recursively, what is below it); report newly seen nodes via emit."""
-        st = await self.zk.exists(node, watch=self.callback)
+        with_children = node == self.root or self.recursive
+        st = await self.watches.arm(node, children=with_children)
         if st is None:
             self.known.discard(node)
             return
         if node != self.root and node not in self.known and emit is not None:
             emit("CREATED", node)
         self.known.add(node)
-        if node != self.root and not self.recursive:
-            return
-        try:
-            children = await self.zk.get_children(node, watch=self.callback)
-        except NoNodeError:
-            return
         if self.recursive:
-            for child in sorted(children):
-                full = _join(node, child)
+            for name in sorted(self.watches.children_of(node)):
+                full = join_path(node, name)
                 if full not in self.known:
                     await self.arm(full, emit)
 
@@ -750,7 +738,8 @@ class _OneShotWatcher:
         if kind == EventType.NODE_DELETED:
             if p in self.known or p == self.root:
                 emit("DELETED", p)
-            self.known = {k for k in self.known if k != p and not k.startswith(p + "/")}
+            self.known = {k for k in self.known if not is_within(k, p)}
+            self.watches.forget(p, subtree=True)
             if p == self.root:
                 await self.arm(p, emit)
         elif kind == EventType.NODE_CREATED:
@@ -759,13 +748,11 @@ class _OneShotWatcher:
             await self.arm(p, emit)
         elif kind == EventType.NODE_DATA_CHANGED:
             emit("CHANGED", p)
-            await self.zk.exists(p, watch=self.callback)
+            await self.watches.rearm(p)
         elif kind == EventType.NODE_CHILDREN_CHANGED:
             if not self.recursive:
                 emit("CHILD", p)
-            try:
-                await self.zk.get_children(p, watch=self.callback)
-            except NoNodeError:
+            if (await self.watches.children_changed(p)).gone:
                 return
             if self.recursive:
                 await self.arm(p, emit)

@@ -70,6 +70,7 @@ from zkfs.errors import (
     error_for,
 )
 from zkfs.jute import ACL, Id, Stat
+from zkfs.paths import is_within, lineage
 
 __all__ = [
     "DEFAULT_PORT", "ClientState", "WatchedEvent", "WatchCallback", "Op", "ZkClient",
@@ -294,14 +295,6 @@ class _Connection:
         self.auth_waiters.clear()
         for p in waiters:
             p.fail(error_factory())
-
-
-def _parents(path: str) -> Iterable[str]:
-    """`path` itself, then each ancestor up to "/" (for persistent-recursive watches)."""
-    yield path
-    while path != "/":
-        path = path.rsplit("/", 1)[0] or "/"
-        yield path
 
 
 class ZkClient:
@@ -697,7 +690,7 @@ class ZkClient:
         callbacks += self._persistent_watches.get(path, [])
         if kind != EventType.NODE_CHILDREN_CHANGED:
             # Recursive watches never get child events: creations and deletions below say it all.
-            for parent in _parents(path):
+            for parent in lineage(path):
                 callbacks += self._recursive_watches.get(parent, [])
         try:
             state = KeeperState(event.state)
@@ -912,7 +905,7 @@ class ZkClient:
         assert isinstance(response, jute.GetEphemeralsResponse)
         root = self._chroot
         return [self._strip(p) for p in response.ephemerals
-                if root is None or p == root or p.startswith(root + "/")]
+                if root is None or is_within(p, root)]
 
     async def add_watch(self, path: str, mode: WatchMode, callback: WatchCallback) -> None:
         """A persistent (or persistent-recursive) watch: fires on every change until removed.

@@ -12,18 +12,22 @@ invalidation calls raise no inotify events (DESIGN.md §4). So a change made els
                      directory inode, DESIGN.md §3).
 
 The FUSE handlers (zkfs.fs) recognise the replay by the request context's pid, which is the
-worker thread's native id, and answer from `ReplayState` without touching the ensemble (for a
+worker thread's native id, and answer from `MountState.replay` without touching the ensemble (for a
 create, the lookup answers ENOENT first). Because the replay runs in a thread, the trio loop
 keeps serving those requests while the replay waits for them.
 
 Which changes: one persistent-recursive watch (addWatch) on the mount root; events on paths the
 kernel holds no inode for (neither the znode nor its directory) are dropped, so every inotify
 watch a user can set (it needs the inode) is covered. Servers without addWatch get re-armed
-one-shot watches (exists on every held path, getChildren on every held directory).
+one-shot watches (zkfs.watching, shared with `zkfs watch`: exists on every held path,
+getChildren on every held directory).
 
 The mount's own changes are not replayed (the kernel already reported them): each mutation
-registers the events it will cause (`expect`) and the follower consumes them (`_own`). Kernel
-caches are invalidated for every event, own or not.
+registers the events it will cause (`MountState.expect`) and the follower consumes them
+(`_own`). Kernel caches are invalidated for every event, own or not.
+
+The follower shares the mount's state (zkfs.mountstate: inodes, cached views, the coherence
+sequence, expected events, the replay in progress) with the handlers, and nothing else.
 
 After a reconnect (the session survived) and after a session expiry (the mount opens a new
 session), `resync` compares what the kernel holds with the tree and feeds the differences to
@@ -31,31 +35,25 @@ the same pipeline as events, so missed changes are reported too.
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import stat as st
 import threading
-import time
-from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
-import pyfuse3
 import trio
 
-from zkfs.client import ClientState, Op, WatchedEvent, ZkClient
-from zkfs.constants import CreateMode, EventType, OpCode, WatchMode
+from zkfs.client import ClientState, WatchedEvent, ZkClient
+from zkfs.constants import EventType, WatchMode
 from zkfs.errors import NoNodeError, UnimplementedError, ZkError
-from zkfs.inodes import Inode, Kind, base_name, join_path, parent_path
+from zkfs.inodes import Inode, Kind
 from zkfs.jute import Stat
+from zkfs.mountstate import DATA_NAME, MountState, ReplayState, fake_stat, inval_entry
+from zkfs.paths import base_name, join_path, parent_path
+from zkfs.watching import OneShotWatches
 
-if TYPE_CHECKING:
-    from zkfs.fs import ZkOperations
-
-__all__ = ["ChangeFollower", "ReplayState", "Change", "Expected", "expected_events",
-           "fake_stat"]
+__all__ = ["ChangeFollower", "Change"]
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +61,6 @@ CREATED = EventType.NODE_CREATED
 DELETED = EventType.NODE_DELETED
 CHANGED = EventType.NODE_DATA_CHANGED
 CHILDREN = EventType.NODE_CHILDREN_CHANGED
-
-#: How long an expected own event is remembered (a write whose event never came).
-_EXPECT_TTL = 60.0
-#: Events remembered to decide whether a fetched value may be cached (see `unchanged_since`).
-_RECENT = 4096
-
-
-def fake_stat(size: int = 0) -> Stat:
-    now = int(time.time() * 1000)
-    return Stat(0, 0, now, now, 0, 0, 0, 0, size, 0, 0)
 
 
 @dataclass
@@ -83,149 +71,31 @@ class Change:
     synthetic: bool = False
 
 
-@dataclass
-class ReplayState:
-    """What the replay thread's FUSE requests are answered with."""
-    tid: int = 0
-    #: path → (kind, stat, data) the replay shows, or None: "does not exist" (ENOENT).
-    entries: dict[str, tuple[Kind, Stat, bytes | None] | None] = field(default_factory=dict)
-    #: path → what the replayed mknod/mkdir creates (its lookup still answers ENOENT).
-    creates: dict[str, tuple[Kind, Stat, bytes | None]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Expected:
-    """An event one of this mount's own writes will cause (the kernel reported that change
-    already: it is not replayed)."""
-    type: EventType
-    path: str
-    #: A sequential create: the name gets ZooKeeper's 10-digit suffix (matched by prefix).
-    prefix: bool = False
-
-
-_CREATES = (OpCode.CREATE, OpCode.CREATE2, OpCode.CREATE_CONTAINER, OpCode.CREATE_TTL)
-
-
-def expected_events(ops: Iterable[Op]) -> list[Expected]:
-    """The events a successful write of `ops` (one request, or one multi) causes."""
-    out: list[Expected] = []
-    for op in ops:
-        if op.code in _CREATES:
-            out.append(Expected(CREATED, op.path, CreateMode(op.flags).is_sequential))
-        elif op.code is OpCode.DELETE:
-            out.append(Expected(DELETED, op.path))
-        elif op.code is OpCode.SET_DATA:
-            out.append(Expected(CHANGED, op.path))
-    return out
-
-
-class _Expectations:
-    """Events this mount's own writes will cause, keyed by (type, path)."""
-
-    def __init__(self) -> None:
-        self._exact: dict[tuple[EventType, str], deque[float]] = {}
-        #: Sequential creates: (parent, name prefix) → deadlines.
-        self._prefix: dict[tuple[str, str], deque[float]] = {}
-
-    def add(self, items: list[Expected]) -> None:
-        deadline = time.monotonic() + _EXPECT_TTL
-        for item in items:
-            kind, path, prefix = item.type, item.path, item.prefix
-            if prefix:
-                self._prefix.setdefault((parent_path(path), base_name(path)),
-                                        deque()).append(deadline)
-            else:
-                self._exact.setdefault((kind, path), deque()).append(deadline)
-
-    def remove(self, items: list[Expected]) -> None:
-        for item in items:
-            kind, path, prefix = item.type, item.path, item.prefix
-            table: dict[Any, deque[float]] = self._prefix if prefix else self._exact  # type: ignore[assignment]
-            key = (parent_path(path), base_name(path)) if prefix else (kind, path)
-            q = table.get(key)
-            if q:
-                q.pop()
-                if not q:
-                    del table[key]
-
-    def consume(self, kind: EventType, path: str) -> bool:
-        now = time.monotonic()
-        q = self._exact.get((kind, path))
-        while q and q[0] < now:
-            q.popleft()
-        if q:
-            q.popleft()
-            if not q:
-                del self._exact[(kind, path)]
-            return True
-        if kind is CREATED and path != "/":
-            name = base_name(path)
-            if len(name) >= 10 and name[-10:].isdigit():
-                key = (parent_path(path), name[:-10])
-                q = self._prefix.get(key)
-                while q and q[0] < now:
-                    q.popleft()
-                if q:
-                    q.popleft()
-                    if not q:
-                        del self._prefix[key]
-                    return True
-        return False
-
-
 class ChangeFollower:
-    """Watches the tree for the mount `ops` at `mountpoint` and replays what changed."""
+    """Watches the tree for the mount whose state is `state`, at `mountpoint`, and replays
+    what changed."""
 
-    def __init__(self, ops: ZkOperations, mountpoint: str, *, one_shot: bool = False,
+    def __init__(self, state: MountState, mountpoint: str, *, one_shot: bool = False,
                  replay: bool = True) -> None:
-        self.ops = ops
+        self.state = state
+        state.follow(self.track)
         self.mountpoint = mountpoint
         self.force_one_shot = one_shot
         #: False on a read-only mount: the VFS refuses the replay (EROFS); caches only.
         self.replay_enabled = replay
         self._send, self._receive = trio.open_memory_channel[Change](float("inf"))
-        self._expect = _Expectations()
-        self._seq = 0
-        self._recent: deque[tuple[int, str]] = deque(maxlen=_RECENT)
         self._zk: ZkClient | None = None
-        #: True while the watch is armed and the session connected: cached values are current.
-        self.coherent = False
         self.one_shot = False
-        # One-shot mode: what is armed, and the children each watched directory had.
+        # One-shot mode: what is armed, and the watches of this session.
         self._armed: set[str] = set()
-        self._kids: dict[str, set[str]] = {}
+        self._watches: OneShotWatches | None = None
         self._arm_send, self._arm_receive = trio.open_memory_channel[str](float("inf"))
         self._resync_needed = trio.Event()
         #: Number of changes fully processed (for tests/diagnostics).
         self.processed = 0
         self.replayed = 0
 
-    # ------------------------------------------------------------------ called by zkfs.fs
-
-    def expect(self, items: list[Expected]) -> None:
-        self._expect.add([i for i in items if not self.ops._reserved(i.path)])
-
-    def unexpect(self, items: list[Expected]) -> None:
-        self._expect.remove([i for i in items if not self.ops._reserved(i.path)])
-
-    @property
-    def seq(self) -> int:
-        return self._seq
-
-    def unchanged_since(self, seq: int, path: str) -> bool:
-        """No event that could change `path`'s stat or data arrived after `seq`."""
-        if not self.coherent:
-            return False
-        if seq == self._seq:
-            return True
-        if not self._recent or self._recent[0][0] > seq + 1:
-            return False  # forgotten: assume the worst
-        for s, p in reversed(self._recent):
-            if s <= seq:
-                break
-            if p == path or parent_path(p) == path:
-                return False
-        return True
+    # ---------------------------------------------------------- called through MountState
 
     def track(self, inode: Inode) -> None:
         """The kernel holds `inode` (one-shot mode arms watches for it)."""
@@ -238,7 +108,7 @@ class ChangeFollower:
     async def attach(self, zk: ZkClient, *, new_session: bool) -> None:
         """Start following through `zk` (the first session, or a new one after expiry)."""
         self._zk = zk
-        self.coherent = False
+        self.state.coherent = False
         zk.add_state_listener(self._on_state)
         self.one_shot = self.force_one_shot
         if not self.one_shot:
@@ -249,8 +119,8 @@ class ChangeFollower:
                 self.one_shot = True
         if self.one_shot:
             self._armed.clear()
-            self._kids.clear()
-            for inode in list(self.ops.inodes.all()):
+            self._watches = OneShotWatches(zk, self._on_event)
+            for inode in list(self.state.inodes.all()):
                 if inode.bound and inode.kind is not Kind.DATA:
                     self._armed.add(inode.path)
                     self._arm_send.send_nowait(inode.path)
@@ -258,14 +128,14 @@ class ChangeFollower:
             # Everything the kernel holds may be stale: diff it against the tree.
             self._resync_needed.set()
         else:
-            self.coherent = True
+            self.state.coherent = True
 
     def _on_state(self, state: ClientState) -> None:
         if state is ClientState.SUSPENDED:
             # Events may be missed until the reconnect: stop trusting cached values.
-            self.coherent = False
-            self.ops.drop_views()
-        elif state is ClientState.CONNECTED and self._zk is not None and not self.coherent:
+            self.state.coherent = False
+            self.state.drop_views()
+        elif state is ClientState.CONNECTED and self._zk is not None and not self.state.coherent:
             self._resync_needed.set()
 
     def _on_event(self, event: WatchedEvent) -> None:
@@ -280,24 +150,7 @@ class ChangeFollower:
         self._send.send_nowait(Change(event.type, path))
 
     def _note(self, path: str) -> None:
-        self._seq += 1
-        self._recent.append((self._seq, path))
-        if self.ops._reserved(path):
-            self.ops.drop_settings()  # a directory's settings (zkfs.meta) changed
-            return
-        # Cached values of the node and of its directory (child count, kind) are now suspect.
-        for p in (path, parent_path(path)):
-            for inode in self.ops.inodes.bound_at(p):
-                inode.view = None
-                inode.listed = False
-        # A child that changes kind shows in its directory's listing with a new inode number.
-        grand = self.ops.inodes.find(parent_path(parent_path(path)), Kind.DIR)
-        if grand is not None:
-            grand.listed = False
-        # The kernel's pages of the node are suspect until invalidated (`_inval_steps`): no
-        # open is served from them meanwhile (zkfs.fs `_new_handle`).
-        for inode in self.ops.inodes.bound_at(path):
-            inode.noted_seq = self._seq
+        self.state.note(path)
 
     # ------------------------------------------------------------------ tasks
 
@@ -326,7 +179,7 @@ class ChangeFollower:
                 continue
             try:
                 await self.resync(zk)
-                self.coherent = True
+                self.state.coherent = True
             except ZkError as exc:
                 log.info("resync failed (%r); will retry on the next reconnect", exc)
 
@@ -334,22 +187,22 @@ class ChangeFollower:
 
     async def _arm_loop(self) -> None:
         async for item in self._arm_receive:
-            zk = self._zk
-            if zk is None:
+            watches = self._watches
+            if watches is None:
                 continue
             try:
                 if item.startswith("\0"):
                     _, kind, path = item.split("\0", 2)
-                    await self._one_shot_event(zk, EventType(int(kind)), path)
+                    await self._one_shot_event(watches, EventType(int(kind)), path)
                 else:
-                    await self._arm(zk, item)
+                    await self._arm(watches, item)
             except ZkError as exc:
                 log.debug("one-shot watch on %s: %r", item, exc)
 
-    async def _arm(self, zk: ZkClient, path: str) -> None:
-        stat = await zk.exists(path, watch=self._on_event)
+    async def _arm(self, watches: OneShotWatches, path: str) -> None:
+        stat = await watches.arm(path, children=False)
         # Changed between the kernel's lookup and the arming: no event will say so.
-        for inode in self.ops.inodes.bound_at(path):
+        for inode in self.state.inodes.bound_at(path):
             known = inode.known_stat
             if inode.kind is not Kind.DATA and known is not None and stat is not None and (
                     stat.mzxid != known.mzxid or stat.num_children != known.num_children):
@@ -357,47 +210,38 @@ class ChangeFollower:
                 await self._send.send(Change(CHANGED, path, True))
                 break
         if stat is not None:
-            try:
-                kids = await zk.get_children(path, watch=self._on_event)
-            except NoNodeError:
-                return
-            self._kids[path] = set(kids)
+            await watches.arm_children(path)
 
-    async def _one_shot_event(self, zk: ZkClient, kind: EventType, path: str) -> None:
+    async def _one_shot_event(self, watches: OneShotWatches, kind: EventType,
+                              path: str) -> None:
         if kind is CHILDREN:
-            try:
-                kids = set(await zk.get_children(path, watch=self._on_event))
-            except NoNodeError:
-                kids = set()
-            old = self._kids.get(path, set())
-            self._kids[path] = kids
-            for name in sorted(old - kids):
-                await self._send.send(Change(DELETED, join_path(path, name)))
-            for name in sorted(kids - old):
-                child = join_path(path, name)
+            diff = await watches.children_changed(path)
+            for child in diff.removed:
+                await self._send.send(Change(DELETED, child))
+            for child in diff.added:
                 self._note(child)
                 await self._send.send(Change(CREATED, child))
             return
         if kind is DELETED:
-            self._kids.pop(path, None)
+            watches.forget(path)
             if path in self._armed:
                 self._armed.discard(path)
             return  # the parent's child event reports it
         if kind is CREATED:
             return  # likewise
         await self._send.send(Change(kind, path))
-        if path in self._armed or self.ops.inodes.bound_at(path):
-            await zk.exists(path, watch=self._on_event)
+        if path in self._armed or self.state.inodes.bound_at(path):
+            await watches.rearm(path)
 
     # ------------------------------------------------------------------ resync
 
     async def resync(self, zk: ZkClient) -> None:
         """Compare every znode the kernel holds with the tree; queue the differences."""
-        inodes = [i for i in self.ops.inodes.all() if i.bound and i.kind is not Kind.DATA]
+        inodes = [i for i in self.state.inodes.all() if i.bound and i.kind is not Kind.DATA]
         inodes.sort(key=lambda i: (i.path.count("/"), i.path))
         changes: list[Change] = []
         for inode in inodes:
-            if self.ops._reserved(inode.path):
+            if self.state.reserved(inode.path):
                 continue
             known = inode.known_stat
             stat = await zk.exists(inode.path)
@@ -415,7 +259,7 @@ class ChangeFollower:
                     continue
                 if inode.path == "/":
                     kids.discard(".zkfs")
-                held = {base_name(i.path) for i in self.ops.inodes.all()
+                held = {base_name(i.path) for i in self.state.inodes.all()
                         if i.bound and i.path != "/" and parent_path(i.path) == inode.path
                         and i.kind is not Kind.DATA}
                 before = (inode.children or set()) | held
@@ -423,7 +267,7 @@ class ChangeFollower:
                     changes.append(Change(CREATED, join_path(inode.path, name), True))
                 for name in sorted((inode.children or set()) - kids - held):
                     changes.append(Change(DELETED, join_path(inode.path, name), True))
-        self.ops.drop_views()
+        self.state.drop_views()
         for change in changes:
             log.info("resync: %s %s", change.type.name, change.path)
             self._note(change.path)
@@ -432,11 +276,11 @@ class ChangeFollower:
     # ------------------------------------------------------------------ handling one change
 
     def _own(self, change: Change) -> bool:
-        return not change.synthetic and self._expect.consume(change.type, change.path)
+        return not change.synthetic and self.state.own(change.type, change.path)
 
     async def _handle(self, change: Change) -> None:
         path = change.path
-        if self.ops._reserved(path):
+        if self.state.reserved(path):
             return
         own = self._own(change)
         replay = self.replay_enabled and not own
@@ -444,7 +288,7 @@ class ChangeFollower:
                   " (resync)" if change.synthetic else "")
         if not own:
             # Open handles learn it before anything else (their next write reports it).
-            self.ops.note_remote(path, change.type)
+            self.state.remote_change(path, change.type)
         if change.type is CHANGED:
             await self._changed(path, replay, own)
         elif change.type is CREATED:
@@ -453,38 +297,38 @@ class ChangeFollower:
             await self._deleted(path, replay, own)
 
     def _held_dir(self, path: str) -> Inode | None:
-        return self.ops.inodes.find(path, Kind.DIR)
+        return self.state.inodes.find(path, Kind.DIR)
 
     async def _get(self, path: str) -> tuple[Kind, Stat, bytes | None] | None:
         try:
-            data, stat = await self.ops.zk.get(path)
+            data, stat = await self._client().get(path)
         except NoNodeError:
             return None
         kind = Kind.DIR if (path == "/" or data is None or stat.num_children > 0) else Kind.FILE
         return kind, stat, data
 
     async def _fetch(self, path: str) -> tuple[Kind, Stat, bytes | None] | None:
-        seq = self._seq
+        seq = self.state.seq
         now = await self._get(path)
         if now is not None:
-            self.ops.store_view(path, now[0], now[1], now[2], seq)
+            self.state.store_view(path, now[0], now[1], now[2], seq)
         return now
 
     async def _changed(self, path: str, replay: bool, own: bool) -> None:
-        inodes = self.ops.inodes.bound_at(path)
+        inodes = self.state.inodes.bound_at(path)
         parent = self._held_dir(parent_path(path)) if path != "/" else None
         if not inodes and parent is None:
             return
-        if own and self.ops.inodes.find(path, Kind.DIR) is None:
+        if own and self.state.inodes.find(path, Kind.DIR) is None:
             # This mount's own write of a file: the kernel reported it, and the file cannot
             # have changed kind; only its pages and size are dropped.
-            await self._thread(self._inval_steps(inodes, data=True), None)
-            self.ops.notify_pollers(path)
+            await self._thread(self.state.inval_steps(inodes, data=True), None)
+            self.state.wake_pollers(path)
             return
         # The kernel drops the old pages and size while the new version is fetched, and
         # before it can be cached and told (a page of the old version must never sit next
         # to the new size).
-        seq = self._seq
+        seq = self.state.seq
         fetched: list[tuple[Kind, Stat, bytes | None] | None] = []
 
         async def fetch() -> None:
@@ -492,7 +336,7 @@ class ChangeFollower:
 
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._thread, self._inval_steps(inodes, data=True), None)
+                nursery.start_soon(self._thread, self.state.inval_steps(inodes, data=True), None)
                 nursery.start_soon(fetch)
         except BaseExceptionGroup as group:
             raise group.exceptions[0] from None
@@ -500,9 +344,9 @@ class ChangeFollower:
         if now is None:
             return  # deleted meanwhile: its delete event follows
         kind, stat, data = now
-        self.ops.store_view(path, kind, stat, data, seq)
-        file_inode = self.ops.inodes.find(path, Kind.FILE)
-        dir_inode = self.ops.inodes.find(path, Kind.DIR)
+        self.state.store_view(path, kind, stat, data, seq)
+        file_inode = self.state.inodes.find(path, Kind.FILE)
+        dir_inode = self.state.inodes.find(path, Kind.DIR)
         if (file_inode is not None and kind is Kind.DIR) or (
                 dir_inode is not None and kind is Kind.FILE and path != "/"):
             await self._kind_changed(path, kind, stat, data, replay)
@@ -510,9 +354,10 @@ class ChangeFollower:
         if kind is Kind.DIR:
             # A directory's own data: the `.data` pseudo-file and the directory's attributes.
             if dir_inode is not None:
-                await self._thread([lambda: _inval_entry(dir_inode.ino, b".data")], None)
+                await self._thread([lambda: inval_entry(dir_inode.ino, DATA_NAME.encode())],
+                                   None)
             return
-        self.ops.notify_pollers(path)
+        self.state.wake_pollers(path)
         state = ReplayState(entries={path: (Kind.FILE, stat, data)})
         steps: list[Callable[[], object]] = []
         if replay:
@@ -523,7 +368,7 @@ class ChangeFollower:
 
     async def _created(self, path: str, replay: bool, own: bool) -> None:
         parent_p = parent_path(path)
-        parent_file = self.ops.inodes.find(parent_p, Kind.FILE)
+        parent_file = self.state.inodes.find(parent_p, Kind.FILE)
         if parent_file is not None and parent_p != "/":
             # A file gained a child: it is a directory now.
             now = await self._fetch(parent_p)
@@ -545,22 +390,16 @@ class ChangeFollower:
             kind, stat, data = now
         # If the kernel already looked it up (after the create), its dentry is dropped first so
         # that the replayed create reports it; the inode number stays the same.
-        existing = self.ops.inodes.bound_at(path)
-        steps = self._inval_steps(existing, data=True)
-        steps.append(lambda: _inval_entry(parent.ino, name.encode()))
+        existing = self.state.inodes.bound_at(path)
+        steps = self.state.inval_steps(existing, data=True)
+        steps.append(lambda: inval_entry(parent.ino, name.encode()))
         state = ReplayState(entries={path: None})
         if replay:
             target = self._local(path)
 
             state.creates[path] = (kind, stat, data)
-
-            def create() -> None:
-                # The lookup before the create answers ENOENT; the create binds the inode.
-                if kind is Kind.DIR:
-                    os.mkdir(target)
-                else:
-                    os.mknod(target, st.S_IFREG | 0o644)
-            steps.append(create)
+            # The lookup before the create answers ENOENT; the create binds the inode.
+            steps.append(lambda: _make_node(target, kind))
             if kind is Kind.FILE:
                 # A file created with its content (the mount's `echo x > f` is one create):
                 # what a local create-and-write reports, IN_MODIFY and IN_CLOSE_WRITE.
@@ -574,9 +413,9 @@ class ChangeFollower:
         parent = self._held_dir(parent_p)
         if parent is not None and parent.children is not None:
             parent.children.discard(base_name(path))
-        inodes = [i for i in self.ops.inodes.bound_at(path) if i.kind is not Kind.DATA]
+        inodes = [i for i in self.state.inodes.bound_at(path) if i.kind is not Kind.DATA]
         if not own and (inodes or parent is not None):
-            self.ops.notify_pollers(path)
+            self.state.wake_pollers(path)
             kind = inodes[0].kind if inodes else Kind.FILE
             stat = inodes[0].known_stat if inodes and inodes[0].known_stat else fake_stat()
             state = ReplayState(entries={path: (kind, stat, None)})
@@ -588,13 +427,13 @@ class ChangeFollower:
                 steps = []
             await self._thread(steps, state)
             # Whatever the replay did not reach (no dentry in the kernel): detach it here.
-            gone = self.ops.inodes.unbind(path)
+            gone = self.state.inodes.unbind(path)
             if gone:
-                await self._thread(self._dentry_steps(gone), None)
+                await self._thread(self.state.dentry_steps(gone), None)
         # The directory may have become a file (data, and no children left).
         if parent is not None and parent_p != "/" and not own:
             try:
-                stat = await self.ops.zk.exists(parent_p)
+                stat = await self._client().exists(parent_p)
             except ZkError:
                 return
             if stat is not None and stat.num_children == 0 and stat.data_length > 0:
@@ -606,7 +445,7 @@ class ChangeFollower:
                             replay: bool) -> None:
         """`path` is now `kind`: report the old one deleted and the new one created."""
         old_kind = Kind.FILE if kind is Kind.DIR else Kind.DIR
-        old = self.ops.inodes.find(path, old_kind)
+        old = self.state.inodes.find(path, old_kind)
         parent = self._held_dir(parent_path(path))
         old_stat = (old.known_stat if old is not None and old.known_stat else fake_stat())
         state = ReplayState(entries={path: (old_kind, old_stat, None)})
@@ -618,58 +457,34 @@ class ChangeFollower:
 
             state.creates[path] = (kind, stat, data)
 
-            def create() -> None:
-                if kind is Kind.DIR:
-                    os.mkdir(target)
-                else:
-                    os.mknod(target, st.S_IFREG | 0o644)
-
             def forget_old() -> None:
                 state.entries[path] = None
-            steps += [forget_old, create]
+            steps += [forget_old, lambda: _make_node(target, kind)]
         await self._thread(steps, state)
-        gone = [i for i in self.ops.inodes.unbind(path, (old_kind,), subtree=True)]
+        gone = [i for i in self.state.inodes.unbind(path, (old_kind,), subtree=True)]
         if parent is not None and gone:
-            await self._thread(self._dentry_steps(gone), None)
+            await self._thread(self.state.dentry_steps(gone), None)
 
     # ------------------------------------------------------------------ thread work
 
+    def _client(self) -> ZkClient:
+        # The session now (a new one after an expiry: `attach` gave it).
+        assert self._zk is not None
+        return self._zk
+
     def _local(self, path: str) -> str:
         return self.mountpoint if path == "/" else self.mountpoint + path
-
-    def _inval_steps(self, inodes: list[Inode], *, data: bool) -> list[Callable[[], object]]:
-        steps: list[Callable[[], object]] = []
-        seq = self._seq
-        for inode in inodes:
-            def step(inode: Inode = inode) -> None:
-                inval_inode(inode.ino, attr_only=not data)
-                if data:
-                    inode.inval_seq = max(inode.inval_seq, seq)
-            steps.append(step)
-        return steps
-
-    def _dentry_steps(self, inodes: list[Inode]) -> list[Callable[[], object]]:
-        steps: list[Callable[[], object]] = []
-        for inode in inodes:
-            if inode.path == "/":
-                continue
-            parent = self.ops.inodes.find(parent_path(inode.path), Kind.DIR)
-            if parent is None:
-                continue
-            name = (b".data" if inode.kind is Kind.DATA else base_name(inode.path).encode())
-            steps.append(lambda p=parent.ino, n=name: _inval_entry(p, n))
-        return steps
 
     async def _thread(self, steps: list[Callable[[], object]],
                       state: ReplayState | None) -> None:
         if not steps:
             return
-        ops = self.ops
+        shared = self.state
 
         def work() -> None:
             if state is not None:
                 state.tid = threading.get_native_id()
-                ops.responder.state = state
+                shared.replay = state
             try:
                 for step in steps:
                     try:
@@ -678,24 +493,16 @@ class ChangeFollower:
                         log.debug("replay step failed: %r", exc)
             finally:
                 if state is not None:
-                    ops.responder.state = None
+                    shared.replay = None
         # Abandoned on cancel: at unmount a replay blocked in the VFS ends with ENOTCONN.
         await trio.to_thread.run_sync(work, abandon_on_cancel=True)
         if state is not None:
             self.replayed += 1
 
 
-def inval_inode(ino: int, attr_only: bool = False) -> None:
-    try:
-        pyfuse3.invalidate_inode(ino, attr_only)
-    except (FileNotFoundError, OSError) as exc:
-        if getattr(exc, "errno", None) not in (errno.ENOENT, None):
-            log.debug("invalidate_inode(%d): %r", ino, exc)
-
-
-def _inval_entry(parent: int, name: bytes) -> None:
-    try:
-        pyfuse3.invalidate_entry(parent, name)
-    except (FileNotFoundError, OSError) as exc:
-        if getattr(exc, "errno", None) not in (errno.ENOENT, None):
-            log.debug("invalidate_entry(%d, %r): %r", parent, name, exc)
+def _make_node(target: str, kind: Kind) -> None:
+    """The replayed create of a `kind` node at `target` (what raises IN_CREATE)."""
+    if kind is Kind.DIR:
+        os.mkdir(target)
+    else:
+        os.mknod(target, st.S_IFREG | 0o644)

@@ -63,8 +63,7 @@ from zkfs.errors import (
     UnimplementedError,
     ZkError,
 )
-from zkfs.events import expected_events, fake_stat, inval_inode
-from zkfs.inodes import NO_DATA, Inode, InodeTable, Kind, base_name, join_path, parent_path
+from zkfs.inodes import NO_DATA, Inode, Kind
 from zkfs.lock import LockMode
 from zkfs.meta import (
     LIFETIMES,
@@ -78,13 +77,20 @@ from zkfs.meta import (
 )
 from zkfs.mountlocks import FlockKey, MountLocks, PosixKey, fatal_signal_pending
 from zkfs.mountinfo import mounted_at
+from zkfs.mountstate import (
+    DATA_NAME,
+    MountState,
+    ReplayState,
+    expected_events,
+    fake_stat,
+    inval_inode,
+)
+from zkfs.paths import is_within, join_path, parent_path
 
 __all__ = ["DATA_NAME", "STALE_ERRNO", "MountConfig", "ZkOperations", "errno_for"]
 
 log = logging.getLogger(__name__)
 
-#: The pseudo-file showing a directory znode's own data.
-DATA_NAME = ".data"
 #: What close()/fsync() return when the znode changed since it was read (BadVersion) or vanished.
 STALE_ERRNO = errno.ESTALE
 NAME_MAX = 255
@@ -319,7 +325,7 @@ class Probe:
     kind: Kind
     #: The data if it had to be fetched (only for empty, childless znodes), else None.
     data: bytes | None = None
-    #: The follower's event count when the probe started (see ChangeFollower.unchanged_since).
+    #: The follower's event count when the probe started (see MountState.unchanged_since).
     seq: int = -1
     #: Whether `data` is the znode's data (else: not fetched).
     has_data: bool = False
@@ -351,15 +357,13 @@ class ReplayResponder:
 
     def __init__(self, ops: ZkOperations) -> None:
         self.ops = ops
-        #: The replay in progress, set by the replay thread (None: none).
-        self.state: Any = None
         self._fhs: set[int] = set()
 
     def owns(self, fh: int | None, ctx: pyfuse3.RequestContext | None) -> bool:
         """Whether the request (on handle `fh`, or from `ctx`) is the replay's."""
         if fh is not None:
             return fh in self._fhs
-        r = self.state
+        r = self.ops.state.replay
         return r is not None and ctx is not None and ctx.pid == r.tid
 
     def _path(self, parent_inode: int, name: bytes) -> str:
@@ -373,7 +377,12 @@ class ReplayResponder:
     def _shown(self, path: str) -> tuple[Kind, Stat, Any] | None | bool:
         """What the replay shows at `path`: (kind, stat, data), None (absent), or False
         (the replay says nothing about it)."""
-        return self.state.entries.get(path, False)
+        return self._replay().entries.get(path, False)
+
+    def _replay(self) -> ReplayState:
+        replay = self.ops.state.replay
+        assert replay is not None  # owns() said the request is the replay's
+        return replay
 
     def _attr(self, node: Inode) -> pyfuse3.EntryAttributes:
         entry = self._shown(node.path)
@@ -384,11 +393,11 @@ class ReplayResponder:
         return self.ops._attr(node, fake_stat())
 
     def _create(self, path: str) -> pyfuse3.EntryAttributes:
-        made = self.state.creates.get(path)
+        made = self._replay().creates.get(path)
         if made is None:
             raise _fail(errno.EEXIST)
         kind, stat, _ = made
-        self.state.entries[path] = made  # later lookups of the replay find it
+        self._replay().entries[path] = made  # later lookups of the replay find it
         return self.ops._entry(path, kind, stat)
 
     def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
@@ -464,13 +473,15 @@ class ZkOperations(pyfuse3.Operations):
         super().__init__()
         self.zk = zk
         self.cfg = config
-        self.inodes = InodeTable()
+        #: Inodes, cached views, coherence, expected own events (zkfs.mountstate), shared
+        #: with the change follower; `inodes` is short for its inode table.
+        self.state = MountState()
+        self.state.handles = self
+        self.inodes = self.state.inodes
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
         self._open_lifetime: dict[str, OpenLifetime] = {}
-        #: zkfs.events.ChangeFollower, set by the mount; None: no following (plain caches).
-        self.follower: Any = None
         #: Answers the requests of the follower's replay (see ReplayResponder).
         self.responder = ReplayResponder(self)
         # At the ensemble root (no chroot) /zookeeper is ZooKeeper's own reserved subtree.
@@ -486,8 +497,6 @@ class ZkOperations(pyfuse3.Operations):
         self._hidden_logged: set[str] = set()
         #: Last znode count for statfs (answered from it while the ensemble is away).
         self._znodes = 1
-        #: Settings znode path → DirSettings (see `_settings`).
-        self._settings_cache: dict[str, DirSettings] = {}
         #: Path a lookup found absent → (when, the directory's ACL and Stat as read with it):
         #: the O_CREAT open that follows uses it (see `_create_deferred`).
         self._parent_acls: dict[str, tuple[float, tuple[list[Any], Stat]]] = {}
@@ -526,7 +535,7 @@ class ZkOperations(pyfuse3.Operations):
         while True:
             if self.zk.state.is_terminal:
                 # After an expiry the mount opens a new session (zkfs.mount): wait for it.
-                if self.follower is None or self.zk.state.name == "CLOSED":
+                if not self.state.following or self.zk.state.name == "CLOSED":
                     raise _fail(errno.EIO)
                 with trio.move_on_at(deadline):
                     while self.zk.state.is_terminal:
@@ -560,9 +569,7 @@ class ZkOperations(pyfuse3.Operations):
 
     def _reserved(self, path: str) -> bool:
         """Paths the mount never shows or creates."""
-        if path == META_ROOT or path.startswith(META_ROOT + "/"):
-            return True
-        return False
+        return self.state.reserved(path)
 
     def _check_create(self, parent: Inode, name: bytes, *, data_ok: bool = False
                       ) -> tuple[str, str]:
@@ -579,52 +586,39 @@ class ZkOperations(pyfuse3.Operations):
     # ------------------------------------------------------------------ change following
 
     def _coherent(self) -> bool:
-        return self.follower is not None and self.follower.coherent
+        return self.state.coherent
 
     def _seq(self) -> int:
-        return self.follower.seq if self.follower is not None else -1
+        return self.state.seq
 
-    def drop_views(self) -> None:
-        for inode in self.inodes.all():
-            inode.view = None
-            inode.listed = False
-        self._settings_cache.clear()
-
-    def store_view(self, path: str, kind: Kind, stat: Stat, data: Any, seq: int) -> None:
-        """Cache what a read at event count `seq` returned, unless an event overtook it."""
-        inode = self.inodes.find(path, kind)
-        if inode is None or not inode.bound or self.follower is None:
-            return
-        if self.follower.unchanged_since(seq, path):
-            inode.view = (stat, data)
+    def new_session(self, zk: ZkClient) -> None:
+        """The mount goes on with `zk` after its session expired (zkfs.mount): files that
+        lived for the old session's open files, and its locks, went with it."""
+        self.zk = zk
+        self._open_lifetime.clear()
+        self.locks.forget_all()
 
     def _cached_probe(self, path: str) -> Probe | None:
-        if not self._coherent():
+        view = self.state.view(path)
+        if view is None:
             return None
-        for kind in (Kind.FILE, Kind.DIR):
-            inode = self.inodes.find(path, kind)
-            if inode is not None and inode.view is not None:
-                stat, data = inode.view
-                if data is NO_DATA:
-                    return Probe(stat, kind)
-                return Probe(stat, kind, data, has_data=True)
-        return None
+        if view.data is NO_DATA:
+            return Probe(view.stat, view.kind)
+        return Probe(view.stat, view.kind, view.data, has_data=True)
 
     async def _write(self, *ops: Op) -> Any:
         """Send `ops` to the ensemble: one op as its own request (a create returns (path,
         Stat)), several as one multi transaction. The events they will cause are derived
-        from the ops themselves (zkfs.events.expected_events) and announced to the follower
+        from the ops themselves (zkfs.mountstate.expected_events) and announced to the follower
         first, so that it does not replay this mount's own changes."""
         expected = expected_events(ops)
-        if self.follower is not None:
-            self.follower.expect(expected)
+        self.state.expect(expected)
         try:
             if len(ops) > 1:
                 return await self._zk(self._send_multi, list(ops))
             return await self._zk(self._send, ops[0])
         except BaseException:
-            if self.follower is not None:
-                self.follower.unexpect(expected)
+            self.state.unexpect(expected)
             raise
 
     async def _send_multi(self, ops: list[Op]) -> list[Any]:
@@ -651,8 +645,7 @@ class ZkOperations(pyfuse3.Operations):
         the new one is told to drop them (keep_cache off, see `_new_handle`). Attributes
         only touch no page or lock, so this is safe inside the request, with no thread hop;
         the follower drops the pages when the event arrives."""
-        inode.view = None
-        inval_inode(inode.ino, attr_only=True)
+        self.state.drop_attrs(inode)
 
     def notify_pollers(self, path: str) -> None:
         for f in list(self._files.values()):
@@ -676,7 +669,7 @@ class ZkOperations(pyfuse3.Operations):
             if probe is not None:
                 return probe
         seq = self._seq()
-        if cached and with_data and path != "/" and self.follower is not None:
+        if cached and with_data and path != "/" and self.state.following:
             # Data and stat together: the kernel's page cache and size must agree.
             try:
                 data, stat = await self._zk(self.zk.get, path)
@@ -762,22 +755,10 @@ class ZkOperations(pyfuse3.Operations):
         inode.known_stat = stat
         return a
 
-    def _invalidate(self, inodes: list[Inode]) -> None:
-        """Make the kernel drop its dentries for inodes we no longer map to their path."""
-        for old in inodes:
-            if old.path == "/":
-                continue
-            parent = self.inodes.find(parent_path(old.path), Kind.DIR)
-            name = DATA_NAME if old.kind is Kind.DATA else base_name(old.path)
-            if parent is not None:
-                # Async: we may be inside a request holding the directory's lock.
-                pyfuse3.invalidate_entry_async(parent.ino, name.encode(), ignore_enoent=True)
-
     def _entry(self, path: str, kind: Kind, stat: Stat, probe: Probe | None = None,
                acl_mode: tuple[int, int] | None = None) -> pyfuse3.EntryAttributes:
         """Bind `path` to an inode, count the kernel's new reference, return its attributes."""
-        inode, displaced = self.inodes.bind(path, kind)
-        self._invalidate(displaced)
+        inode = self.state.bind(path, kind)
         self.inodes.incref(inode)
         if acl_mode is not None:
             inode.acl_mode = acl_mode
@@ -785,33 +766,30 @@ class ZkOperations(pyfuse3.Operations):
         return self._attr(inode, stat)
 
     def _remember(self, inode: Inode, probe: Probe | None) -> None:
-        if self.follower is None:
+        if not self.state.following:
             return
-        self.follower.track(inode)
+        self.state.bound(inode)
         if probe is not None and probe.seq >= 0 and inode.kind is not Kind.DATA:
-            self.store_view(inode.path, inode.kind, probe.stat,
+            self.state.store_view(inode.path, inode.kind, probe.stat,
                             probe.data if probe.has_data else NO_DATA, probe.seq)
 
     # ------------------------------------------------------------------ directory settings
 
     async def _settings(self, dir_path: str) -> DirSettings:
         """The directory's settings; kept while the follower keeps them coherent (events of
-        the settings' side tree drop them, see `drop_settings`)."""
+        the settings' side tree drop them, see MountState.note)."""
         mp = meta_path(dir_path)
-        if self._coherent() and mp in self._settings_cache:
-            return self._settings_cache[mp]
+        cached = self.state.settings(mp)
+        if cached is not None:
+            return cached
         seq = self._seq()
         try:
             data, _ = await self._zk(self.zk.get, mp)
         except NoNodeError:
             data = None
         settings = decode_settings(data)
-        if self.follower is not None and self.follower.unchanged_since(seq, mp):
-            self._settings_cache[mp] = settings
+        self.state.store_settings(mp, settings, seq)
         return settings
-
-    def drop_settings(self) -> None:
-        self._settings_cache.clear()
 
     async def _effective(self, dir_path: str) -> tuple[str, bool]:
         s = await self._settings(dir_path)
@@ -820,7 +798,7 @@ class ZkOperations(pyfuse3.Operations):
 
     async def _store_settings(self, dir_path: str, change: dict[str, Any]) -> None:
         mp = meta_path(dir_path)
-        self._settings_cache.pop(mp, None)
+        self.state.forget_settings(mp)
         for _ in range(10):
             try:
                 data, stat = await self._zk(self.zk.get, mp)
@@ -941,8 +919,7 @@ class ZkOperations(pyfuse3.Operations):
                 # fstat on an open file deleted elsewhere, or not created yet (its size is
                 # what was written so far).
                 return self._attr(node, node.known_stat)
-            self.inodes.unbind(node.path, (node.kind,), subtree=False)
-            self._invalidate([node])
+            self.state.detach_inode(node)
             raise _fail(errno.ENOENT)
         if node.kind is Kind.DATA:
             if probe.kind is not Kind.DIR or probe.stat.data_length == 0:
@@ -951,8 +928,7 @@ class ZkOperations(pyfuse3.Operations):
         if node.ino != pyfuse3.ROOT_INODE and probe.kind is not node.kind:
             # The znode changed kind (a file gained a child): it has a new inode now. ESTALE
             # makes the VFS look the path up again, which finds that new inode.
-            self.inodes.unbind(node.path, (node.kind,), subtree=False)
-            self._invalidate([node])
+            self.state.detach_inode(node)
             raise _fail(errno.ESTALE)
         self._remember(node, probe)
         acl_mode = await self._acl_mode(node.path, node.kind, probe.stat, node.acl_mode)
@@ -1106,8 +1082,7 @@ class ZkOperations(pyfuse3.Operations):
         if start_id >= len(handle.entries):
             # The kernel read the whole listing (and cached it): later opens may keep it, unless
             # an event about the directory's children came since it was read.
-            if self.follower is not None and handle.seq >= 0 and \
-                    self.follower.unchanged_since(handle.seq, handle.inode.path):
+            if handle.seq >= 0 and self.state.unchanged_since(handle.seq, handle.inode.path):
                 handle.inode.listed = True
             return
         for i in range(start_id, len(handle.entries)):
@@ -1118,8 +1093,7 @@ class ZkOperations(pyfuse3.Operations):
                                              self._dot_attr(inode, stat), i + 1):
                     return
                 continue
-            inode, displaced = self.inodes.bind(path, kind)
-            self._invalidate(displaced)
+            inode = self.state.bind(path, kind)
             if not pyfuse3.readdir_reply(token, name.encode(), self._attr(inode, stat), i + 1):
                 self.inodes.forget(inode.ino, 0)  # drop it again if nobody references it
                 return
@@ -1149,14 +1123,20 @@ class ZkOperations(pyfuse3.Operations):
         _, stat = await self._write(Op.create(path, None, acl=self.cfg.create_acl))
         return self._entry(path, Kind.DIR, stat)
 
-    @_translate
-    @_replayed
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def _removal(self, parent_inode: int, name: bytes
+                       ) -> tuple[Inode, str, Probe | None]:
+        """The directory, path and znode (None: absent) an rmdir or unlink of `name` removes,
+        once it may be removed at all (a writable mount, a path the mount shows)."""
         parent = self._inode(parent_inode)
         self._writable()
         path = join_path(parent.path, check_name(name))
         self._check_reserved_write(path)
-        probe = await self._probe(path)
+        return parent, path, await self._probe(path)
+
+    @_translate
+    @_replayed
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        _, path, probe = await self._removal(parent_inode, name)
         if probe is None:
             raise _fail(errno.ENOENT)
         if probe.kind is not Kind.DIR:
@@ -1167,7 +1147,7 @@ class ZkOperations(pyfuse3.Operations):
         if await self._zk(self.zk.exists, meta_path(path)) is not None:
             ops.append(Op.delete(meta_path(path)))
         await self._write(*ops)
-        self._invalidate(self.inodes.unbind(path))
+        self.state.detach(path)
 
     # ------------------------------------------------------------------ files
 
@@ -1351,11 +1331,10 @@ class ZkOperations(pyfuse3.Operations):
             except NoNodeError:
                 raise _fail(errno.ENOENT) from None
             kind = Kind.DIR if (data is None or stat.num_children > 0) else Kind.FILE
-            self.store_view(node.path, kind, stat, data, seq)
+            self.state.store_view(node.path, kind, stat, data, seq)
         if node.kind is Kind.FILE and (data is None or stat.num_children > 0):
             # Became a directory: ESTALE makes the VFS look it up again (and find a directory).
-            self.inodes.unbind(node.path, (Kind.FILE,), subtree=False)
-            self._invalidate([node])
+            self.state.detach_inode(node)
             raise _fail(errno.ESTALE)
         if node.kind is Kind.DATA and not data and not writing:
             raise _fail(errno.ENOENT)
@@ -1650,7 +1629,7 @@ class ZkOperations(pyfuse3.Operations):
         except (NoNodeError, BadVersionError, NotEmptyError):
             return
         self._open_lifetime.pop(f.path, None)
-        self._invalidate(self.inodes.unbind(f.path, (Kind.FILE,), subtree=False))
+        self.state.detach(f.path, (Kind.FILE,), subtree=False)
 
     async def _commit_append(self, f: OpenFile) -> Stat:
         """O_APPEND: the bytes written through `f` since its last commit go after whatever the
@@ -1732,16 +1711,12 @@ class ZkOperations(pyfuse3.Operations):
                     await self._write(Op.delete(f.path))
                 except NoNodeError:
                     pass
-                self._invalidate(self.inodes.unbind(f.path, (Kind.FILE,), subtree=False))
+                self.state.detach(f.path, (Kind.FILE,), subtree=False)
 
     @_translate
     @_replayed
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        parent = self._inode(parent_inode)
-        self._writable()
-        path = join_path(parent.path, check_name(name))
-        self._check_reserved_write(path)
-        probe = await self._probe(path)
+        parent, path, probe = await self._removal(parent_inode, name)
         if probe is None:
             if name == DATA_NAME.encode():
                 # Removing the pseudo-file makes the directory's data null again.
@@ -1879,10 +1854,10 @@ class ZkOperations(pyfuse3.Operations):
             keys = []
         for key in keys:
             dpath = meta_key_path(key)
-            if dpath == old or dpath.startswith(old + "/"):
-                mdata, mstat = await self._zk(self.zk.get, f"{META_ROOT}/{key}")
+            if is_within(dpath, old):
+                mdata, mstat = await self._zk(self.zk.get, join_path(META_ROOT, key))
                 ops.append(Op.create(meta_path(new + dpath[len(old):]), mdata))
-                ops.append(Op.delete(f"{META_ROOT}/{key}", mstat.version))
+                ops.append(Op.delete(join_path(META_ROOT, key), mstat.version))
         await self._write(*ops)
 
     # ------------------------------------------------------------------ extended attributes

@@ -18,7 +18,9 @@ from typing import Any
 
 import pyfuse3
 
-__all__ = ["Kind", "Inode", "InodeTable", "parent_path", "join_path", "base_name", "NO_DATA"]
+from zkfs.paths import is_within
+
+__all__ = ["Kind", "Inode", "InodeTable", "NO_DATA"]
 
 #: `Inode.view` data when only the Stat is known.
 NO_DATA = object()
@@ -44,7 +46,7 @@ class Inode:
     last_attr: pyfuse3.EntryAttributes | None = field(default=None, repr=False)
     #: The znode's Stat as last handed to the kernel (resync compares it with the tree).
     known_stat: Any = field(default=None, repr=False)
-    #: Cached (stat, data) while the mount follows changes coherently (zkfs.events); data is
+    #: Cached (stat, data) while the mount follows changes coherently (zkfs.mountstate); data is
     #: NO_DATA when only the stat is known. Dropped on every event touching the path.
     view: tuple[Any, Any] | None = field(default=None, repr=False)
     #: While page-cache handles are open (`pins` of them): the Stat of the version they read.
@@ -65,18 +67,6 @@ class Inode:
     #: (aversion, permission bits the mount's identities may have by the znode's ACL): what
     #: `ls -l` shows. None: not known yet (the configured modes are shown).
     acl_mode: tuple[int, int] | None = field(default=None, repr=False)
-
-
-def parent_path(path: str) -> str:
-    return path.rsplit("/", 1)[0] or "/"
-
-
-def base_name(path: str) -> str:
-    return path.rsplit("/", 1)[1]
-
-
-def join_path(parent: str, name: str) -> str:
-    return "/" + name if parent == "/" else f"{parent}/{name}"
 
 
 class InodeTable:
@@ -151,7 +141,7 @@ class InodeTable:
         """The znode at `path` is gone: detach its inodes (and, if `subtree`, its descendants')."""
         gone = [i for (p, k), i in list(self._by_key.items())
                 if i.ino != pyfuse3.ROOT_INODE and (
-                    (p == path and k in kinds) or (subtree and p.startswith(path + "/")))]
+                    (p == path and k in kinds) or (subtree and p != path and is_within(p, path)))]
         for inode in gone:
             self._unbind_one(inode)
         return gone
@@ -160,7 +150,7 @@ class InodeTable:
         """Move the bindings of `old` and everything below it to `new`."""
         self.unbind(new)
         moved = [i for (p, _), i in list(self._by_key.items())
-                 if p == old or p.startswith(old + "/")]
+                 if is_within(p, old)]
         for inode in moved:
             del self._by_key[(inode.path, inode.kind)]
         for inode in moved:

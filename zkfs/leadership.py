@@ -30,6 +30,7 @@ import trio
 
 from zkfs.client import ClientState, WatchedEvent, ZkClient
 from zkfs.errors import ConnectionLossError, NodeExistsError, NoNodeError, ZkError
+from zkfs.paths import ancestors, base_name, join_path
 
 __all__ = ["Contender", "Candidacy", "Lease", "Registration", "contenders", "leader",
            "ensure_path", "LOCK_MARK", "PARTY_MARK", "TERM_FRACTION", "KILL_FRACTION",
@@ -69,10 +70,8 @@ def _parse(children: list[str]) -> list[tuple[int, str]]:
 async def ensure_path(zk: ZkClient, path: str) -> None:
     """Create `path` and its missing ancestors as persistent nodes with null data (directories
     for the mount); nodes that exist are left alone."""
-    parts = [p for p in path.split("/") if p]
-    current = ""
-    for part in parts:
-        current += "/" + part
+    path = path.rstrip("/") or "/"  # as typed on a command line
+    for current in ancestors(path) + ([path] if path != "/" else []):
         if await zk.exists(current) is None:
             try:
                 await zk.create(current, None)
@@ -89,7 +88,7 @@ async def contenders(zk: ZkClient, path: str) -> list[Contender]:
     result = []
     for sequence, node in _parse(children):
         try:
-            data, _stat = await zk.get(f"{path.rstrip('/')}/{node}")
+            data, _stat = await zk.get(join_path(path, node))
         except NoNodeError:
             continue  # gone meanwhile
         result.append(Contender(node, sequence, (data or b"").decode("utf-8", "replace")))
@@ -129,16 +128,16 @@ class Candidacy:
     @property
     def node_path(self) -> str:
         assert self.node is not None
-        return f"{self.path.rstrip('/')}/{self.node}"
+        return join_path(self.path, self.node)
 
     async def join(self) -> str:
         """Create our candidate node; returns its full path."""
         await ensure_path(self.zk, self.path)
         data = self.identifier.encode("utf-8")
         try:
-            created = await self.zk.create(f"{self.path.rstrip('/')}/{self.prefix}", data,
+            created = await self.zk.create(join_path(self.path, self.prefix), data,
                                            ephemeral=True, sequential=True)
-            self.node = created.rsplit("/", 1)[1]
+            self.node = base_name(created)
         except ConnectionLossError:
             # The create may have been applied: look for our prefix before trying again.
             children = await self.zk.get_children(self.path)
@@ -271,7 +270,7 @@ class Registration:
         self.directory = directory.rstrip("/") or "/"
         self.name = uuid.uuid4().hex + PARTY_MARK if party else name
         self.data = data
-        self.node_path = f"{self.directory.rstrip('/')}/{self.name}"
+        self.node_path = join_path(self.directory, self.name)
 
     async def join(self, on_wait: Callable[[int], None] | None = None) -> str:
         """Create the member node. If an ephemeral node of that name is still there from an

@@ -33,6 +33,7 @@ from zkfs.client import ClientState, WatchedEvent, ZkClient
 from zkfs.errors import ConnectionLossError, NoNodeError
 from zkfs.leadership import LOCK_MARK, ensure_path
 from zkfs.meta import META_ROOT
+from zkfs.paths import base_name, join_path
 
 __all__ = ["LOCKS_ROOT", "LockMode", "Contender", "ZkLock", "lock_dir", "contenders",
            "holders"]
@@ -127,7 +128,7 @@ class ZkLock:
 
     @property
     def path(self) -> str | None:
-        return None if self.node is None else f"{self.directory}/{self.node}"
+        return None if self.node is None else join_path(self.directory, self.node)
 
     async def _create(self) -> None:
         base = f"{self.directory}/{self._prefix}{self.mode.value}"
@@ -144,8 +145,8 @@ class ZkLock:
                         if c.prefix == self._prefix]
                 if not mine:
                     raise
-                created = f"{self.directory}/{mine[0].name}"
-            self.node = created.rsplit("/", 1)[1]
+                created = join_path(self.directory, mine[0].name)
+            self.node = base_name(created)
             return
         raise NoNodeError(path=self.directory)
 
@@ -191,7 +192,7 @@ class ZkLock:
                     # No watch fires any more: look again (and find our node gone).
                     if state.is_terminal:
                         gone.set()
-                stat = await self._call(self.zk.exists, f"{self.directory}/{ahead[-1].name}",
+                stat = await self._call(self.zk.exists, join_path(self.directory, ahead[-1].name),
                                         watch=wake)
                 if stat is None:
                     continue
@@ -215,7 +216,7 @@ class ZkLock:
 
     async def _delete(self, name: str) -> None:
         try:
-            await self._call(self.zk.delete, f"{self.directory}/{name}")
+            await self._call(self.zk.delete, join_path(self.directory, name))
         except NoNodeError:
             pass
 

@@ -282,14 +282,12 @@ async def _serve(servers: str, mountpoint: str, cfg: MountConfig, session_timeou
             ops = ZkOperations(zk, cfg)
             follower: ChangeFollower | None = None
             if cfg.follow != "none":
-                follower = ChangeFollower(ops, mountpoint, one_shot=cfg.follow == "oneshot",
+                follower = ChangeFollower(ops.state, mountpoint,
+                                          one_shot=cfg.follow == "oneshot",
                                           replay=not cfg.read_only)
-                ops.follower = follower
 
                 async def on_new(new_zk: ZkClient) -> None:
-                    ops.zk = new_zk
-                    ops._open_lifetime.clear()  # those files went with the old session
-                    ops.locks.forget_all()  # and so did its locks
+                    ops.new_session(new_zk)
                     await follower.attach(new_zk, new_session=True)
                 sessions.on_new = on_new
             try:
