@@ -29,6 +29,8 @@ from helpers import (  # noqa: E402
     kazoo_client,
 )
 
+from bench.driver import Session  # noqa: E402
+
 __all__ = [
     "Unavailable", "Shape", "ZkfsdStandalone", "ZooKeeperStandalone", "ZkfsdEnsemble",
     "ZooKeeperEnsemble", "mntr", "free_port", "kazoo_client", "four_letter_word",
@@ -52,6 +54,14 @@ def mntr(host: str, port: int, timeout: float = 3.0) -> dict[str, str]:
         if value:
             out[key.strip()] = value.strip()
     return out
+
+
+def _accepts_session(host: str, port: int) -> bool:
+    try:
+        with Session(host, port, timeout_ms=4000):
+            return True
+    except (OSError, ConnectionError, ValueError):
+        return False
 
 
 def _state(host: str, port: int) -> str:
@@ -202,7 +212,12 @@ class _Ensemble(Shape):
 
     def formed(self) -> bool:
         states = [_state(m.host, m.port) for m in self.live_members()]
-        return states.count("leader") == 1 and states.count("follower") == len(states) - 1
+        if states.count("leader") != 1 or states.count("follower") != len(states) - 1:
+            return False
+        # A member may say "follower" before it serves clients (a zkfsd follower opens
+        # sessions once the leader has acknowledged its session report): a cell's first
+        # session must not meet a refusal, so every member must open one first.
+        return all(_accepts_session(m.host, m.port) for m in self.live_members())
 
     def wait_formed(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

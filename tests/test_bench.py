@@ -39,7 +39,8 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
                      "failure detection, ensemble", "memory and scale"):
         assert expected in sections, (expected, sorted(sections))
     assert any(s.startswith("mount") for s in sections), sorted(sections)
-    assert "errors" not in sections, [r for r in rows if r["section"] == "errors"]
+    assert "errors" not in sections, [(r["metric"], r["note"]) for r in rows
+                                      if r["section"] == "errors"]
     for r in rows:
         # Every row is either measured (on at least one side) or says why not.
         assert r["a"] or r["b"] or r["note"], r
