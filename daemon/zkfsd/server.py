@@ -43,7 +43,7 @@ from zkfsd.consensus import Entry, ReadyDriver, Snapshot, make_zxid
 from zkfsd.peers import PeerTransport
 from zkfsd.raft import ConfChangeRefused, Message, RaftNode, is_urgent
 from zkfsd.sessions import ReportAck, SessionIdGenerator, SessionKeeper, SessionReport, new_password
-from zkfsd.storage import Storage
+from zkfsd.storage import PREALLOCATE, Storage
 from zkfsd.tree import ApplyResult, DataTree
 from zkfsd.watches import WatchManager
 
@@ -138,7 +138,7 @@ class ZkServer:
             if len(config.servers) > 1 else None)
         self._conf_index = -1  # the core's conf_index when the membership was last adopted
         self._nursery: trio.Nursery | None = None
-        self.storage = Storage(config.data_dir, config.data_log_dir)
+        self.storage = Storage(config.data_dir, config.data_log_dir, preallocate=PREALLOCATE)
         self._rebuild_marker = Path(config.data_dir) / "REBUILDING"
         self.tree = DataTree()
         self.watches = WatchManager()
