@@ -160,6 +160,10 @@ class ZkServer:
         # arrived in one scheduling round in one frame (the leader proposes them together).
         self._forwards: list[txns.Txn] = []
         self._next_seq = 0
+        # The transactions this member proposed as leader, by the identity of their encoding
+        # (the log entry's data is that very object): applying them needs no decoding. Entries
+        # that never commit here are forgotten when the leader changes.
+        self._own_txns: dict[int, tuple[bytes, txns.Txn]] = {}
         # Sequence numbers restart with every process run, and a member catching up applies
         # entries its earlier runs proposed: a random id per run in txn.origin keeps such an
         # entry from completing a new proposal that happens to have the same number.
@@ -450,7 +454,10 @@ class ZkServer:
             return True
         if self.core.is_leader:
             # The leader's clock is the transaction's time on every member (mtime, ctime).
-            self.core.propose(txns.encode(txn.stamped(int(time.time() * 1000))))
+            txn = txn.stamped(int(time.time() * 1000))
+            data = txns.encode(txn)
+            self.core.propose(data)
+            self._own_txns[id(data)] = (data, txn)
             self._kick()
             return True
         if self.core.leader_id and self.transport is not None:
@@ -659,8 +666,9 @@ class ZkServer:
             # A new leader's empty entry: it only opens its term (ZooKeeper's new epoch).
             self.tree.last_zxid = max(self.tree.last_zxid, zxid)
             return
+        own = self._own_txns.pop(id(data), None)
         try:
-            txn = txns.decode(data)
+            txn = own[1] if own is not None and own[0] is data else txns.decode(data)
         except txns.TxnDecodeError as exc:
             raise LogEntryError(f"committed log entry {index} (zxid 0x{zxid:x}) cannot be read: "
                                 f"{exc}; was it written by a newer zkfsd?") from None
@@ -697,6 +705,7 @@ class ZkServer:
         if leader == self._leader:
             return
         previous, self._leader = self._leader, leader
+        self._own_txns.clear()
         log.info("member %d: leader is now %s (term %d, was %s)", self.member_id,
                  leader or "unknown", self.core.term, previous or "unknown")
         if previous:
