@@ -447,7 +447,7 @@ def test_kill_9_keeps_every_synced_entry(tmp_path: Path, preallocate: int) -> No
     assert len(acked) > 0
 
 
-# -- preallocated segments (what the server uses) ---------------------------------------------------
+# -- preallocated segments (what the server uses) ----------------------------------------------
 
 def _records_end(path: Path) -> int:
     """Offset where the records of a segment end (what follows may only be zeros)."""

@@ -140,6 +140,9 @@ class ZkServer:
         self._nursery: trio.Nursery | None = None
         self.storage = Storage(config.data_dir, config.data_log_dir, preallocate=PREALLOCATE)
         self._rebuild_marker = Path(config.data_dir) / "REBUILDING"
+        # Whether the marker may exist: the log loop looks for the file only then, not with a
+        # stat(2) per Ready.
+        self._rebuild_marker_maybe = True
         self.tree = DataTree()
         self.watches = WatchManager()
         self.stats = Stats()
@@ -297,6 +300,7 @@ class ZkServer:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        self._rebuild_marker_maybe = self._rebuild_marker.exists()
         if rebuilding:
             log.warning("empty or partly rebuilt data directory: this member neither votes nor "
                         "campaigns until a leader has brought it up to date")
@@ -650,8 +654,10 @@ class ZkServer:
                 self.stats.fsyncs += driver.syncs - syncs
                 ready = driver.last
                 assert ready is not None
-                if not core.rebuilding and self._rebuild_marker.exists():
+                if (self._rebuild_marker_maybe and not core.rebuilding
+                        and self._rebuild_marker.exists()):
                     self._rebuild_marker.unlink()
+                    self._rebuild_marker_maybe = False
                     log.info("member %d is up to date with the leader and votes again",
                              self.member_id)
                 self._adopt_membership()

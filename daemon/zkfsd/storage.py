@@ -25,8 +25,9 @@ new entries use the new encoding); a zkfsd that knows only format 1 then refuses
 with "unsupported storage format" instead of misreading the new entries.
 
 With `preallocate` (the server uses PREALLOCATE, ZooKeeper's default preAllocSize of 64 MiB)
-the active segment is preallocated (posix_fallocate, up to that many bytes past its records) and synced with fdatasync: writes then land in allocated
-blocks of a file whose size does not change, so the sync has less metadata to commit. The true
+the active segment is preallocated (posix_fallocate, up to that many bytes past its records)
+and synced with fdatasync: writes then land in allocated blocks of a file whose size does not
+change, so the sync has less metadata to commit. The true
 end of a segment is where its records end: the zero-filled rest reads as a zero-length record,
 which replay treats like any torn tail (cut off, with the one warning), and a segment that is
 rolled over or closed is first trimmed to its records. So only a crash leaves a zero tail, and
