@@ -9,8 +9,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import struct
 import textwrap
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -390,7 +392,7 @@ _CHILD = textwrap.dedent(
     import sys
     from zkfsd.consensus import Entry, HardState, Snapshot
     from zkfsd.storage import Storage
-    st = Storage(sys.argv[1], segment_bytes=2048)
+    st = Storage(sys.argv[1], segment_bytes=2048, preallocate=int(sys.argv[2]))
     st.load()
     i = st.last_index() + 1
     while True:
@@ -409,7 +411,8 @@ _CHILD = textwrap.dedent(
 )
 
 
-def test_kill_9_keeps_every_synced_entry(tmp_path: Path) -> None:
+@pytest.mark.parametrize("preallocate", [0, 1500], ids=["growing", "preallocated"])
+def test_kill_9_keeps_every_synced_entry(tmp_path: Path, preallocate: int) -> None:
     rng = random.Random()
     deadline = time.monotonic() + 4.0
     acked: list[int] = []
@@ -417,7 +420,7 @@ def test_kill_9_keeps_every_synced_entry(tmp_path: Path) -> None:
     while rounds < 4 and time.monotonic() < deadline:
         rounds += 1
         proc = subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(tmp_path)],
+            [sys.executable, "-c", _CHILD, str(tmp_path), str(preallocate)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
         )
@@ -442,6 +445,103 @@ def test_kill_9_keeps_every_synced_entry(tmp_path: Path) -> None:
         assert ls.hard_state.commit >= max(acked)
         st.close()
     assert len(acked) > 0
+
+
+# -- preallocated segments (what the server uses) ----------------------------------------------
+
+def _records_end(path: Path) -> int:
+    """Offset where the records of a segment end (what follows may only be zeros)."""
+    buf, off = path.read_bytes(), 0
+    while off + 8 <= len(buf):
+        n, crc = struct.unpack_from("<II", buf, off)
+        if n == 0 or off + 8 + n > len(buf) or zlib.crc32(buf[off + 8:off + 8 + n]) != crc:
+            break
+        off += 8 + n
+    return off
+
+
+def test_preallocated_segment_is_trimmed_on_close(tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    st, _ = reopen(tmp_path, preallocate=1 << 20)
+    st.append(ents(1, 5))
+    st.set_hard_state(HardState(term=1, vote=2, commit=5))
+    st.sync()
+    (seg,) = log_files(tmp_path)
+    # While open, the segment is allocated past its records, and the rest reads as zeros.
+    end = _records_end(tmp_path / seg)
+    size = (tmp_path / seg).stat().st_size
+    assert size >= 1 << 20
+    assert (tmp_path / seg).read_bytes()[end:] == bytes(size - end)
+    st.close()
+    assert (tmp_path / seg).stat().st_size == end
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        st, ls = reopen(tmp_path, preallocate=1 << 20)
+    assert storage_warnings(caplog) == []
+    assert ls.entries == ents(1, 5)
+    # Appending after a reopen writes after the records, not after the allocation.
+    st.append(ents(6, 7))
+    st.close()
+    _, ls = reopen(tmp_path)
+    assert ls.entries == ents(1, 7)
+
+
+def test_crash_with_preallocated_tail(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # A copy taken while the storage is open is what a crash leaves: synced records, then the
+    # unused allocation (zeros), possibly with part of an unsynced record in it.
+    base = tmp_path / "base"
+    st, _ = reopen(base, preallocate=64 << 10)
+    st.append(ents(1, 5))
+    st.set_hard_state(HardState(term=1, vote=2, commit=5))
+    st.sync()
+    (seg,) = log_files(base)
+    synced_end = _records_end(base / seg)
+    st.append([Entry(6, 1, b"x" * 40)])
+    st._file.flush()  # in the page cache, not synced: may or may not survive a crash
+    full = (base / seg).read_bytes()
+    record_end = _records_end(base / seg)
+    assert record_end > synced_end and len(full) >= 64 << 10
+    for cut in [synced_end, synced_end + 3, (synced_end + record_end) // 2, record_end - 1,
+                record_end]:
+        d = tmp_path / f"cut{cut}"
+        shutil.copytree(base, d)
+        # What reached the disk of the unsynced record: its first `cut` bytes.
+        (d / seg).write_bytes(full[:cut] + bytes(len(full) - cut))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            st2, ls = reopen(d, preallocate=64 << 10)
+        expect = ents(1, 5) + ([Entry(6, 1, b"x" * 40)] if cut == record_end else [])
+        assert ls.entries == expect, cut
+        assert ls.hard_state == HardState(term=1, vote=2, commit=5)
+        assert len(storage_warnings(caplog)) == 1, cut  # the zero tail is cut off
+        assert (d / seg).stat().st_size == (record_end if cut == record_end else synced_end)
+        st2.append([Entry(len(expect) + 1, 2, b"again")])
+        st2.sync()
+        st2.close()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=LOGGER):
+            _, ls = reopen(d)
+        assert ls.entries == expect + [Entry(len(expect) + 1, 2, b"again")], cut
+        assert storage_warnings(caplog) == []
+    st.close()
+
+
+def test_rolled_over_segments_are_trimmed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    st, _ = reopen(tmp_path, segment_bytes=300, preallocate=300)
+    for i in range(1, 41, 4):
+        st.append(ents(i, i + 3))
+        st.sync()
+    names = log_files(tmp_path)
+    assert len(names) >= 3
+    # Every segment but the active one ends with its last record.
+    for name in names[:-1]:
+        assert (tmp_path / name).stat().st_size == _records_end(tmp_path / name), name
+    st.close()
+    for name in names:
+        assert (tmp_path / name).stat().st_size == _records_end(tmp_path / name), name
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        _, ls = reopen(tmp_path, segment_bytes=300, preallocate=300)
+    assert storage_warnings(caplog) == []
+    assert ls.entries == ents(1, 40)
 
 
 # -- MemoryStorage: the test harnesses' disk must behave like the real one -------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import signal
@@ -60,6 +61,9 @@ def _single_error(exc: BaseException, types: tuple[type[BaseException], ...]
         exc = exc.exceptions[0]
     return exc if isinstance(exc, types) else None
 
+
+# Allocations between young-generation collections (CPython's default: 700).
+_GC_YOUNG = 20000
 
 _STARTUP_ERRNOS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.EROFS, errno.ENOSPC}
 
@@ -175,6 +179,12 @@ def main(
         config.tick_time, config.min_timeout, config.max_timeout,
         f" my_id={config.my_id} servers={sorted(config.servers)}" if config.servers else " standalone",
     )
+    # The cyclic garbage collector's default thresholds run a young-generation pass every 700
+    # allocations and an older one every 7,000: a write allocates dozens of short-lived
+    # containers (records, transactions, the Ready), so under load the collector took a tenth
+    # of the CPU (bench/cpu.py profiles, "Write path (issue 12, second pass)" in BENCHMARKS.md).
+    # Nothing on the request path relies on cycles being freed promptly.
+    gc.set_threshold(_GC_YOUNG, 20, 10)
     try:
         trio.run(service.run, config, Reloader(logs, config_file, overrides))
     except KeyboardInterrupt:

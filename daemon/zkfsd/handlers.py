@@ -107,7 +107,7 @@ def write_txn(op: int, record: Any, session_id: int, auth: list[tuple[str, str]]
         data = getattr(body, "data", None)
         if data is not None and len(data) > MAX_DATA:
             raise RequestError(Err.BAD_ARGUMENTS)
-    return txns.Txn(body, session_id, tuple((str(s), str(i)) for s, i in auth))
+    return txns.Txn(body, session_id, tuple((str(s), str(i)) for s, i in auth) if auth else ())
 
 
 def _op_response(op: int, value: Any) -> tuple[int, Any]:

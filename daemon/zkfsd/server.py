@@ -44,7 +44,7 @@ from zkfsd.consensus import Entry, ReadyDriver, Snapshot, make_zxid
 from zkfsd.peers import PeerTransport
 from zkfsd.raft import ConfChangeRefused, Message, RaftNode, is_urgent
 from zkfsd.sessions import ReportAck, SessionIdGenerator, SessionKeeper, SessionReport, new_password
-from zkfsd.storage import Storage
+from zkfsd.storage import PREALLOCATE, Storage
 from zkfsd.tree import ApplyResult, DataTree
 from zkfsd.watches import WatchManager
 
@@ -142,8 +142,11 @@ class ZkServer:
             if len(config.servers) > 1 else None)
         self._conf_index = -1  # the core's conf_index when the membership was last adopted
         self._nursery: trio.Nursery | None = None
-        self.storage = Storage(config.data_dir, config.data_log_dir)
+        self.storage = Storage(config.data_dir, config.data_log_dir, preallocate=PREALLOCATE)
         self._rebuild_marker = Path(config.data_dir) / "REBUILDING"
+        # Whether the marker may exist: the log loop looks for the file only then, not with a
+        # stat(2) per Ready.
+        self._rebuild_marker_maybe = True
         self.tree = DataTree()
         self.watches = WatchManager()
         self.stats = Stats()
@@ -164,6 +167,10 @@ class ZkServer:
         # arrived in one scheduling round in one frame (the leader proposes them together).
         self._forwards: list[txns.Txn] = []
         self._next_seq = 0
+        # The transactions this member proposed as leader, by the identity of their encoding
+        # (the log entry's data is that very object): applying them needs no decoding. Entries
+        # that never commit here are forgotten when the leader changes.
+        self._own_txns: dict[int, tuple[bytes, txns.Txn]] = {}
         # Sequence numbers restart with every process run, and a member catching up applies
         # entries its earlier runs proposed: a random id per run in txn.origin keeps such an
         # entry from completing a new proposal that happens to have the same number.
@@ -297,6 +304,7 @@ class ZkServer:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        self._rebuild_marker_maybe = self._rebuild_marker.exists()
         if rebuilding:
             log.warning("empty or partly rebuilt data directory: this member neither votes nor "
                         "campaigns until a leader has brought it up to date")
@@ -454,7 +462,10 @@ class ZkServer:
             return True
         if self.core.is_leader:
             # The leader's clock is the transaction's time on every member (mtime, ctime).
-            self.core.propose(txns.encode(txn.stamped(int(time.time() * 1000))))
+            txn = txn.stamped(int(time.time() * 1000))
+            data = txns.encode(txn)
+            self.core.propose(data)
+            self._own_txns[id(data)] = (data, txn)
             self._kick()
             return True
         if self.core.leader_id and self.transport is not None:
@@ -647,8 +658,10 @@ class ZkServer:
                 self.stats.fsyncs += driver.syncs - syncs
                 ready = driver.last
                 assert ready is not None
-                if not core.rebuilding and self._rebuild_marker.exists():
+                if (self._rebuild_marker_maybe and not core.rebuilding
+                        and self._rebuild_marker.exists()):
                     self._rebuild_marker.unlink()
+                    self._rebuild_marker_maybe = False
                     log.info("member %d is up to date with the leader and votes again",
                              self.member_id)
                 self._adopt_membership()
@@ -663,8 +676,9 @@ class ZkServer:
             # A new leader's empty entry: it only opens its term (ZooKeeper's new epoch).
             self.tree.last_zxid = max(self.tree.last_zxid, zxid)
             return
+        own = self._own_txns.pop(id(data), None)
         try:
-            txn = txns.decode(data)
+            txn = own[1] if own is not None and own[0] is data else txns.decode(data)
         except txns.TxnDecodeError as exc:
             raise LogEntryError(f"committed log entry {index} (zxid 0x{zxid:x}) cannot be read: "
                                 f"{exc}; was it written by a newer zkfsd?") from None
@@ -703,6 +717,7 @@ class ZkServer:
         if leader == self._leader:
             return
         previous, self._leader = self._leader, leader
+        self._own_txns.clear()
         log.info("member %d: leader is now %s (term %d, was %s)", self.member_id,
                  leader or "unknown", self.core.term, previous or "unknown")
         if previous:

@@ -24,6 +24,16 @@ the maps, so a format-1 directory is upgraded in place on load (the marker is re
 new entries use the new encoding); a zkfsd that knows only format 1 then refuses the directory
 with "unsupported storage format" instead of misreading the new entries.
 
+With `preallocate` (the server uses PREALLOCATE, ZooKeeper's default preAllocSize of 64 MiB)
+the active segment is preallocated (posix_fallocate, up to that many bytes past its records)
+and synced with fdatasync: writes then land in allocated blocks of a file whose size does not
+change, so the sync has less metadata to commit. The true
+end of a segment is where its records end: the zero-filled rest reads as a zero-length record,
+which replay treats like any torn tail (cut off, with the one warning), and a segment that is
+rolled over or closed is first trimmed to its records. So only a crash leaves a zero tail, and
+only in the newest segment or in a rolled-over one whose trim was not yet synced (whose later
+segments then hold nothing a returned sync() vouched for: sync() fsyncs older segments first).
+
 Each segment starts with a hard-state record so that dropping old segments (compaction) never
 loses the current vote.  Segment names only have to sort in write order: after a conflict
 truncation into an older segment, a new segment is named max(next index, previous name + 1).
@@ -55,6 +65,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "FORMAT_VERSION",
+    "PREALLOCATE",
 ]
 
 logger = logging.getLogger("zkfsd.storage")
@@ -65,6 +76,9 @@ _VERSION_TEXT = f"zkfs-storage {FORMAT_VERSION}\n"
 # Formats this code reads and upgrades on load (see the module docstring).
 _UPGRADABLE = {"zkfs-storage 1\n"}
 
+# How far the server preallocates its active log segment (ZooKeeper's preAllocSize default).
+PREALLOCATE = 64 << 20
+
 _REC_HDR = struct.Struct("<II")  # payload length, crc32(payload)
 _REC_ENTRY, _REC_TRUNC, _REC_HARD = 1, 2, 3
 
@@ -72,6 +86,9 @@ _SNAP_MAGIC = b"ZKFSSNP1"
 _SNAP_HDR = struct.Struct("<8sQQQI")  # magic, index, term, data length, crc32(data)
 _SNAP_HCRC = struct.Struct("<I")  # crc32 of the packed _SNAP_HDR
 _KEEP_SNAPSHOTS = 2
+
+# fdatasync where the platform has it (the data and the size, not the times).
+_datasync = getattr(os, "fdatasync", os.fsync)
 
 _SEG_RE = re.compile(r"^log\.(\d{20})$")
 _SNAP_RE = re.compile(r"^snapshot\.(\d{20})$")
@@ -176,6 +193,7 @@ class Storage:
         log_dir: str | os.PathLike[str] | None = None,
         *,
         segment_bytes: int = 64 << 20,
+        preallocate: int = 0,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.log_dir = Path(log_dir) if log_dir is not None else self.data_dir
@@ -184,6 +202,11 @@ class Storage:
         if segment_bytes <= 0:
             raise ValueError("segment_bytes must be positive")
         self.segment_bytes = segment_bytes
+        if preallocate < 0:
+            raise ValueError("preallocate must not be negative")
+        # How far past its records the active segment is allocated (0: no preallocation).
+        self.preallocate = min(preallocate, segment_bytes)
+        self._allocated = 0  # the active segment's file size, when preallocated past its end
         self.fsync_count = 0
         # Durations in ms, for mntr and the Prometheus endpoint (ZooKeeper's fsynctime,
         # snapshottime, dbinittime) and how many entries the last load() replayed.
@@ -228,7 +251,10 @@ class Storage:
         self._segments = segments
         self._loaded = True
         if segments:
-            self._file = open(segments[-1].path, "ab")
+            # Not append mode: writes go to the end of the records, which preallocated space
+            # may follow.
+            self._file = open(segments[-1].path, "r+b")
+            self._file.seek(segments[-1].size)
             if segments[-1].size == 0:
                 # Torn before its leading hard-state record: restore it, or compaction of the
                 # older segments could later lose the vote.
@@ -419,14 +445,43 @@ class Storage:
         prev = self._segments[-1] if self._segments else None
         name = next_index if prev is None else max(next_index, prev.name + 1)
         if self._file is not None:
-            self._file.flush()
+            self._trim()
             self._unsynced.append(self._file)
         path = self.log_dir / f"log.{name:020d}"
         self._file = open(path, "xb")
+        self._allocated = 0
         self._segments.append(_Segment(name, path))
         self._dir_dirty = True
         hs = self._hs
         self._write([_REC_HARD, hs.term, hs.vote, hs.commit])
+
+    def _trim(self) -> None:
+        """Flush the active segment and cut its preallocated space (before it is rolled over
+        or closed: only the newest segment may end in zeros after a clean stop)."""
+        assert self._file is not None
+        self._file.flush()
+        if self._allocated > self._segments[-1].size:
+            os.ftruncate(self._file.fileno(), self._segments[-1].size)
+        self._allocated = 0
+
+    def _reserve(self, nbytes: int) -> None:
+        """Make sure the active segment is allocated for `nbytes` more (an estimate: writing
+        past the allocation is still correct, only the file grows as it did without it)."""
+        if not self.preallocate:
+            return
+        seg = self._segments[-1]
+        end = seg.size + nbytes
+        if end <= self._allocated:
+            return
+        assert self._file is not None
+        target = max(end, min(seg.size + self.preallocate, self.segment_bytes + nbytes))
+        try:
+            os.posix_fallocate(self._file.fileno(), 0, target)
+        except OSError as exc:
+            logger.info("log %s: no preallocation (%s)", seg.path, exc)
+            self.preallocate = 0
+            return
+        self._allocated = target
 
     def _maybe_roll(self, next_index: int) -> None:
         if self._segments[-1].size >= self.segment_bytes:
@@ -450,6 +505,8 @@ class Storage:
         self._maybe_roll(first)
         if self._stream_next is not None and self._stream_next != first:
             self._write([_REC_TRUNC, first])
+        # Record header, msgpack framing of [1, index, term, data]: at most 32 bytes.
+        self._reserve(sum(len(e.data) for e in entries) + 32 * len(entries))
         for e in entries:
             self._maybe_roll(e.index)
             self._write([_REC_ENTRY, e.index, e.term, e.data])
@@ -479,7 +536,7 @@ class Storage:
             f.close()
             self._unsynced.pop(0)
         self._file.flush()
-        os.fsync(self._file.fileno())
+        _datasync(self._file.fileno())
         if self._dir_dirty:
             _fsync_dir(self.log_dir)
             self._dir_dirty = False
@@ -555,6 +612,9 @@ class Storage:
             return
         self.sync()
         assert self._file is not None
+        if self._allocated > self._segments[-1].size:
+            self._trim()
+            os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
         self._closed = True

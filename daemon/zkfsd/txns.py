@@ -26,7 +26,7 @@ storage tools and the tests import it without cycles.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
 import msgpack
@@ -186,11 +186,13 @@ class Txn:
         body = self.body
         return body.op if isinstance(body, Create) else body.KIND
 
+    # Built directly rather than with dataclasses.replace: once per write on the hot path,
+    # where replace costs several times as much.
     def stamped(self, time_ms: int) -> Txn:
-        return replace(self, time=time_ms)
+        return Txn(self.body, self.session, self.auth, time_ms, self.origin)
 
     def with_origin(self, origin: Origin) -> Txn:
-        return replace(self, origin=origin)
+        return Txn(self.body, self.session, self.auth, self.time, origin)
 
 
 # -- encoding --------------------------------------------------------------------------------------
