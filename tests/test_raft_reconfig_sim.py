@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 
 import msgpack
 import pytest
 
-from collections.abc import Callable, Iterator
-
+from raft_stepping import SteppedDriver
 from test_raft_sim import SimFailure
 from zkfsd.consensus import Entry, NotLeader, ReadyDriver, Snapshot
 from zkfsd.raft import ConfChangeRefused, ConfState, Message, RaftNode, Role, is_urgent
@@ -68,9 +68,7 @@ class Member:
         self.disk = MemoryStorage()
         self.node: RaftNode | None = None
         # The server's Ready handling (consensus.ReadyDriver), one blocking step at a time.
-        self.driver: ReadyDriver | None = None
-        self.work: Iterator[Callable[[], None]] | None = None
-        self.outstanding: Callable[[], None] | None = None
+        self.stepper: SteppedDriver | None = None
         self.app_index = 0
         self.app_conf = static
         self.seen_commit = 0
@@ -89,9 +87,9 @@ class Member:
             rebuilding=(d.snapshot is None and not d.entries and d.hard_state.term == 0
                         and self.id not in sim.founders),
             conf_of_entry=conf_of_entry, conf_of_snapshot=conf_of_snapshot)
-        self.driver = ReadyDriver(self.node, self.disk, self.send, self, is_urgent,
-                                  synced_vote=(d.hard_state.term, d.hard_state.vote))
-        self.work = self.outstanding = None
+        self.stepper = SteppedDriver(ReadyDriver(
+            self.node, self.disk, self.send, self, is_urgent,
+            synced_vote=(d.hard_state.term, d.hard_state.vote)))
         self.app_index = d.snapshot.index if d.snapshot else 0
         self.app_conf = conf
         sim.record_commits(self, 1, self.node.commit)
@@ -101,28 +99,23 @@ class Member:
         # Dying mid-persist: any prefix of the unsynced writes may have reached the disk.
         self.disk = self.disk.crash(self.sim.rng)
         self.node = None
-        self.driver = self.work = self.outstanding = None
+        self.stepper = None
 
     def send(self, messages: list[Message]) -> None:
         for m in messages:
             self.sim.send(m)
 
-    def _continue(self) -> None:
-        """Run the Ready's handling up to its next blocking step (or to its end)."""
-        assert self.work is not None
-        self.outstanding = next(self.work, None)
-        if self.outstanding is None:
-            self.work = None
+    @property
+    def outstanding(self) -> Callable[[], None] | None:
+        return self.stepper.outstanding if self.stepper is not None else None
 
     def take_ready(self) -> None:
-        assert self.driver is not None and self.outstanding is None
-        self.work = self.driver.steps()
-        self._continue()
+        assert self.stepper is not None
+        self.stepper.take_ready()
 
     def complete_ready(self) -> None:
-        assert self.outstanding is not None
-        self.outstanding()
-        self._continue()
+        assert self.stepper is not None
+        self.stepper.complete_ready()
 
     # The driver's Application.
     def install_snapshot(self, s: Snapshot) -> None:

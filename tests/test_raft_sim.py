@@ -35,13 +35,13 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgpack
 import pytest
 
-from collections.abc import Callable, Iterator
-
+from raft_stepping import SteppedDriver
 from zkfsd.consensus import Entry, NotLeader, ReadyDriver, Snapshot
 from zkfsd.raft import Message, RaftNode, Role, is_urgent
 from zkfsd.sessions import ReportAck, SessionKeeper, SessionReport
@@ -94,9 +94,7 @@ class Member:
         self.node: RaftNode | None = None
         # The server's Ready handling, one blocking step (snapshot save, fsync) at a time:
         # `outstanding` is the step the member is "in" (a crash now tears what it writes).
-        self.driver: ReadyDriver | None = None
-        self.work: Iterator[Callable[[], None]] | None = None
-        self.outstanding: Callable[[], None] | None = None
+        self.stepper: SteppedDriver | None = None
         self.app_index = 0
         self.seen_commit = 0
         self.last_leader_term = -1
@@ -190,9 +188,9 @@ class Member:
             max_inflight=sim.max_inflight, max_msg_entries=sim.max_msg_entries,
             compact_keep=sim.compact_keep,
         )
-        self.driver = ReadyDriver(self.node, self.disk, self.send, self, is_urgent,
-                                  synced_vote=(d.hard_state.term, d.hard_state.vote))
-        self.work = self.outstanding = None
+        self.stepper = SteppedDriver(ReadyDriver(
+            self.node, self.disk, self.send, self, is_urgent,
+            synced_vote=(d.hard_state.term, d.hard_state.vote)))
         self.app_index = 0
         self.paused_until = -1
         self.last_ticked = sim.now
@@ -209,7 +207,7 @@ class Member:
         # Dying mid-persist: any prefix of the unsynced writes may have reached the disk.
         self.disk = self.disk.crash(self.sim.rng)
         self.node = None
-        self.driver = self.work = self.outstanding = None
+        self.stepper = None
         self.keeper = None
         self.paused_until = -1
 
@@ -217,22 +215,17 @@ class Member:
         for m in messages:
             self.sim.net.send(m)
 
-    def _continue(self) -> None:
-        """Run the Ready's handling up to its next blocking step (or to its end)."""
-        assert self.work is not None
-        self.outstanding = next(self.work, None)
-        if self.outstanding is None:
-            self.work = None
+    @property
+    def outstanding(self) -> Callable[[], None] | None:
+        return self.stepper.outstanding if self.stepper is not None else None
 
     def take_ready(self) -> None:
-        assert self.driver is not None and self.outstanding is None
-        self.work = self.driver.steps()
-        self._continue()
+        assert self.stepper is not None
+        self.stepper.take_ready()
 
     def complete_ready(self) -> None:
-        assert self.outstanding is not None
-        self.outstanding()
-        self._continue()
+        assert self.stepper is not None
+        self.stepper.complete_ready()
 
     # The driver's Application.
     def install_snapshot(self, snap: Snapshot) -> None:
