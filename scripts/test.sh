@@ -11,7 +11,7 @@ if [[ ! -x .venv/bin/pytest ]]; then
 fi
 
 status=0
-.venv/bin/pytest -q "$@" || status=$?
+.venv/bin/pytest -q --durations=25 "$@" || status=$?
 if [[ $status == 5 ]]; then
     # pytest's "no tests were collected" must not look like success to CI.
     echo "test: pytest collected no tests; treating that as a failure" >&2

@@ -40,7 +40,9 @@ from zkfsd.storage import MemoryStorage
 
 STEPS = 300
 LIVENESS_TICKS = 600
-SEEDS = 200
+# 100 seeds in every run keep the suite short; 600 passed when the feature was written
+# (ZKFS_RECONFIG_SEED=<n> replays any one).
+SEEDS = 100
 UNIVERSE = 7  # member ids 1..7; 1..3 (or 1..5) start as voters
 
 
