@@ -83,6 +83,23 @@ def abort_fuse_connection(path: str | Path) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def two_hosts(zkfsd: Any, mount: Callable[..., MountProcess], options: str
+              ) -> Iterator[tuple[MountProcess, MountProcess, Any]]:
+    """Two mounts (host A, host B) of one zkfsd through a fresh chroot, and a kazoo client on
+    that chroot: what two hosts of a cluster see."""
+    from helpers import kazoo_client
+
+    chroot = f"/t-{uuid.uuid4().hex[:10]}"
+    with kazoo_client(zkfsd.hosts) as k:
+        k.create(chroot, b"")
+    hosts = zkfsd.hosts + chroot
+    a = mount(hosts, options, name="A")
+    b = mount(hosts, options, name="B")
+    with kazoo_client(hosts) as kz:
+        yield a, b, kz
+
+
 class MountProcess:
     """`zkfs mount -f SERVERS MOUNTPOINT -o OPTIONS` as a subprocess of the test."""
 

@@ -10,14 +10,12 @@ import statistics
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from helpers import kazoo_client
 from inotify_helpers import INOTIFYWAIT, watching
-from mount_helpers import wait_for
+from mount_helpers import two_hosts, wait_for
 
 pytestmark = [
     pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse"),
@@ -28,13 +26,7 @@ pytestmark = [
 
 @pytest.fixture
 def pair(zkfsd, mount):  # type: ignore[no-untyped-def]
-    chroot = f"/t-{uuid.uuid4().hex[:10]}"
-    with kazoo_client(zkfsd.hosts) as k:
-        k.create(chroot, b"")
-    hosts = zkfsd.hosts + chroot
-    a = mount(hosts, "session_timeout=2", name="A")
-    b = mount(hosts, "session_timeout=2", name="B")
-    with kazoo_client(hosts) as kz:
+    with two_hosts(zkfsd, mount, "session_timeout=2") as (a, b, kz):
         yield a.mountpoint, b.mountpoint, kz, b
 
 

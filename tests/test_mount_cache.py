@@ -10,12 +10,10 @@ import os
 import subprocess
 import threading
 import time
-import uuid
 
 import pytest
 
-from helpers import kazoo_client
-from mount_helpers import sh, wait_for
+from mount_helpers import sh, two_hosts, wait_for
 
 pytestmark = [
     pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse"),
@@ -30,13 +28,7 @@ CONTENTS = [b"a" * 5000, b"b" * 9000, b"c" * 100, b"d" * 12288, b"e" * 4096, b"f
 @pytest.fixture
 def pair(zkfsd, mount):  # type: ignore[no-untyped-def]
     """Two mounts (host A, host B) of one zkfsd, through a fresh chroot."""
-    chroot = f"/t-{uuid.uuid4().hex[:10]}"
-    with kazoo_client(zkfsd.hosts) as k:
-        k.create(chroot, b"")
-    hosts = zkfsd.hosts + chroot
-    a = mount(hosts, "session_timeout=4", name="A")
-    b = mount(hosts, "session_timeout=4", name="B")
-    with kazoo_client(hosts) as kz:
+    with two_hosts(zkfsd, mount, "session_timeout=4") as (a, b, kz):
         yield a.mountpoint, b.mountpoint, kz
 
 
