@@ -60,8 +60,10 @@ def test_cat_on_b_never_sees_a_torn_file_while_a_rewrites_it(pair) -> None:  # t
         # Each cat's output on its own line (no content holds a newline); bounded in count
         # and time.
         r = subprocess.run(
+            # (`if`, not `((...)) && break`: after 3000 fast iterations the last status must
+            # not be the arithmetic test's 1.)
             ["bash", "-c", f"for i in $(seq 1 3000); do cat {B}/f || exit 1; echo; "
-                           f"((SECONDS > 7)) && break; done"],
+                           f"if ((SECONDS > 7)); then break; fi; done"],
             capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
     finally:
         stop.set()
