@@ -35,3 +35,21 @@ class SteppedDriver:
         assert self.outstanding is not None
         self.outstanding()
         self._continue()
+
+
+class SteppedMember:
+    """What a simulated member exposes of its SteppedDriver (None while it is crashed)."""
+
+    stepper: SteppedDriver | None
+
+    @property
+    def outstanding(self) -> Callable[[], None] | None:
+        return self.stepper.outstanding if self.stepper is not None else None
+
+    def take_ready(self) -> None:
+        assert self.stepper is not None
+        self.stepper.take_ready()
+
+    def complete_ready(self) -> None:
+        assert self.stepper is not None
+        self.stepper.complete_ready()

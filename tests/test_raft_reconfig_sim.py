@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
 
 import msgpack
 import pytest
 
-from raft_stepping import SteppedDriver
+from raft_stepping import SteppedDriver, SteppedMember
 from test_raft_sim import SimFailure
 from zkfsd.consensus import Entry, NotLeader, ReadyDriver, Snapshot
 from zkfsd.raft import ConfChangeRefused, ConfState, Message, RaftNode, Role, is_urgent
@@ -62,7 +61,7 @@ def conf_of_snapshot(data: bytes) -> ConfState | None:
     return ConfState(tuple(voters), tuple(learners))
 
 
-class Member:
+class Member(SteppedMember):
     def __init__(self, sim: ReconfigSim, mid: int, static: ConfState) -> None:
         self.sim = sim
         self.id = mid
@@ -106,18 +105,6 @@ class Member:
     def send(self, messages: list[Message]) -> None:
         for m in messages:
             self.sim.send(m)
-
-    @property
-    def outstanding(self) -> Callable[[], None] | None:
-        return self.stepper.outstanding if self.stepper is not None else None
-
-    def take_ready(self) -> None:
-        assert self.stepper is not None
-        self.stepper.take_ready()
-
-    def complete_ready(self) -> None:
-        assert self.stepper is not None
-        self.stepper.complete_ready()
 
     # The driver's Application.
     def install_snapshot(self, s: Snapshot) -> None:

@@ -35,13 +35,12 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgpack
 import pytest
 
-from raft_stepping import SteppedDriver
+from raft_stepping import SteppedDriver, SteppedMember
 from zkfsd.consensus import Entry, NotLeader, ReadyDriver, Snapshot
 from zkfsd.raft import Message, RaftNode, Role, is_urgent
 from zkfsd.sessions import ReportAck, SessionKeeper, SessionReport
@@ -84,7 +83,7 @@ def parse_session_entry(data: bytes) -> tuple[bytes, int, int] | None:
     return data[:1], int(sid), int(timeout)
 
 
-class Member:
+class Member(SteppedMember):
     def __init__(self, sim: Sim, mid: int) -> None:
         self.sim = sim
         self.id = mid
@@ -214,18 +213,6 @@ class Member:
     def send(self, messages: list[Message]) -> None:
         for m in messages:
             self.sim.net.send(m)
-
-    @property
-    def outstanding(self) -> Callable[[], None] | None:
-        return self.stepper.outstanding if self.stepper is not None else None
-
-    def take_ready(self) -> None:
-        assert self.stepper is not None
-        self.stepper.take_ready()
-
-    def complete_ready(self) -> None:
-        assert self.stepper is not None
-        self.stepper.complete_ready()
 
     # The driver's Application.
     def install_snapshot(self, snap: Snapshot) -> None:
