@@ -97,6 +97,11 @@ class ServerConfig:
     sessionless_timeout: int = 10000
     # Replies queued for all clients together; past it the slowest reader is dropped.
     max_client_reply_bytes: int = 128 << 20
+    # clientWorkers (zkfs): processes that serve the client port, this member's own process
+    # included; 1 serves clients in the member process only. Each extra one is a worker that
+    # shares the port (SO_REUSEPORT), applies the committed log in memory, answers reads and
+    # forwards writes and sessions to the member (workers.py, worker.py).
+    client_workers: int = 1
     security: Security = field(default_factory=Security)
     # ZooKeeper's AdminServer (admin.*): HTTP commands under /commands/. zkfs: off by default
     # and on loopback, like the client port (ZooKeeper's is on, on every address).
@@ -170,11 +175,15 @@ class ServerConfig:
             )
         for name, value, low in (("maxClientCnxns", self.max_client_cnxns, 0),
                                  ("sessionlessCnxnTimeout", self.sessionless_timeout, 1),
-                                 ("maxClientReplyBytes", self.max_client_reply_bytes, 1 << 20)):
+                                 ("maxClientReplyBytes", self.max_client_reply_bytes, 1 << 20),
+                                 ("clientWorkers", self.client_workers, 1)):
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an integer of at least {low}, got {value!r}")
         if not isinstance(self.snap_count, int) or self.snap_count <= 0:
             raise ConfigError(f"snapCount must be a positive integer, got {self.snap_count!r}")
+        if self.client_workers > 1 and self.client_port is None:
+            raise ConfigError("clientWorkers serve the plaintext clientPort: set clientPort, or "
+                              "clientWorkers=1 for a TLS-only server")
         self.four_letter_words = set(self.four_letter_words)
         if self.read_only_mode:
             # As ZooKeeper does whatever the whitelist says: read-only clients ask `isro` to
@@ -233,6 +242,7 @@ _INT_KEYS = {
     # zkfs-specific (ZooKeeper has these as system properties or fixed values).
     "sessionlessCnxnTimeout": "sessionless_timeout",
     "maxClientReplyBytes": "max_client_reply_bytes",
+    "clientWorkers": "client_workers",
 }
 _STR_KEYS = {
     "dataDir": "data_dir",

@@ -289,6 +289,21 @@ def reconfig_txn(plan: ReconfigPlan, session: int, auth: list[tuple[str, str]]) 
     return txns.Txn(plan.to_txn(), session, tuple((s, i) for s, i in auth))
 
 
+def request_txn(enabled: bool, ensemble: bool, record: Any, session: int,
+                auth: list[tuple[str, str]]) -> txns.Txn:
+    """The transaction for a client's reconfig request, on whichever process took it (the
+    member or one of its client workers); ReconfigError for what can be refused there
+    (reconfigEnabled off, a standalone server, a malformed request)."""
+    if not enabled:
+        raise ReconfigError(Err.RECONFIG_DISABLED, "reconfigEnabled is false")
+    if not ensemble:
+        # ZooKeeper's standalone server cannot reconfigure either.
+        raise ReconfigError(Err.UNIMPLEMENTED, "standalone")
+    plan = parse_request(record.joining_servers, record.leaving_servers,
+                         record.new_members, record.cur_config_id)
+    return reconfig_txn(plan, session, auth)
+
+
 def txn_membership(body: txns.Reconfig, zxid: int) -> Membership | None:
     """The membership a logged RECONFIG transaction (at `zxid`) set, if it set one."""
     if body.members is None:

@@ -8,7 +8,8 @@ Owner tree of tasks (one nursery each):
     │  leader; the leader turns sessions that sessions.py says are expired into closeSession
     ├─ peer transport (ensembles): msgpack frames to and from the other members (peers.py)
     ├─ reaper loop (leader): empty containers and expired TTL nodes → deleteContainer
-    ├─ the client listener → one ClientConnection per socket (clients.py)
+    ├─ the client listener → one ClientConnection per socket (clientport.py, clients.py)
+    ├─ client workers (clientWorkers > 1): processes that share the client port (workers.py)
     └─ signal watcher: SIGTERM/SIGINT cancel everything; the log is fsync'd and closed on the way out
 
 Every state change, sessions included, is a transaction proposed through the leader and applied
@@ -19,13 +20,11 @@ ensemble of one and takes the same path.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import math
 import os
 import random
 import signal
-import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +36,7 @@ from zkfs.constants import Err
 
 from zkfsd import reconfig, tls, txns
 from zkfsd.backend import MemberBackend
+from zkfsd.clientport import ClientPort
 from zkfsd.clients import ClientConnection
 from zkfsd.config import ServerConfig
 from zkfsd.adminserver import start_monitoring
@@ -47,6 +47,7 @@ from zkfsd.sessions import ReportAck, SessionIdGenerator, SessionKeeper, Session
 from zkfsd.storage import PREALLOCATE, Storage
 from zkfsd.tree import ApplyResult, DataTree
 from zkfsd.watches import WatchManager
+from zkfsd.workers import WorkerHub
 
 log = logging.getLogger("zkfsd.server")
 
@@ -127,7 +128,7 @@ class Stats:
         self.__init__()
 
 
-class ZkServer:
+class ZkServer(ClientPort):
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.member_id = config.my_id or 1
@@ -150,10 +151,7 @@ class ZkServer:
         self.tree = DataTree()
         self.watches = WatchManager()
         self.stats = Stats()
-        self.connections: set[ClientConnection] = set()
-        self._per_address: dict[str, int] = {}  # open client connections by remote address
-        self._refusals_logged: dict[str, float] = {}
-        self.reply_bytes = 0  # replies queued for all clients, not yet written
+        self._init_client_port()  # connections, listeners (clientport.py)
         self.by_session: dict[int, ClientConnection] = {}
         self.session_ids = SessionIdGenerator(self.member_id, int(time.time() * 1000))
         self.core: RaftNode | None = None
@@ -206,10 +204,9 @@ class ZkServer:
         self.keeper = SessionKeeper(self.member_id, self.members, report_every=report_every,
                                     cutoff=2 * self.election_ticks + 2 * report_every)
         self._was_serving = False
-        self.listen_port: int | None = None
-        self.secure_listen_port: int | None = None
         self.monitoring_ports: dict[str, int] = {}  # AdminServer / Prometheus, once bound
         self.backend = MemberBackend(self)  # what client connections see of this member
+        self.workers: WorkerHub | None = None  # clientWorkers > 1 (workers.py)
 
     @property
     def standalone(self) -> bool:
@@ -355,6 +352,9 @@ class ZkServer:
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._reaper_loop)
                 await self._listen(nursery)
+                if self.config.client_workers > 1:
+                    self.workers = WorkerHub(self)
+                    await nursery.start(self.workers.run)
                 self.monitoring_ports = await start_monitoring(self, nursery)
                 log.info("serving clients on %s (%s, member %d of %s%s, tickTime %d ms, "
                          "session timeout %d..%d ms)", self.listening_on(),
@@ -447,6 +447,11 @@ class ZkServer:
             proposal.fail()
         return proposal
 
+    def submit_forwarded(self, txn: txns.Txn) -> bool:
+        """A write a client worker of this member (workers.py) proposes, its origin set by
+        the worker; False if it cannot be sent to a leader now."""
+        return self._submit(txn)
+
     def _submit(self, txn: txns.Txn, *, decided: bool = False) -> bool:
         assert self.core is not None
         body = txn.body
@@ -479,14 +484,8 @@ class ZkServer:
                          auth: list[tuple[str, str]]) -> txns.Txn:
         """The transaction for a client's reconfig request; ReconfigError for what this
         member can refuse by itself (disabled, standalone, malformed)."""
-        if not self.config.reconfig_enabled:
-            raise reconfig.ReconfigError(Err.RECONFIG_DISABLED, "reconfigEnabled is false")
-        if self.memberships.static is None:
-            # ZooKeeper's standalone server cannot reconfigure either.
-            raise reconfig.ReconfigError(Err.UNIMPLEMENTED, "standalone")
-        plan = reconfig.parse_request(record.joining_servers, record.leaving_servers,
-                                      record.new_members, record.cur_config_id)
-        return reconfig.reconfig_txn(plan, session_id, auth)
+        return reconfig.request_txn(self.config.reconfig_enabled,
+                                    self.memberships.static is not None, record, session_id, auth)
 
     def current_membership(self) -> reconfig.Membership:
         assert self.core is not None
@@ -567,7 +566,11 @@ class ZkServer:
                 leader, ["fwd", [txns.encode(txn) for txn in batch]]):
             return
         for txn in batch:
-            proposal = self._pending.pop(txn.origin.seq, None) if txn.origin else None
+            origin = txn.origin
+            # Writes of a client worker (workers.py) carry its incarnation, not this one's.
+            if origin is None or origin.incarnation != self._incarnation:
+                continue
+            proposal = self._pending.pop(origin.seq, None)
             if proposal is not None:
                 proposal.fail()
 
@@ -876,155 +879,6 @@ class ZkServer:
                 continue
             for path in self.tree.reapable(int(time.time() * 1000)):
                 self.propose(txns.Txn(txns.DeleteContainer(path)))
-
-    # -- clients ---------------------------------------------------------------------------------
-    async def _listen(self, nursery: trio.Nursery) -> None:
-        """The client port and/or the secure (TLS) client port, as configured."""
-        config, security = self.config, self.config.security
-        if config.client_port is not None:
-            listeners = await trio.open_tcp_listeners(config.client_port,
-                                                      host=config.client_address)
-            for listener in listeners:
-                nursery.start_soon(self._accept_loop, listener, nursery, None)
-            self.listen_port = listeners[0].socket.getsockname()[1]
-        if security.secure_client_port is not None:
-            assert security.client_tls is not None
-            context = tls.server_context(security.client_tls)
-            listeners = await trio.open_tcp_listeners(
-                security.secure_client_port,
-                host=security.secure_client_address or config.client_address)
-            for listener in listeners:
-                nursery.start_soon(self._accept_loop, listener, nursery, context)
-            self.secure_listen_port = listeners[0].socket.getsockname()[1]
-
-    def listening_on(self) -> str:
-        """The client ports, for logs and systemd's STATUS=."""
-        ports = []
-        if self.listen_port is not None:
-            ports.append(f"{self.config.client_address}:{self.listen_port}")
-        if self.secure_listen_port is not None:
-            address = self.config.security.secure_client_address or self.config.client_address
-            ports.append(f"{address}:{self.secure_listen_port} (TLS)")
-        return " and ".join(ports)
-
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery,
-                           context: ssl.SSLContext | None) -> None:
-        """Accept clients, within maxClientCnxns per address and the descriptor limit.
-
-        Out of descriptors (EMFILE and friends), the oldest connection that never sent a
-        handshake is dropped to make room, and accepting pauses briefly; this is logged once a
-        minute, not once per attempt, so a flood cannot fill the log."""
-        limit = self.config.max_client_cnxns
-        last_warning = -math.inf
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    raise
-                if trio.current_time() - last_warning > 60:
-                    last_warning = trio.current_time()
-                    log.warning("cannot accept clients: %s; dropping connections that sent no "
-                                "handshake and backing off (next warning in a minute)",
-                                os.strerror(exc.errno))
-                self._drop_oldest_idle()
-                await trio.sleep(0.1)
-                continue
-            try:
-                address = stream.socket.getpeername()[0]
-            except OSError:
-                await stream.aclose()
-                continue
-            if limit and self._per_address.get(address, 0) >= limit:
-                if trio.current_time() - self._refusals_logged.get(address, -math.inf) > 60:
-                    self._refusals_logged[address] = trio.current_time()
-                    log.warning("too many connections from %s (maxClientCnxns is %d); refusing "
-                                "more (logged once a minute per address)", address, limit)
-                await stream.aclose()
-                continue
-            self._per_address[address] = self._per_address.get(address, 0) + 1
-            nursery.start_soon(self._handle_client, stream, address, context)
-
-    def _connection_gone(self, address: str) -> None:
-        left = self._per_address[address] - 1
-        if left:
-            self._per_address[address] = left
-        else:
-            del self._per_address[address]
-
-    async def _tls_handshake(self, stream: trio.SocketStream, context: ssl.SSLContext,
-                             peer: tuple[str, int]) -> tuple[trio.SSLStream | None, list]:
-        """TLS on the secure client port; the client certificate, if any, gives its x509 id."""
-        tls_stream = trio.SSLStream(stream, context, server_side=True)
-        with trio.move_on_after(self.config.sessionless_timeout / 1000.0):
-            try:
-                await tls_stream.do_handshake()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                log.info("TLS handshake with %s:%s failed: %s", peer[0], peer[1],
-                         getattr(exc, "__cause__", None) or exc)
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
-                return None, []
-            der = tls_stream.getpeercert(binary_form=True)
-            return tls_stream, ([("x509", tls.x509_id(der))] if der else [])
-        log.info("TLS handshake with %s:%s timed out", peer[0], peer[1])
-        with trio.CancelScope(shield=True):
-            await stream.aclose()
-        return None, []
-
-    def _drop_oldest_idle(self) -> None:
-        idle = [c for c in self.connections if not c.introduced]
-        if idle:
-            min(idle, key=lambda c: c.connected_at).abort("making room: out of descriptors")
-
-    def reserve_reply_bytes(self, conn: ClientConnection, size: int) -> None:
-        """Account `size` bytes queued for `conn` against the budget shared by all clients.
-        Past the budget, the connection holding the most unsent replies is dropped: it is the
-        one not reading them."""
-        self.reply_bytes += size
-        if self.reply_bytes > self.config.max_client_reply_bytes:
-            hog = max(self.connections, key=lambda c: c.queued_bytes, default=conn)
-            hog.abort(f"client is not reading its replies ({hog.queued_bytes} bytes queued; "
-                      f"all clients together may queue {self.config.max_client_reply_bytes})")
-
-    async def _handle_client(self, stream: trio.SocketStream, address: str,
-                             context: ssl.SSLContext | None) -> None:
-        try:
-            peer = stream.socket.getpeername()[:2]
-        except OSError:
-            peer = (address, 0)
-        client: trio.abc.Stream = stream
-        auth: list[tuple[str, str]] = []
-        if context is not None:
-            client, auth = await self._tls_handshake(stream, context, peer)
-            if not client:
-                self._connection_gone(address)
-                return
-        try:
-            await self.serve_connection(client, peer, auth)
-        finally:
-            self._connection_gone(address)
-
-    async def serve_connection(self, stream: trio.abc.Stream, peer: tuple[str, int],
-                               auth: list[tuple[str, str]] | None = None) -> None:
-        """Serve one client over `stream` until either side ends it: a socket accepted
-        above, or one end of a trio memory stream (the in-process tests)."""
-        conn = ClientConnection(self.backend, stream, peer, auth or [])
-        self.connections.add(conn)
-        try:
-            await conn.serve()
-        except Exception:  # noqa: BLE001 - a bug in one connection must not stop the server
-            log.exception("connection from %s:%s (session 0x%x) failed", conn.peer[0],
-                          conn.peer[1], conn.session_id)
-        finally:
-            self.connections.discard(conn)
-            self.reply_bytes -= conn.queued_bytes
-            conn.queued_bytes = 0
-            self.watches.remove_watcher(conn)
-            if conn.session_id and self.by_session.get(conn.session_id) is conn:
-                del self.by_session[conn.session_id]
-            with trio.CancelScope(shield=True):
-                await conn.close_stream()
 
 
 async def serve(config: ServerConfig, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

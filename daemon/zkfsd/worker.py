@@ -1,0 +1,390 @@
+"""A client worker process (zoo.cfg `clientWorkers`): serves clients on its member's client
+port from its own copy of the tree; workers.py describes the design and the link.
+
+Started by the member as `python -m zkfsd.worker --fd N --index I`, N being its end of a
+socket pair; it exits when the member closes that (the member stopped, or died: the kernel
+closes a dead process's descriptors), so a worker never outlives its member.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pickle
+import signal
+import socket
+import time
+from typing import Any
+
+import trio
+
+from zkfs import jute
+from zkfs.constants import Err, OpCode
+
+from zkfsd import fourlw, handlers, metrics, reconfig, txns
+from zkfsd.backend import Connection, MemberBackend, SessionGrant, SubmittedWrite
+from zkfsd.clientport import ClientPort, open_shared_listeners
+from zkfsd.clients import ClientConnection
+from zkfsd.config import ServerConfig
+from zkfsd.consensus import make_zxid
+from zkfsd.server import Proposal, Stats, RAFT_TICKS_PER_TICK, MIN_RAFT_TICK
+from zkfsd.service import Logging
+from zkfsd.tree import ApplyResult, DataTree
+from zkfsd.watches import WatchManager
+from zkfsd.workers import MemberStatus, Outbox, link_reader
+
+log = logging.getLogger("zkfsd.worker")
+
+
+class WorkerBackend(MemberBackend):
+    """What the worker's client connections talk to. Reads, watches, write replies and the
+    accounting are the member's own code (MemberBackend) over the worker's tree; sessions,
+    writes and syncs go to the member."""
+
+    server: WorkerServer  # type: ignore[assignment]
+
+    def __init__(self, worker: WorkerServer) -> None:
+        self.server = worker  # type: ignore[assignment]
+        self.config = worker.config
+        self.stats = worker.stats
+
+    async def open_session(self, conn: Connection, request: jute.ConnectRequest) -> SessionGrant:
+        return await self.server.open_session(conn, request)  # type: ignore[arg-type]
+
+    def refuse_request(self, conn: Connection) -> str | None:
+        worker = self.server
+        if not conn.session_id:
+            return None
+        status = worker.member
+        if conn.read_only:
+            return ("this member is back in the quorum: read-only session ends"
+                    if not status.read_only else None)
+        if not status.serving:
+            return "this member is not serving"
+        if conn.session_id not in worker.tree.sessions:
+            return "session is no longer live"
+        worker.touched.add(conn.session_id)
+        return None
+
+    def submit(self, conn: Connection, xid: int, op: int,
+               record: Any) -> SubmittedWrite | Err | None:
+        worker = self.server
+        if op == OpCode.SYNC:
+            return SubmittedWrite(xid, op, worker.sync(conn.session_id, record.path))
+        try:
+            if op == OpCode.RECONFIG:
+                txn = reconfig.request_txn(self.config.reconfig_enabled,
+                                           len(self.config.servers) > 1, record,
+                                           conn.session_id, conn.auth)
+            else:
+                txn = handlers.write_txn(op, record, conn.session_id, conn.auth)
+        except handlers.RequestError as exc:
+            return exc.err
+        except reconfig.ReconfigError as exc:
+            log.info("session 0x%x: reconfig refused (%s): %s", conn.session_id,
+                     exc.err.name, exc)
+            return exc.err
+        return SubmittedWrite(xid, op, worker.propose(txn))
+
+    def status(self, needs: frozenset[str] = frozenset()) -> fourlw.ServerStatus:
+        """This process's connections, requests and tree, with its member's role: a
+        four-letter word asked on the client port reports the process that took it."""
+        worker, stats, tree, config = self.server, self.stats, self.server.tree, self.config
+        member, watches = worker.member, worker.watches
+        connections: tuple[fourlw.ConnectionStatus, ...] = ()
+        if "connections" in needs:
+            connections = tuple(
+                fourlw.ConnectionStatus(c.peer, c.session_id, c.timeout_ms, c.received, c.sent,
+                                        c.connected_at) for c in worker.connections)
+        config_rows: tuple[tuple[str, object], ...] = ()
+        if "config" in needs:
+            config_rows = (
+                ("clientPort", worker.listen_port),
+                ("clientPortAddress", config.client_address),
+                ("dataDir", config.data_dir),
+                ("dataLogDir", config.data_log_dir or config.data_dir),
+                ("tickTime", config.tick_time),
+                ("minSessionTimeout", config.min_timeout),
+                ("maxSessionTimeout", config.max_timeout),
+                ("serverId", worker.member_id),
+                ("clientWorkers", config.client_workers),
+                ("clientWorker", worker.index))
+        by_session: tuple[tuple[int, tuple[str, ...]], ...] = ()
+        watched: tuple[str, ...] = ()
+        if "watches" in needs:
+            by_session = tuple((getattr(w, "session_id", 0), tuple(paths))
+                               for w, paths in watches.by_watcher().items())
+            watched = tuple(sorted(set(watches.data) | set(watches.child)))
+        ephemerals: tuple[tuple[int, tuple[str, ...]], ...] = ()
+        if "ephemerals" in needs:
+            ephemerals = tuple((sid, tuple(tree.ephemerals(sid))) for sid in sorted(tree.sessions))
+        mntr_rows: tuple[tuple[str, object], ...] = ()
+        if "mntr" in needs:
+            low, avg, high = metrics.latency(worker)  # type: ignore[arg-type]
+            mntr_rows = (
+                ("zk_version", fourlw.VERSION), ("zk_server_state", member.mode),
+                ("zk_avg_latency", round(avg, 4)), ("zk_max_latency", high),
+                ("zk_min_latency", low), ("zk_packets_received", stats.packets_received),
+                ("zk_packets_sent", stats.packets_sent),
+                ("zk_num_alive_connections", len(worker.connections)),
+                ("zk_outstanding_requests", len(worker.pending)),
+                ("zk_znode_count", tree.node_count), ("zk_watch_count", watches.count()),
+                ("zk_ephemerals_count", sum(len(tree.ephemerals(sid)) for sid in tree.sessions)),
+                ("zk_approximate_data_size", tree.approximate_data_size),
+                ("zk_global_sessions", len(tree.sessions)),
+                ("zk_last_zxid", f"0x{tree.last_zxid:x}"),
+                ("zkfs_client_worker", worker.index),
+                ("zkfs_client_workers", config.client_workers))
+        whitelist = getattr(config, "four_letter_words", None)
+        return fourlw.ServerStatus(
+            mode=member.mode, serving=member.serving, read_only=member.read_only,
+            standalone=member.standalone, latency=metrics.latency(worker),  # type: ignore[arg-type]
+            packets_received=stats.packets_received, packets_sent=stats.packets_sent,
+            outstanding=len(worker.pending), connection_count=len(worker.connections),
+            last_zxid=tree.last_zxid, node_count=tree.node_count, epoch=member.epoch,
+            leader_id=member.leader_id, peers=dict(member.peers), connections=connections,
+            config_rows=config_rows,
+            four_letter_words=frozenset(whitelist) if whitelist is not None else None,
+            mntr_rows=mntr_rows,
+            watch_count=watches.count() if "watches" in needs else 0,
+            watch_paths=watches.paths() if "watches" in needs else 0,
+            watches_by_session=by_session, watched_paths=watched,
+            ephemerals_by_session=ephemerals)
+
+
+class WorkerServer(ClientPort):
+    """One client worker: its tree and watches, its connections, its link to the member."""
+
+    def __init__(self, config: ServerConfig, index: int, member_id: int,
+                 status: MemberStatus, snapshot: bytes) -> None:
+        self.config = config
+        self.index = index
+        self.member_id = member_id
+        self.member = status
+        self.tree = DataTree.from_snapshot(snapshot)
+        self.watches = WatchManager()
+        self.stats = Stats()
+        self._init_client_port()
+        self.by_session: dict[int, ClientConnection] = {}
+        self.backend = WorkerBackend(self)
+        self.outbox = Outbox()
+        # Writes proposed here come back in the log with this origin; a restarted worker
+        # has another incarnation, so an entry of its earlier run completes nothing.
+        self.incarnation = int.from_bytes(os.urandom(8), "big") >> 1
+        self._next_seq = 0
+        self.pending: dict[int, Proposal] = {}       # writes, by origin sequence
+        self._syncs: dict[int, Proposal] = {}        # syncs, by request number
+        self._opens: dict[int, tuple[trio.Event, list[Any]]] = {}  # by connection token
+        self._tokens: dict[int, ClientConnection] = {}
+        self.touched: set[int] = set()  # sessions active since the last report
+        self.raft_tick = max(MIN_RAFT_TICK, config.tick_time / 1000.0 / RAFT_TICKS_PER_TICK)
+
+    # -- requests for the member -----------------------------------------------------------------
+    def propose(self, txn: txns.Txn) -> Proposal:
+        self._next_seq += 1
+        txn = txn.with_origin(txns.Origin(self.member_id, self.incarnation, self._next_seq))
+        proposal = Proposal(txn)
+        self.pending[self._next_seq] = proposal
+        self.outbox.add("fwd", txns.encode(txn))
+        return proposal
+
+    def sync(self, session_id: int, path: str) -> Proposal:
+        """Done once this worker applied everything its member had applied after the
+        leader's read index, which is what a sync on the member itself waits for."""
+        self._next_seq += 1
+        proposal = Proposal(txns.Txn(txns.Sync(path), session_id))
+        self._syncs[self._next_seq] = proposal
+        self.outbox.put(["sync", self._next_seq, path])
+        return proposal
+
+    async def open_session(self, conn: ClientConnection,
+                           request: jute.ConnectRequest) -> SessionGrant:
+        self._next_seq += 1
+        token = self._next_seq
+        done = trio.Event()
+        self._opens[token] = (done, [])
+        self._tokens[token] = conn
+        self.outbox.put(["open", token, conn.peer[0], conn.peer[1], conn.auth,
+                         [request.protocol_version, request.last_zxid_seen, request.timeout,
+                          request.session_id, request.passwd, request.read_only]])
+        try:
+            await done.wait()
+        finally:
+            _, answer = self._opens.pop(token)
+        response, read_only, close = answer
+        if response is None:
+            return SessionGrant(None)
+        grant = SessionGrant(jute.ConnectResponse(*response), read_only=read_only, close=close)
+        session_id = response[2]
+        if session_id and not read_only and not close:
+            self.by_session[session_id] = conn
+        return grant
+
+    # -- the feed from the member ----------------------------------------------------------------
+    def _apply(self, term: int, index: int, data: bytes) -> None:
+        zxid = make_zxid(term, index)
+        if not data:
+            self.tree.last_zxid = max(self.tree.last_zxid, zxid)
+            return
+        txn = txns.decode(data)
+        result = self.tree.apply(txn, zxid)
+        for event_type, path in result.events:
+            for conn in self.watches.trigger(event_type, path):
+                conn.notify(event_type, path)
+        body = txn.body
+        if isinstance(body, txns.CloseSession):
+            conn = self.by_session.pop(txn.session, None)
+            if conn is not None and body.expired:
+                conn.abort("session expired")
+        origin = txn.origin
+        if (origin is not None and origin.member == self.member_id
+                and origin.incarnation == self.incarnation):
+            proposal = self.pending.pop(origin.seq, None)
+            if proposal is not None:
+                proposal.txn = txn
+                proposal.zxid = zxid
+                proposal.result = result
+                proposal.done.set()
+                if proposal.on_applied is not None:
+                    proposal.on_applied()
+
+    def _reset(self, snapshot: bytes) -> None:
+        self.tree = DataTree.from_snapshot(snapshot)
+        self._fail_all("state replaced by a snapshot from the leader")
+        log.info("client worker %d: tree replaced by the member's (%d nodes)", self.index,
+                 self.tree.node_count)
+
+    def _fail_all(self, reason: str) -> None:
+        """As the member does when it loses its leader: every write in flight fails and every
+        client reconnects and resumes its session."""
+        for proposal in [*self.pending.values(), *self._syncs.values()]:
+            proposal.fail()
+        self.pending.clear()
+        self._syncs.clear()
+        for conn in list(self.connections):
+            conn.abort(reason)
+
+    def _set_status(self, status: MemberStatus) -> None:
+        previous, self.member = self.member, status
+        if previous.leader_id and status.leader_id != previous.leader_id:
+            self._fail_all("this member lost its leader")
+        elif previous.serving and not status.serving:
+            self._fail_all("this member lost contact with the leader")
+        elif status.serving and not previous.serving:
+            for conn in list(self.connections):
+                if conn.read_only:
+                    conn.abort("this member rejoined the quorum; read-only session ends")
+
+    def _on_message(self, message: list[Any]) -> None:
+        kind = message[0]
+        if kind == "entries":
+            for term, index, data in message[1]:
+                self._apply(term, index, data)
+        elif kind == "opened":
+            _, token, response, read_only, close = message
+            waiting = self._opens.get(token)
+            if waiting is not None:
+                waiting[1][:] = [response, read_only, close]
+                waiting[0].set()
+        elif kind == "synced":
+            proposal = self._syncs.pop(message[1], None)
+            if proposal is not None:
+                if message[2]:
+                    proposal.zxid = self.tree.last_zxid
+                    proposal.result = ApplyResult(Err.OK, None, [])
+                proposal.done.set()
+                if message[2] and proposal.on_applied is not None:
+                    proposal.on_applied()
+        elif kind == "failed":
+            for seq in message[1]:
+                proposal = self.pending.pop(seq, None)
+                if proposal is not None:
+                    proposal.fail()
+        elif kind == "drop":
+            conn = self._tokens.get(message[1])
+            if conn is not None:
+                conn.abort(message[2])
+        elif kind == "gone":
+            conn = self.by_session.get(message[1])
+            if conn is not None:
+                conn.abort("session is no longer live")
+        elif kind == "status":
+            self._set_status(MemberStatus.from_wire(message[1]))
+        elif kind == "snapshot":
+            self._reset(message[1])
+        else:
+            raise ValueError(f"member sent {kind!r}")
+
+    # -- tasks -----------------------------------------------------------------------------------
+    async def run(self, stream: trio.SocketStream, port: int) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.outbox.write_to, stream)
+            nursery.start_soon(self._toucher)
+            listeners = await open_shared_listeners(self.config.client_address, port)
+            self.listen_port = port
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener, nursery, None)
+            log.info("client worker %d (pid %d) serving clients on %s:%d, %d nodes", self.index,
+                     os.getpid(), self.config.client_address, port, self.tree.node_count)
+            reader = link_reader(stream)
+            while True:
+                message = await reader.read()
+                if message is None:
+                    log.info("client worker %d: the member closed the link; exiting", self.index)
+                    nursery.cancel_scope.cancel()
+                    return
+                self._on_message(message)
+
+    async def _toucher(self) -> None:
+        """Every raft tick, the sessions this worker's clients used: the member touches them
+        (and its reports to the leader carry them), as for its own clients."""
+        while True:
+            await trio.sleep(self.raft_tick)
+            if self.touched:
+                touched, self.touched = self.touched, set()
+                self.outbox.put(["touch", sorted(touched)])
+
+    async def serve_connection(self, stream: trio.abc.Stream, peer: tuple[str, int],
+                               auth: list[tuple[str, str]] | None = None) -> None:
+        try:
+            await super().serve_connection(stream, peer, auth)
+        finally:
+            # The member forgets which connection held the session (its by_session entry).
+            for token, conn in list(self._tokens.items()):
+                if conn.stream is stream:
+                    del self._tokens[token]
+                    self.outbox.put(["closed", token])
+
+
+async def _main(sock: socket.socket, index: int) -> None:
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    reader = link_reader(stream)
+    hello = await reader.read()
+    if not hello or hello[0] != "hello":
+        raise SystemExit(f"client worker {index}: no hello from the member")
+    _, config_blob, level, log_file, port, member_id, status, snapshot = hello
+    Logging(level=level, log_file=log_file).install()
+    config: ServerConfig = pickle.loads(config_blob)
+    started = time.monotonic()
+    worker = WorkerServer(config, index, member_id, MemberStatus.from_wire(status), snapshot)
+    log.info("client worker %d: loaded the member's tree (%d nodes) in %.3fs", index,
+             worker.tree.node_count, time.monotonic() - started)
+    await worker.run(stream, port)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="zkfsd-worker",
+                                     description="a zkfsd client worker (started by zkfsd)")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--index", type=int, required=True)
+    args = parser.parse_args(argv)
+    # The member decides when this process ends (it closes the link); a terminal's ^C or a
+    # SIGHUP for the member's log must not end the worker on its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    sock = socket.socket(fileno=args.fd)
+    trio.run(_main, sock, args.index)
+
+
+if __name__ == "__main__":
+    main()
