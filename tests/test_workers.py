@@ -326,3 +326,46 @@ def test_client_workers_config(tmp_path: Path) -> None:
         cfg.write_text(f"dataDir={tmp_path}\nclientWorkers={bad}\n")
         with pytest.raises(ConfigError, match="clientWorkers"):
             build_config(str(cfg))
+
+
+def test_workers_of_a_follower_across_a_leader_change(tmp_path: Path) -> None:
+    """Writes through a follower's workers go to the leader; when the leader dies, the
+    follower's workers drop their clients like the follower does, the clients come back
+    to the new majority with their sessions, and no acknowledged write is lost."""
+    from ensemble_helpers import Ensemble
+
+    ens = Ensemble(tmp_path / "ens", 3, extra_cfg=[f"clientWorkers={WORKERS}"])
+    try:
+        ens.start()
+        leader = ens.wait_stable()
+        follower = next(sid for sid in ens.ids if sid != leader)
+        port = ens.client_ports[follower]
+        wait_until(lambda: _listeners(port) == WORKERS, 20, "the follower's workers")
+        survivors = [sid for sid in ens.ids if sid != leader]
+        with clients(ens.hosts([follower]), 8, timeout=10.0) as pool:
+            pids = [ens.pids()[follower], *_children(ens.pids()[follower])]
+            landed = {serving_pid(c, port, pids) for c in pool}
+            assert len(landed - {None}) >= 2, landed
+            sessions = [c.client_id[0] for c in pool]
+            for i, c in enumerate(pool):
+                c.create(f"/f{i}", b"")
+                c.set(f"/f{i}", b"before")
+                assert c.get(f"/f{i}")[0] == b"before"
+            ens.kill9(leader)
+            # kazoo retries the one host it was given; the follower serves again once the
+            # two survivors elected a leader.
+            ens.wait_stable(survivors, timeout=30)
+            for i, c in enumerate(pool):
+                wait_until(lambda c=c: c.connected, 30, f"client {i} to reconnect")
+                assert c.client_id[0] == sessions[i]
+                c.sync("/")
+                for j in range(len(pool)):
+                    assert c.get(f"/f{j}")[0] == b"before"
+            for i, c in enumerate(pool):
+                c.set(f"/f{i}", b"after")
+                assert c.get(f"/f{i}")[0] == b"after"
+        with ens.client(survivors) as check:
+            check.sync("/")
+            assert all(check.get(f"/f{i}")[0] == b"after" for i in range(8))
+    finally:
+        ens.stop_all()
