@@ -369,3 +369,21 @@ def test_workers_of_a_follower_across_a_leader_change(tmp_path: Path) -> None:
             assert all(check.get(f"/f{i}")[0] == b"after" for i in range(8))
     finally:
         ens.stop_all()
+
+
+def test_workers_exit_with_their_member(zkfsd_factory: Callable[..., Any],
+                                        tmp_path: Path) -> None:
+    """kill -9 of the member leaves no worker holding the client port."""
+    proc = start_with_workers(zkfsd_factory, tmp_path)
+    workers = _children(proc.pid)
+    assert len(workers) == WORKERS - 1
+    proc.kill9()
+
+    def alive(pid: int) -> bool:
+        try:
+            return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+
+    wait_until(lambda: not any(alive(pid) for pid in workers), 10, "the workers to exit")
+    wait_until(lambda: _listeners(proc.port) == 0, 10, "the client port to close")

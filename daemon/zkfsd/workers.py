@@ -238,7 +238,10 @@ class WorkerHub:
         delay = RESTART_DELAY
         while True:
             started = time.monotonic()
-            await self._run_worker(link)
+            try:
+                await self._run_worker(link)
+            except Exception:  # noqa: BLE001 - a worker's failure must not stop the member
+                log.exception("client worker %d: link failed", link.index)
             if time.monotonic() - started > 10 * MAX_RESTART_DELAY:
                 delay = RESTART_DELAY
             log.warning("client worker %d exited; starting it again in %.1f s", link.index,
@@ -297,7 +300,14 @@ class WorkerHub:
                 return
             if message is None:
                 return
-            self._dispatch(link, message, nursery)
+            try:
+                self._dispatch(link, message, nursery)
+            except (ValueError, TypeError, KeyError, IndexError) as exc:
+                # The worker is this zkfsd; a frame it cannot have meant is a bug there:
+                # end the link (the worker exits and is started afresh).
+                log.error("client worker %d sent a bad frame (%s); restarting it", link.index,
+                          exc)
+                return
 
     def _forget_sessions(self, link: _WorkerLink) -> None:
         """A worker's connections are gone with it; its sessions live on (their clients
