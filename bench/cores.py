@@ -38,6 +38,7 @@ class CoresFigure:
     op: str
     ops_per_s: float
     server_cpu_us: float   # server CPU µs per request, all its processes
+    member_cpu_us: float   # of which the member process (zkfsd) or the JVM (ZooKeeper)
     server_cores: float    # server CPU seconds per wall second
     load: float            # 1-minute load average after the cell
     machine_busy: float    # percent of all cores busy during the cell
@@ -48,15 +49,18 @@ def _tree(pid: int) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
-def _cpu(pid: int) -> float:
-    total = 0.0
+def _cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds of the process `pid` and of it with all its descendants."""
+    total = own = 0.0
     for proc in _tree(pid):
         try:
             t = proc.cpu_times()
         except psutil.NoSuchProcess:
             continue
         total += t.user + t.system
-    return total
+        if proc.pid == pid:
+            own = t.user + t.system
+    return own, total
 
 
 def _pin(pid: int, cpus: str) -> None:
@@ -99,10 +103,11 @@ def measure(server: str, cpus: str, port: int, pid: int, ops: list[str], session
         if result.failure or not result.ops or before is None or after is None:
             print(f"{server} cpus {cpus} {op}: failed: {result.failure}", file=sys.stderr)
             continue
-        used = after - before  # type: ignore[operator]
+        own = after[0] - before[0]  # type: ignore[index]
+        used = after[1] - before[1]  # type: ignore[index]
         figures.append(CoresFigure(server, cpus, op, result.throughput,
-                                   used / result.ops * 1e6, used / result.elapsed,
-                                   os.getloadavg()[0], busy))
+                                   used / result.ops * 1e6, own / result.ops * 1e6,
+                                   used / result.elapsed, os.getloadavg()[0], busy))
     return figures
 
 
@@ -164,12 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{'server':12} {'cpus':5} {'op':8} {'ops/s':>9} {'cpu µs/req':>11} "
-          f"{'srv cores':>9} {'load1':>6} {'machine%':>8} {'vs zk':>6}")
+          f"{'member µs':>9} {'srv cores':>9} {'load1':>6} {'machine%':>8} {'vs zk':>6}")
     zk = {(f.cpus, f.op): f.ops_per_s for f in figures if f.server == "zookeeper"}
     for f in figures:
         ratio = f.ops_per_s / zk[(f.cpus, f.op)] if zk.get((f.cpus, f.op)) else float("nan")
         print(f"{f.server:12} {f.cpus:5} {f.op:8} {f.ops_per_s:9.0f} {f.server_cpu_us:11.1f} "
-              f"{f.server_cores:9.2f} {f.load:6.2f} {f.machine_busy:8.0f} {ratio:6.2f}")
+              f"{f.member_cpu_us:9.1f} {f.server_cores:9.2f} {f.load:6.2f} {f.machine_busy:8.0f} {ratio:6.2f}")
     return 0
 
 

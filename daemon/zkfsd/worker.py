@@ -363,7 +363,15 @@ async def _main(sock: socket.socket, index: int) -> None:
     if not hello or hello[0] != "hello":
         raise SystemExit(f"client worker {index}: no hello from the member")
     _, config_blob, level, log_file, port, member_id, status, snapshot = hello
-    Logging(level=level, log_file=log_file).install()
+    logs = Logging(level=level, log_file=log_file)
+    logs.install()
+    if logs.handler is not None:
+        # Connections log under zkfsd.server in every process: say which one wrote the line
+        # (in the name, so that the journal's formatter keeps its priority prefix).
+        def tag(record: logging.LogRecord) -> bool:
+            record.name = f"{record.name}[worker {index}]"
+            return True
+        logs.handler.addFilter(tag)
     config: ServerConfig = pickle.loads(config_blob)
     started = time.monotonic()
     worker = WorkerServer(config, index, member_id, MemberStatus.from_wire(status), snapshot)
