@@ -54,6 +54,10 @@ log = logging.getLogger("zkfsd.workers")
 
 # The member's tree travels in one frame; the socket pair is private to the two processes.
 MAX_LINK_FRAME = 1 << 31
+# Entries queued for a worker and not yet written to it: past this the worker is not keeping
+# up (stopped, or starved); it is killed and started afresh from the member's tree, so that the
+# member's memory stays bounded.
+MAX_BACKLOG_BYTES = 256 << 20
 # A worker that exits is started again after this, doubled while it keeps dying young.
 RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 30.0
@@ -68,12 +72,14 @@ class Outbox:
     def __init__(self) -> None:
         self.messages: list[list[Any]] = []
         self.wake = trio.Event()
+        self.backlog = 0  # bytes of batched items put and not yet taken by the writer
 
     def put(self, message: list[Any]) -> None:
         self.messages.append(message)
         self.wake.set()
 
-    def add(self, kind: str, item: Any) -> None:
+    def add(self, kind: str, item: Any, size: int = 0) -> None:
+        self.backlog += size
         messages = self.messages
         if messages and messages[-1][0] == kind:
             messages[-1][1].append(item)
@@ -87,6 +93,7 @@ class Outbox:
             await self.wake.wait()
             self.wake = trio.Event()
             messages, self.messages = self.messages, []
+            self.backlog = 0
             if messages:
                 await stream.send_all(b"".join(_frame(m) for m in messages))
 
@@ -154,6 +161,7 @@ class _WorkerLink:
         self.live = False  # sent its hello: gets every applied entry from now on
         self.sessions: dict[int, _RemoteSession] = {}  # by connection token
         self.pid = 0
+        self.process: trio.Process | None = None
 
 
 class _Tee:
@@ -171,7 +179,10 @@ class _Tee:
         self.inner.apply(entry)
         for link in self.hub.links:
             if link.live:
-                link.outbox.add("entries", [entry.term, entry.index, entry.data])
+                outbox = link.outbox
+                outbox.add("entries", [entry.term, entry.index, entry.data], len(entry.data))
+                if outbox.backlog > MAX_BACKLOG_BYTES:
+                    self.hub.restart(link, f"{outbox.backlog} bytes of entries not taken")
 
     def read_state(self, index: int, context: bytes) -> None:
         self.inner.read_state(index, context)
@@ -195,6 +206,15 @@ class WorkerHub:
             for link in self.links:
                 nursery.start_soon(self._supervise, link)
             task_status.started()
+
+    def restart(self, link: _WorkerLink, reason: str) -> None:
+        """Kill a worker that cannot keep up; its supervisor starts it afresh."""
+        log.warning("client worker %d (pid %d) is not keeping up (%s): killing it", link.index,
+                    link.pid, reason)
+        link.live = False
+        link.outbox = Outbox()
+        if link.process is not None and link.process.returncode is None:
+            link.process.kill()
 
     def pids(self) -> list[int]:
         return [link.pid for link in self.links if link.pid]
@@ -260,6 +280,7 @@ class WorkerHub:
         finally:
             theirs.close()
         link.pid = process.pid
+        link.process = process
         log.info("client worker %d started (pid %d)", link.index, process.pid)
         link.outbox = Outbox()
         link.outbox.put(self._hello())
@@ -272,6 +293,7 @@ class WorkerHub:
         finally:
             link.live = False
             link.pid = 0
+            link.process = None
             self._forget_sessions(link)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
