@@ -174,6 +174,11 @@ def test_sessions_spread_over_processes_and_read_their_own_writes(server: Server
             # Sequential creates answered in order with their own names.
             names = [c.create(f"{server.prefix}/seq{i}-", b"", sequence=True) for _ in range(3)]
             assert names == sorted(names)
+        # A reconfig is refused alike by every process (reconfigEnabled is off by default).
+        from kazoo.exceptions import ReconfigDisabledError
+        for c in pool:
+            with pytest.raises(ReconfigDisabledError):
+                c.reconfig(joining=None, leaving="2", new_members=None)
         # Another session, on another process, sees every write after a sync.
         reader = pool[-1]
         reader.sync(server.prefix)
