@@ -306,6 +306,7 @@ def test_four_letter_words_from_any_process(zkfsd_factory: Callable[..., Any],
     with clients(proc.hosts, 3) as pool:
         pool[0].create("/fourlw", b"x")
         seen_worker = set()
+        seen_member = False
         for _ in range(30):  # new connections land on every process sooner or later
             srvr = four_letter_word(proc.host, proc.port, "srvr")
             assert "Mode: standalone" in srvr
@@ -313,12 +314,17 @@ def test_four_letter_words_from_any_process(zkfsd_factory: Callable[..., Any],
             mntr = four_letter_word(proc.host, proc.port, "mntr")
             assert "zk_server_state\tstandalone" in mntr
             for line in mntr.splitlines():
-                if line.startswith("zkfs_client_worker\t"):
+                if line.startswith("zk_client_worker\t"):
                     seen_worker.add(int(line.split("\t")[1]))
+                elif line.startswith("zk_client_workers_running\t"):
+                    # The member's answer: it counts the processes and its workers' clients.
+                    assert line == f"zk_client_workers_running\t{WORKERS}"
+                    seen_member = True
             assert four_letter_word(proc.host, proc.port, "ruok") == "imok"
-            if len(seen_worker) == WORKERS - 1:
+            if len(seen_worker) == WORKERS - 1 and seen_member:
                 break
         assert seen_worker == set(range(1, WORKERS)), seen_worker
+        assert seen_member
 
 
 def test_client_workers_config(tmp_path: Path) -> None:

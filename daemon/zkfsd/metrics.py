@@ -197,6 +197,15 @@ def collect(server: ZkServer, version: str) -> list[Metric]:
         Metric("startup_txns_load_time", summary=storage.load_ms,
                help="Log load time at start-up (ms)"),
     ]
+    hub = server.workers
+    if hub is not None:
+        # clientWorkers: the worker processes' own figures are in their own mntr answers.
+        m += [Metric("client_workers", server.config.client_workers,
+                     "Client-serving processes, this member's included (clientWorkers)"),
+              Metric("client_workers_running", 1 + len(hub.pids()),
+                     "Client-serving processes running, this member's included"),
+              Metric("client_worker_connections", hub.connections(),
+                     "Client connections of the worker processes (last reported)")]
     core = server.core
     if core is not None:
         states = server.peer_states()

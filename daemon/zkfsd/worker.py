@@ -133,8 +133,8 @@ class WorkerBackend(MemberBackend):
                 ("zk_approximate_data_size", tree.approximate_data_size),
                 ("zk_global_sessions", len(tree.sessions)),
                 ("zk_last_zxid", f"0x{tree.last_zxid:x}"),
-                ("zkfs_client_worker", worker.index),
-                ("zkfs_client_workers", config.client_workers))
+                ("zk_client_workers", config.client_workers),
+                ("zk_client_worker", worker.index))
         whitelist = getattr(config, "four_letter_words", None)
         return fourlw.ServerStatus(
             mode=member.mode, serving=member.serving, read_only=member.read_only,
@@ -338,11 +338,13 @@ class WorkerServer(ClientPort):
     async def _toucher(self) -> None:
         """Every raft tick, the sessions this worker's clients used: the member touches them
         (and its reports to the leader carry them), as for its own clients."""
+        reported = -1
         while True:
             await trio.sleep(self.raft_tick)
-            if self.touched:
+            if self.touched or reported != len(self.connections):
                 touched, self.touched = self.touched, set()
-                self.outbox.put(["touch", sorted(touched)])
+                reported = len(self.connections)
+                self.outbox.put(["touch", sorted(touched), reported])
 
     async def serve_connection(self, stream: trio.abc.Stream, peer: tuple[str, int],
                                auth: list[tuple[str, str]] | None = None) -> None:

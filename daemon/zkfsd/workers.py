@@ -162,6 +162,7 @@ class _WorkerLink:
         self.sessions: dict[int, _RemoteSession] = {}  # by connection token
         self.pid = 0
         self.process: trio.Process | None = None
+        self.connections = 0  # as the worker last reported
 
 
 class _Tee:
@@ -218,6 +219,9 @@ class WorkerHub:
 
     def pids(self) -> list[int]:
         return [link.pid for link in self.links if link.pid]
+
+    def connections(self) -> int:
+        return sum(link.connections for link in self.links if link.live)
 
     # -- the feed --------------------------------------------------------------------------------
     def _hello(self) -> list[Any]:
@@ -356,6 +360,7 @@ class WorkerHub:
             for session_id in message[1]:
                 if not server.touch_session(session_id):
                     link.outbox.put(["gone", session_id])
+            link.connections = int(message[2])
         elif kind == "open":
             nursery.start_soon(self._open, link, message)
         elif kind == "sync":
