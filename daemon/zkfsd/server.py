@@ -567,8 +567,12 @@ class ZkServer(ClientPort):
             return
         for txn in batch:
             origin = txn.origin
-            # Writes of a client worker (workers.py) carry its incarnation, not this one's.
-            if origin is None or origin.incarnation != self._incarnation:
+            if origin is None:
+                continue
+            if origin.incarnation != self._incarnation:
+                # A client worker's write (workers.py): the worker fails it.
+                if self.workers is not None:
+                    self.workers.forward_failed(origin)
                 continue
             proposal = self._pending.pop(origin.seq, None)
             if proposal is not None:

@@ -163,6 +163,7 @@ class _WorkerLink:
         self.pid = 0
         self.process: trio.Process | None = None
         self.connections = 0  # as the worker last reported
+        self.incarnation = -1  # the origin its writes carry (learnt from them)
 
 
 class _Tee:
@@ -219,6 +220,13 @@ class WorkerHub:
 
     def pids(self) -> list[int]:
         return [link.pid for link in self.links if link.pid]
+
+    def forward_failed(self, origin: txns.Origin) -> None:
+        """A worker's write could not be sent on to the leader: the worker fails it (its
+        client's connection closes, as for the member's own writes)."""
+        for link in self.links:
+            if link.live and link.incarnation == origin.incarnation:
+                link.outbox.put(["failed", [origin.seq]])
 
     def connections(self) -> int:
         return sum(link.connections for link in self.links if link.live)
@@ -352,8 +360,11 @@ class WorkerHub:
             failed = []
             for data in message[1]:
                 txn = txns.decode(data)
-                if txn.origin is None or not server.submit_forwarded(txn):
-                    failed.append(txn.origin.seq if txn.origin else 0)
+                if txn.origin is None:
+                    raise ValueError("a forwarded write without its origin")
+                link.incarnation = txn.origin.incarnation
+                if not server.submit_forwarded(txn):
+                    failed.append(txn.origin.seq)
             if failed:
                 link.outbox.put(["failed", failed])
         elif kind == "touch":
