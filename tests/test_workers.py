@@ -405,3 +405,40 @@ def test_workers_exit_with_their_member(zkfsd_factory: Callable[..., Any],
 
     wait_until(lambda: not any(alive(pid) for pid in workers), 10, "the workers to exit")
     wait_until(lambda: _listeners(proc.port) == 0, 10, "the client port to close")
+
+
+# The trio client's single-session contract tests (tests/test_client.py), run once more
+# against a member with client workers (each test's session lands on any of the processes):
+# every operation, containers and TTLs, multi, cancelled and concurrent requests. Imported
+# under other names so that pytest collects them here with this module's `hosts` fixture.
+# test_client.py's tests with two sessions are left out: they read what another session just
+# wrote without a sync, which only a single server process answers for sure (ZooKeeper
+# promises it within one session or after sync; in an ensemble, as across client workers,
+# another session's write shows once its server applied it). The cross-process behaviour is
+# what the tests above check, with syncs where ZooKeeper needs them.
+from test_client import (  # noqa: E402
+    base,
+    test_cancelled_and_concurrent_requests as test_client_cancelled_and_concurrent_requests,
+    test_container_and_ttl_nodes as test_client_container_and_ttl_nodes,
+    test_every_operation as test_client_every_operation,
+    test_multi as test_client_multi,
+)
+
+__all__ = ["base"]  # a fixture the imported tests use
+
+
+@pytest.fixture(scope="module")
+def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One zkfsd with client workers for the imported client tests (each uses its own paths)."""
+    from helpers import ZkfsdProcess
+
+    tmp = tmp_path_factory.mktemp("client-workers")
+    cfg = tmp / "zoo.cfg"
+    cfg.write_text(f"dataDir={tmp / 'data'}\nclientWorkers={WORKERS}\n")
+    proc = ZkfsdProcess(tmp / "data", log_path=tmp / "zkfsd.log", extra_args=["--config", str(cfg)])
+    proc.start()
+    try:
+        wait_until(lambda: _listeners(proc.port) == WORKERS, 20, f"{WORKERS} listeners")
+        yield proc.hosts
+    finally:
+        proc.stop()
