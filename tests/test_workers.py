@@ -442,3 +442,27 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield proc.hosts
     finally:
         proc.stop()
+
+
+def test_mount_on_a_member_with_workers(zkfsd_factory: Callable[..., Any], mount: Any,
+                                        tmp_path: Path) -> None:
+    """Two zkfs mounts (two sessions, likely on different processes): each sees its own
+    writes at once, and the other's through its change follower (watches)."""
+    from mount_helpers import sh
+    from mount_helpers import wait_for as mount_wait_for
+
+    proc = start_with_workers(zkfsd_factory, tmp_path)
+    one = mount(proc.hosts, "session_timeout=4").mountpoint
+    two = mount(proc.hosts, "session_timeout=4").mountpoint
+    sh("mkdir -p svc/a && echo one > svc/a/f && cat svc/a/f && test \"$(cat svc/a/f)\" = one",
+       cwd=one)
+    mount_wait_for(lambda: (two / "svc" / "a" / "f").exists()
+                   and (two / "svc" / "a" / "f").read_text() == "one\n",
+                   what="the other mount to see the file")
+    sh("echo two > svc/a/f && test \"$(cat svc/a/f)\" = two && rm svc/a/f && test ! -e svc/a/f",
+       cwd=two)
+    mount_wait_for(lambda: not (one / "svc" / "a" / "f").exists(),
+                   what="the removal to reach the first mount")
+    with kazoo_client(proc.hosts) as k:
+        k.sync("/svc")
+        assert k.get_children("/svc/a") == []
