@@ -27,6 +27,8 @@ from zkfsd.config import ConfigError, build_config
 
 WORKERS = 3
 
+pytestmark = pytest.mark.timeout(120)
+
 
 def _children(pid: int) -> list[int]:
     """The processes whose parent is `pid` (any of its threads may have started them)."""

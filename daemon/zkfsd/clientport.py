@@ -223,5 +223,9 @@ class ClientPort:
             self.watches.remove_watcher(conn)
             if conn.session_id and self.by_session.get(conn.session_id) is conn:
                 del self.by_session[conn.session_id]
+            self._connection_closed(conn)
             with trio.CancelScope(shield=True):
                 await conn.close_stream()
+
+    def _connection_closed(self, conn: ClientConnection) -> None:
+        """A connection ended (after the tables above forgot it); for the class mixed into."""

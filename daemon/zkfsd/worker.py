@@ -175,7 +175,9 @@ class WorkerServer(ClientPort):
         self.pending: dict[int, Proposal] = {}       # writes, by origin sequence
         self._syncs: dict[int, Proposal] = {}        # syncs, by request number
         self._opens: dict[int, tuple[trio.Event, list[Any]]] = {}  # by connection token
+        # Connections that asked for a session, by the token the member knows them by.
         self._tokens: dict[int, ClientConnection] = {}
+        self._token_of: dict[ClientConnection, int] = {}
         self.touched: set[int] = set()  # sessions active since the last report
         self.raft_tick = max(MIN_RAFT_TICK, config.tick_time / 1000.0 / RAFT_TICKS_PER_TICK)
 
@@ -204,6 +206,7 @@ class WorkerServer(ClientPort):
         done = trio.Event()
         self._opens[token] = (done, [])
         self._tokens[token] = conn
+        self._token_of[conn] = token
         self.outbox.put(["open", token, conn.peer[0], conn.peer[1], conn.auth,
                          [request.protocol_version, request.last_zxid_seen, request.timeout,
                           request.session_id, request.passwd, request.read_only]])
@@ -346,16 +349,12 @@ class WorkerServer(ClientPort):
                 reported = len(self.connections)
                 self.outbox.put(["touch", sorted(touched), reported])
 
-    async def serve_connection(self, stream: trio.abc.Stream, peer: tuple[str, int],
-                               auth: list[tuple[str, str]] | None = None) -> None:
-        try:
-            await super().serve_connection(stream, peer, auth)
-        finally:
-            # The member forgets which connection held the session (its by_session entry).
-            for token, conn in list(self._tokens.items()):
-                if conn.stream is stream:
-                    del self._tokens[token]
-                    self.outbox.put(["closed", token])
+    def _connection_closed(self, conn: ClientConnection) -> None:
+        # The member forgets which connection held the session (its by_session entry).
+        token = self._token_of.pop(conn, None)
+        if token is not None:
+            del self._tokens[token]
+            self.outbox.put(["closed", token])
 
 
 async def _main(sock: socket.socket, index: int) -> None:
