@@ -468,3 +468,29 @@ def test_mount_on_a_member_with_workers(zkfsd_factory: Callable[..., Any], mount
     with kazoo_client(proc.hosts) as k:
         k.sync("/svc")
         assert k.get_children("/svc/a") == []
+
+
+def test_workers_of_a_stopped_member_stop_serving(zkfsd_factory: Callable[..., Any],
+                                                   tmp_path: Path) -> None:
+    """SIGSTOP of the member: within syncLimit ticks its workers drop their clients instead of
+    answering from a tree that no longer moves; after SIGCONT the sessions carry on."""
+    proc = start_with_workers(zkfsd_factory, tmp_path)
+    member = proc.pid
+    with clients(proc.hosts, 8, timeout=4.0) as pool:
+        pids = [member, *_children(member)]
+        client = next(c for c in pool if serving_pid(c, proc.port, pids) not in (None, member))
+        session = client.client_id[0]
+        client.create("/stopped", b"0")
+        states: list[str] = []
+        client.add_listener(lambda state: states.append(str(state)))
+        os.kill(member, signal.SIGSTOP)
+        try:
+            # tickTime 200 ms x syncLimit 5: a second of silence, then the worker lets go.
+            wait_until(lambda: "SUSPENDED" in states, 10, "the worker to drop its client")
+        finally:
+            os.kill(member, signal.SIGCONT)
+        wait_until(lambda: client.connected, 20, "the client to reconnect")
+        assert client.client_id[0] == session
+        assert "LOST" not in states
+        client.retry(client.set, "/stopped", b"1")
+        assert client.get("/stopped")[0] == b"1"

@@ -49,6 +49,8 @@ class WorkerBackend(MemberBackend):
         self.stats = worker.stats
 
     async def open_session(self, conn: Connection, request: jute.ConnectRequest) -> SessionGrant:
+        if self.server.member_silent():
+            return SessionGrant(None)  # the client tries again, maybe on another process
         return await self.server.open_session(conn, request)  # type: ignore[arg-type]
 
     def refuse_request(self, conn: Connection) -> str | None:
@@ -56,6 +58,8 @@ class WorkerBackend(MemberBackend):
         if not conn.session_id:
             return None
         status = worker.member
+        if worker.member_silent():
+            return "the member is not answering"
         if conn.read_only:
             return ("this member is back in the quorum: read-only session ends"
                     if not status.read_only else None)
@@ -180,6 +184,14 @@ class WorkerServer(ClientPort):
         self._token_of: dict[ClientConnection, int] = {}
         self.touched: set[int] = set()  # sessions active since the last report
         self.raft_tick = max(MIN_RAFT_TICK, config.tick_time / 1000.0 / RAFT_TICKS_PER_TICK)
+        # The member sends its status every half tick; unheard for syncLimit ticks (what
+        # ZooKeeper allows a follower), it is taken for stopped or wedged.
+        self._silence_limit = config.sync_limit * config.tick_time / 1000.0
+        self._heard = trio.current_time()
+        self._silent = False
+
+    def member_silent(self) -> bool:
+        return trio.current_time() - self._heard > self._silence_limit
 
     # -- requests for the member -----------------------------------------------------------------
     def propose(self, txn: txns.Txn) -> Proposal:
@@ -336,6 +348,7 @@ class WorkerServer(ClientPort):
                     log.info("client worker %d: the member closed the link; exiting", self.index)
                     nursery.cancel_scope.cancel()
                     return
+                self._heard = trio.current_time()
                 self._on_message(message)
 
     async def _toucher(self) -> None:
@@ -344,6 +357,14 @@ class WorkerServer(ClientPort):
         reported = -1
         while True:
             await trio.sleep(self.raft_tick)
+            silent = self.member_silent()
+            if silent and not self._silent:
+                log.warning("client worker %d: nothing from the member for %.1f s; dropping "
+                            "clients until it answers", self.index, self._silence_limit)
+                self._fail_all("the member is not answering")
+            elif self._silent and not silent:
+                log.info("client worker %d: the member answers again", self.index)
+            self._silent = silent
             if self.touched or reported != len(self.connections):
                 touched, self.touched = self.touched, set()
                 reported = len(self.connections)

@@ -256,14 +256,22 @@ class WorkerHub:
                             core.term if core is not None else 0, tuple(sorted(peers.items())))
 
     async def _status_loop(self) -> None:
+        """The member's status to every worker when it changes, and every half tick anyway:
+        a worker that hears nothing for syncLimit ticks stops serving (worker.py), so that a
+        stopped or wedged member's workers do not go on answering from a stale tree."""
+        server = self.server
+        every = max(1, round(server.config.tick_time / 1000.0 / 2 / server.raft_tick))
+        rounds = 0
         while True:
             status = self.status()
-            if status != self._status:
+            rounds += 1
+            if status != self._status or rounds >= every:
                 self._status = status
+                rounds = 0
                 for link in self.links:
                     if link.live:
                         link.outbox.put(["status", status.to_wire()])
-            await trio.sleep(self.server.raft_tick)
+            await trio.sleep(server.raft_tick)
 
     # -- worker processes ------------------------------------------------------------------------
     async def _supervise(self, link: _WorkerLink) -> None:
