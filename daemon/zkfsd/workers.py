@@ -20,7 +20,9 @@ watches itself, and sends the member:
     committed: the worker has then applied it too), and, every raft tick, the sessions its
     clients touched (the member touches them in its SessionKeeper, which reports to the
     leader as always: expiry rules do not change);
-and the member sends it its status (serving, role, leader) when that changes.
+and the member sends it its status (serving, role, leader) when that changes and every half
+tick (a worker that hears nothing for syncLimit ticks stops serving). The worker's connection
+count rides along with its session report (for the member's mntr).
 
 Everything on the socket pair is a length-prefixed msgpack frame (peers.py's framing), a
 list [kind, ...]. Both ends are this zkfsd, started together, so the frames are trusted;
