@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import pickle
 import signal
 import socket
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
@@ -31,7 +31,10 @@ from zkfsd.server import Proposal, Stats, RAFT_TICKS_PER_TICK, MIN_RAFT_TICK
 from zkfsd.service import Logging
 from zkfsd.tree import ApplyResult, DataTree
 from zkfsd.watches import WatchManager
-from zkfsd.workers import MemberStatus, Outbox, link_reader
+from zkfsd.workerlink import (TO_WORKER, Drop, Entries, Failed, Gone, Hello, LinkDecoder,
+                              LinkError, LinkMessage, MemberStatus, NewTree, Open, Opened,
+                              Status, Sync, Synced, Touch, Closed)
+from zkfsd.workers import Outbox, read_link
 
 log = logging.getLogger("zkfsd.worker")
 
@@ -178,7 +181,7 @@ class WorkerServer(ClientPort):
         self._next_seq = 0
         self.pending: dict[int, Proposal] = {}       # writes, by origin sequence
         self._syncs: dict[int, Proposal] = {}        # syncs, by request number
-        self._opens: dict[int, tuple[trio.Event, list[Any]]] = {}  # by connection token
+        self._opens: dict[int, tuple[trio.Event, list[Opened]]] = {}  # by connection token
         # Connections that asked for a session, by the token the member knows them by.
         self._tokens: dict[int, ClientConnection] = {}
         self._token_of: dict[ClientConnection, int] = {}
@@ -199,7 +202,7 @@ class WorkerServer(ClientPort):
         txn = txn.with_origin(txns.Origin(self.member_id, self.incarnation, self._next_seq))
         proposal = Proposal(txn)
         self.pending[self._next_seq] = proposal
-        self.outbox.add("fwd", txns.encode(txn))
+        self.outbox.add_write(txn)
         return proposal
 
     def sync(self, session_id: int, path: str) -> Proposal:
@@ -208,7 +211,7 @@ class WorkerServer(ClientPort):
         self._next_seq += 1
         proposal = Proposal(txns.Txn(txns.Sync(path), session_id))
         self._syncs[self._next_seq] = proposal
-        self.outbox.put(["sync", self._next_seq, path])
+        self.outbox.put(Sync(self._next_seq, path))
         return proposal
 
     async def open_session(self, conn: ClientConnection,
@@ -219,20 +222,18 @@ class WorkerServer(ClientPort):
         self._opens[token] = (done, [])
         self._tokens[token] = conn
         self._token_of[conn] = token
-        self.outbox.put(["open", token, conn.peer[0], conn.peer[1], conn.auth,
-                         [request.protocol_version, request.last_zxid_seen, request.timeout,
-                          request.session_id, request.passwd, request.read_only]])
+        self.outbox.put(Open(token, (conn.peer[0], conn.peer[1]), tuple(conn.auth), request))
         try:
             await done.wait()
         finally:
-            _, answer = self._opens.pop(token)
-        response, read_only, close = answer
+            _, answers = self._opens.pop(token)
+        answer = answers[0]
+        response = answer.response
         if response is None:
             return SessionGrant(None)
-        grant = SessionGrant(jute.ConnectResponse(*response), read_only=read_only, close=close)
-        session_id = response[2]
-        if session_id and not read_only and not close:
-            self.by_session[session_id] = conn
+        grant = SessionGrant(response, read_only=answer.read_only, close=answer.close)
+        if response.session_id and not answer.read_only and not answer.close:
+            self.by_session[response.session_id] = conn
         return grant
 
     # -- the feed from the member ----------------------------------------------------------------
@@ -290,48 +291,49 @@ class WorkerServer(ClientPort):
                 if conn.read_only:
                     conn.abort("this member rejoined the quorum; read-only session ends")
 
-    def _on_message(self, message: list[Any]) -> None:
-        kind = message[0]
-        if kind == "entries":
-            for term, index, data in message[1]:
-                self._apply(term, index, data)
-        elif kind == "opened":
-            _, token, response, read_only, close = message
-            waiting = self._opens.get(token)
-            if waiting is not None:
-                waiting[1][:] = [response, read_only, close]
-                waiting[0].set()
-        elif kind == "synced":
-            proposal = self._syncs.pop(message[1], None)
-            if proposal is not None:
-                if message[2]:
-                    proposal.zxid = self.tree.last_zxid
-                    proposal.result = ApplyResult(Err.OK, None, [])
-                proposal.done.set()
-                if message[2] and proposal.on_applied is not None:
-                    proposal.on_applied()
-        elif kind == "failed":
-            for seq in message[1]:
-                proposal = self.pending.pop(seq, None)
+    def _on_message(self, message: LinkMessage) -> None:
+        match message:
+            case Entries():
+                for entry in message.entries:
+                    self._apply(entry.term, entry.index, entry.data)
+            case Opened():
+                waiting = self._opens.get(message.token)
+                if waiting is not None:
+                    waiting[1].append(message)
+                    waiting[0].set()
+            case Synced():
+                proposal = self._syncs.pop(message.request, None)
                 if proposal is not None:
-                    proposal.fail()
-        elif kind == "drop":
-            conn = self._tokens.get(message[1])
-            if conn is not None:
-                conn.abort(message[2])
-        elif kind == "gone":
-            conn = self.by_session.get(message[1])
-            if conn is not None:
-                conn.abort("session is no longer live")
-        elif kind == "status":
-            self._set_status(MemberStatus.from_wire(message[1]))
-        elif kind == "snapshot":
-            self._reset(message[1])
-        else:
-            raise ValueError(f"member sent {kind!r}")
+                    if message.ok:
+                        proposal.zxid = self.tree.last_zxid
+                        proposal.result = ApplyResult(Err.OK, None, [])
+                    proposal.done.set()
+                    if message.ok and proposal.on_applied is not None:
+                        proposal.on_applied()
+            case Failed():
+                for seq in message.seqs:
+                    proposal = self.pending.pop(seq, None)
+                    if proposal is not None:
+                        proposal.fail()
+            case Drop():
+                conn = self._tokens.get(message.token)
+                if conn is not None:
+                    conn.abort(message.reason)
+            case Gone():
+                conn = self.by_session.get(message.session_id)
+                if conn is not None:
+                    conn.abort("session is no longer live")
+            case Status():
+                self._set_status(message.status)
+            case NewTree():
+                self._reset(message.snapshot)
+            case _:  # a second Hello: the decoder accepts only what a member sends
+                raise LinkError(f"the member sent {type(message).__name__} after its hello")
 
     # -- tasks -----------------------------------------------------------------------------------
-    async def run(self, stream: trio.SocketStream, port: int) -> None:
+    async def run(self, stream: trio.SocketStream, messages: AsyncIterator[LinkMessage],
+                  port: int) -> None:
+        """Serve until the member closes the link (`messages`, after its Hello)."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.outbox.write_to, stream)
             nursery.start_soon(self._toucher)
@@ -341,15 +343,11 @@ class WorkerServer(ClientPort):
                 nursery.start_soon(self._accept_loop, listener, nursery, None)
             log.info("client worker %d (pid %d) serving clients on %s:%d, %d nodes", self.index,
                      os.getpid(), self.config.client_address, port, self.tree.node_count)
-            reader = link_reader(stream)
-            while True:
-                message = await reader.read()
-                if message is None:
-                    log.info("client worker %d: the member closed the link; exiting", self.index)
-                    nursery.cancel_scope.cancel()
-                    return
+            async for message in messages:
                 self._heard = trio.current_time()
                 self._on_message(message)
+            log.info("client worker %d: the member closed the link; exiting", self.index)
+            nursery.cancel_scope.cancel()
 
     async def _toucher(self) -> None:
         """Every raft tick, the sessions this worker's clients used: the member touches them
@@ -368,24 +366,26 @@ class WorkerServer(ClientPort):
             if self.touched or reported != len(self.connections):
                 touched, self.touched = self.touched, set()
                 reported = len(self.connections)
-                self.outbox.put(["touch", sorted(touched), reported])
+                self.outbox.put(Touch(tuple(sorted(touched)), reported))
 
     def _connection_closed(self, conn: ClientConnection) -> None:
         # The member forgets which connection held the session (its by_session entry).
         token = self._token_of.pop(conn, None)
         if token is not None:
             del self._tokens[token]
-            self.outbox.put(["closed", token])
+            self.outbox.put(Closed(token))
 
 
 async def _main(sock: socket.socket, index: int) -> None:
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-    reader = link_reader(stream)
-    hello = await reader.read()
-    if not hello or hello[0] != "hello":
+    messages = read_link(stream, LinkDecoder(TO_WORKER))
+    try:
+        hello = await anext(messages, None)
+    except LinkError as exc:
+        raise SystemExit(f"client worker {index}: bad hello from the member: {exc}") from None
+    if not isinstance(hello, Hello):
         raise SystemExit(f"client worker {index}: no hello from the member")
-    _, config_blob, level, log_file, port, member_id, status, snapshot = hello
-    logs = Logging(level=level, log_file=log_file)
+    logs = Logging(level=hello.log_level, log_file=hello.log_file)
     logs.install()
     if logs.handler is not None:
         # Connections log under zkfsd.server in every process: say which one wrote the line
@@ -394,12 +394,11 @@ async def _main(sock: socket.socket, index: int) -> None:
             record.name = f"{record.name}[worker {index}]"
             return True
         logs.handler.addFilter(tag)
-    config: ServerConfig = pickle.loads(config_blob)
     started = time.monotonic()
-    worker = WorkerServer(config, index, member_id, MemberStatus.from_wire(status), snapshot)
+    worker = WorkerServer(hello.config, index, hello.member_id, hello.status, hello.snapshot)
     log.info("client worker %d: loaded the member's tree (%d nodes) in %.3fs", index,
              worker.tree.node_count, time.monotonic() - started)
-    await worker.run(stream, port)
+    await worker.run(stream, messages, hello.port)
 
 
 def main(argv: list[str] | None = None) -> None:

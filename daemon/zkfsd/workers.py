@@ -24,29 +24,28 @@ and the member sends it its status (serving, role, leader) when that changes and
 tick (a worker that hears nothing for syncLimit ticks stops serving). The worker's connection
 count rides along with its session report (for the member's mntr).
 
-Everything on the socket pair is a length-prefixed msgpack frame (peers.py's framing), a
-list [kind, ...]. Both ends are this zkfsd, started together, so the frames are trusted;
-the configuration travels pickled (a ServerConfig, with its nested dataclasses).
+The messages are typed records, encoded and decoded (and checked, once) by workerlink.py;
+each end dispatches on their class.
 """
 from __future__ import annotations
 
 import logging
-import pickle
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from zkfs import jute
 from zkfs.constants import EventType
 
 from zkfsd import txns
 from zkfsd.consensus import Entry, Snapshot
-from zkfsd.peers import _frame, _FrameReader
+from zkfsd.workerlink import (TO_MEMBER, Closed, Drop, Entries, Failed, Forward, Gone, Hello,
+                              LinkDecoder, LinkError, LinkMessage, MemberStatus, NewTree, Open,
+                              Opened, Status, Sync, Synced, Touch, encode)
 
 if TYPE_CHECKING:
     from zkfsd.consensus import Application
@@ -54,8 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("zkfsd.workers")
 
-# The member's tree travels in one frame; the socket pair is private to the two processes.
-MAX_LINK_FRAME = 1 << 31
 # Entries queued for a worker and not yet written to it: past this the worker is not keeping
 # up (stopped, or starved); it is killed and started afresh from the member's tree, so that the
 # member's memory stays bounded.
@@ -65,28 +62,46 @@ RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 30.0
 
 
+class _Batch:
+    """Consecutive entries (or forwarded writes) put in one scheduling round: one message."""
+    __slots__ = ("kind", "items")
+
+    def __init__(self, kind: type[Entries] | type[Forward], item: Any) -> None:
+        self.kind = kind
+        self.items = [item]
+
+    def message(self) -> LinkMessage:
+        return self.kind(tuple(self.items))
+
+
 class Outbox:
     """Messages for the other end of a link, sent in order by one writer task; consecutive
-    messages of a batching kind ("entries", "fwd") share one message."""
-
-    BATCHED = ("entries", "fwd")
+    entries (`add_entry`) or forwarded writes (`add_write`) share one message."""
 
     def __init__(self) -> None:
-        self.messages: list[list[Any]] = []
+        self.messages: list[LinkMessage | _Batch] = []
         self.wake = trio.Event()
-        self.backlog = 0  # bytes of batched items put and not yet taken by the writer
+        self.backlog = 0  # bytes of entries put and not yet taken by the writer
 
-    def put(self, message: list[Any]) -> None:
+    def put(self, message: LinkMessage) -> None:
         self.messages.append(message)
         self.wake.set()
 
-    def add(self, kind: str, item: Any, size: int = 0) -> None:
-        self.backlog += size
+    def add_entry(self, entry: Entry) -> None:
+        self.backlog += len(entry.data)
+        self._add(Entries, entry)
+
+    def add_write(self, txn: txns.Txn) -> None:
+        self._add(Forward, txn)
+
+    def _add(self, kind: type[Entries] | type[Forward], item: Any) -> None:
         messages = self.messages
-        if messages and messages[-1][0] == kind:
-            messages[-1][1].append(item)
-        else:
-            messages.append([kind, [item]])
+        if messages:
+            last = messages[-1]
+            if type(last) is _Batch and last.kind is kind:
+                last.items.append(item)
+                return
+        messages.append(_Batch(kind, item))
         self.wake.set()
 
     async def write_to(self, stream: trio.abc.SendStream) -> None:
@@ -97,35 +112,26 @@ class Outbox:
             messages, self.messages = self.messages, []
             self.backlog = 0
             if messages:
-                await stream.send_all(b"".join(_frame(m) for m in messages))
+                await stream.send_all(b"".join(
+                    encode(m.message() if type(m) is _Batch else m)  # type: ignore[union-attr,arg-type]
+                    for m in messages))
 
 
-def link_reader(stream: trio.abc.ReceiveStream) -> _FrameReader:
-    reader = _FrameReader(stream)
-    reader.limit = MAX_LINK_FRAME
-    return reader
+# A worker's tree can be large; read the link in chunks of this (one receive per chunk).
+_RECEIVE = 1 << 20
 
 
-@dataclass(frozen=True)
-class MemberStatus:
-    """What a worker knows of its member's state (for serving decisions and the 4lw)."""
-    serving: bool
-    read_only: bool
-    mode: str
-    standalone: bool
-    leader_id: int
-    epoch: int
-    peers: tuple[tuple[int, str], ...]
-
-    def to_wire(self) -> list[Any]:
-        return [self.serving, self.read_only, self.mode, self.standalone, self.leader_id,
-                self.epoch, [list(p) for p in self.peers]]
-
-    @classmethod
-    def from_wire(cls, obj: list[Any]) -> MemberStatus:
-        serving, read_only, mode, standalone, leader_id, epoch, peers = obj
-        return cls(bool(serving), bool(read_only), str(mode), bool(standalone), int(leader_id),
-                   int(epoch), tuple((int(sid), str(state)) for sid, state in peers))
+async def read_link(stream: trio.abc.ReceiveStream,
+                    decoder: LinkDecoder) -> AsyncIterator[LinkMessage]:
+    """The messages arriving on `stream`, until it ends; LinkError if one is malformed or the
+    stream ends inside one."""
+    while True:
+        data = await stream.receive_some(_RECEIVE)
+        if not data:
+            decoder.end()
+            return
+        for message in decoder.feed(data):
+            yield message
 
 
 class _RemoteSession:
@@ -151,7 +157,7 @@ class _RemoteSession:
         pass  # the worker holds this session's watches and fires them itself
 
     def abort(self, reason: str) -> None:
-        self.link.outbox.put(["drop", self.token, reason])
+        self.link.outbox.put(Drop(self.token, reason))
 
 
 class _WorkerLink:
@@ -184,7 +190,7 @@ class _Tee:
         for link in self.hub.links:
             if link.live:
                 outbox = link.outbox
-                outbox.add("entries", [entry.term, entry.index, entry.data], len(entry.data))
+                outbox.add_entry(entry)
                 if outbox.backlog > MAX_BACKLOG_BYTES:
                     self.hub.restart(link, f"{outbox.backlog} bytes of entries not taken")
 
@@ -228,26 +234,27 @@ class WorkerHub:
         client's connection closes, as for the member's own writes)."""
         for link in self.links:
             if link.live and link.incarnation == origin.incarnation:
-                link.outbox.put(["failed", [origin.seq]])
+                link.outbox.put(Failed((origin.seq,)))
 
     def connections(self) -> int:
         return sum(link.connections for link in self.links if link.live)
 
     # -- the feed --------------------------------------------------------------------------------
-    def _hello(self) -> list[Any]:
+    def _hello(self) -> Hello:
         server = self.server
+        assert server.listen_port is not None
         logging_ = logging.getLogger()
         log_file = next((h.baseFilename for h in logging_.handlers  # type: ignore[attr-defined]
                          if isinstance(h, logging.FileHandler)), None)
-        return ["hello", pickle.dumps(server.config), logging.getLevelName(logging_.level),
-                log_file, server.listen_port, server.member_id, self.status().to_wire(),
-                server.tree.snapshot()]
+        return Hello(server.config, logging.getLevelName(logging_.level), log_file,
+                     server.listen_port, server.member_id, self.status(),
+                     server.tree.snapshot())
 
     def reset_all(self) -> None:
         """The member replaced its tree (a snapshot from the leader): so do the workers."""
         for link in self.links:
             if link.live:
-                link.outbox.put(["snapshot", self.server.tree.snapshot()])
+                link.outbox.put(NewTree(self.server.tree.snapshot()))
 
     def status(self) -> MemberStatus:
         server = self.server
@@ -272,7 +279,7 @@ class WorkerHub:
                 rounds = 0
                 for link in self.links:
                     if link.live:
-                        link.outbox.put(["status", status.to_wire()])
+                        link.outbox.put(Status(status))
             await trio.sleep(server.raft_tick)
 
     # -- worker processes ------------------------------------------------------------------------
@@ -335,23 +342,15 @@ class WorkerHub:
 
     async def _read(self, link: _WorkerLink, stream: trio.SocketStream,
                     nursery: trio.Nursery) -> None:
-        reader = link_reader(stream)
-        while True:
-            try:
-                message = await reader.read()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError) as exc:
-                log.warning("client worker %d: link failed: %s", link.index, exc)
-                return
-            if message is None:
-                return
-            try:
+        try:
+            async for message in read_link(stream, LinkDecoder(TO_MEMBER)):
                 self._dispatch(link, message, nursery)
-            except (ValueError, TypeError, KeyError, IndexError) as exc:
-                # The worker is this zkfsd; a frame it cannot have meant is a bug there:
-                # end the link (the worker exits and is started afresh).
-                log.error("client worker %d sent a bad frame (%s); restarting it", link.index,
-                          exc)
-                return
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.warning("client worker %d: link failed: %s", link.index, exc)
+        except LinkError as exc:
+            # The worker is this zkfsd; a frame it cannot have meant is a bug there: end the
+            # link (the worker exits and is started afresh).
+            log.error("client worker %d sent a bad frame (%s); restarting it", link.index, exc)
 
     def _forget_sessions(self, link: _WorkerLink) -> None:
         """A worker's connections are gone with it; its sessions live on (their clients
@@ -363,58 +362,52 @@ class WorkerHub:
         link.sessions.clear()
 
     # -- requests from a worker ------------------------------------------------------------------
-    def _dispatch(self, link: _WorkerLink, message: list[Any], nursery: trio.Nursery) -> None:
+    def _dispatch(self, link: _WorkerLink, message: LinkMessage, nursery: trio.Nursery) -> None:
         server = self.server
-        kind = message[0]
-        if kind == "fwd":
-            failed = []
-            for data in message[1]:
-                txn = txns.decode(data)
-                if txn.origin is None:
-                    raise ValueError("a forwarded write without its origin")
-                link.incarnation = txn.origin.incarnation
-                if not server.submit_forwarded(txn):
-                    failed.append(txn.origin.seq)
-            if failed:
-                link.outbox.put(["failed", failed])
-        elif kind == "touch":
-            for session_id in message[1]:
-                if not server.touch_session(session_id):
-                    link.outbox.put(["gone", session_id])
-            link.connections = int(message[2])
-        elif kind == "open":
-            nursery.start_soon(self._open, link, message)
-        elif kind == "sync":
-            nursery.start_soon(self._sync, link, message[1], message[2])
-        elif kind == "closed":
-            remote = link.sessions.pop(message[1], None)
-            if remote is not None and server.by_session.get(remote.session_id) is remote:
-                del server.by_session[remote.session_id]
-        else:
-            raise ValueError(f"client worker {link.index} sent {kind!r}")
+        match message:
+            case Forward():
+                failed = []
+                for txn in message.txns:
+                    origin = txn.origin
+                    assert origin is not None  # checked when decoded
+                    link.incarnation = origin.incarnation
+                    if not server.submit_forwarded(txn):
+                        failed.append(origin.seq)
+                if failed:
+                    link.outbox.put(Failed(tuple(failed)))
+            case Touch():
+                for session_id in message.sessions:
+                    if not server.touch_session(session_id):
+                        link.outbox.put(Gone(session_id))
+                link.connections = message.connections
+            case Open():
+                nursery.start_soon(self._open, link, message)
+            case Sync():
+                nursery.start_soon(self._sync, link, message)
+            case Closed():
+                remote = link.sessions.pop(message.token, None)
+                if remote is not None and server.by_session.get(remote.session_id) is remote:
+                    del server.by_session[remote.session_id]
+            case _:  # the decoder accepts TO_MEMBER only
+                raise AssertionError(f"client worker {link.index}: {message!r:.60}")
 
-    async def _open(self, link: _WorkerLink, message: list[Any]) -> None:
-        _, token, host, port, auth, fields = message
-        remote = _RemoteSession(link, token, (host, port), [tuple(a) for a in auth])
-        request = jute.ConnectRequest(*fields)
-        grant = await self.server.backend.open_session(remote, request)  # type: ignore[arg-type]
+    async def _open(self, link: _WorkerLink, message: Open) -> None:
+        remote = _RemoteSession(link, message.token, message.peer, list(message.auth))
+        grant = await self.server.backend.open_session(
+            remote, message.request)  # type: ignore[arg-type]
         response = grant.response
         if response is not None and response.session_id and not grant.read_only \
                 and not grant.close:
             remote.session_id = response.session_id
-            link.sessions[token] = remote
-        link.outbox.put(["opened", token,
-                         None if response is None else
-                         [response.protocol_version, response.timeout, response.session_id,
-                          response.passwd, response.read_only],
-                         grant.read_only, grant.close])
+            link.sessions[message.token] = remote
+        link.outbox.put(Opened(message.token, response, grant.read_only, grant.close))
 
-    async def _sync(self, link: _WorkerLink, request: int, path: str) -> None:
+    async def _sync(self, link: _WorkerLink, message: Sync) -> None:
         server = self.server
         if server.standalone:
             ok = True  # everything committed is applied here, hence queued for the worker
         else:
-            proposal = server.sync(0, path)
+            proposal = server.sync(0, message.path)
             await proposal.done.wait()
             ok = proposal.result is not None
-        link.outbox.put(["synced", request, ok])
+        link.outbox.put(Synced(message.request, ok))
