@@ -680,11 +680,10 @@ class DataTree:
         zxid, time = ctx.zxid, ctx.time
         auth = ctx.auth
         data = txn.data
-        if _path_error(path) is not None:
-            raise _Fail(Err.BAD_ARGUMENTS)
         node = self._nodes.get(path)
         if node is None:
-            raise _Fail(Err.NO_NODE)
+            # Only a missing node's path needs checking: every node in the tree has a valid one.
+            raise _Fail(Err.BAD_ARGUMENTS if _path_error(path) is not None else Err.NO_NODE)
         if not check_acl(node.acl, Perm.WRITE, auth):
             raise _Fail(Err.NO_AUTH)
         _check_version(node.version, version)
@@ -728,11 +727,10 @@ class DataTree:
         path = txn.path
         version = txn.version
         auth = ctx.auth
-        if _path_error(path) is not None:
-            raise _Fail(Err.BAD_ARGUMENTS)
         node = self._nodes.get(path)
         if node is None:
-            raise _Fail(Err.NO_NODE)
+            # As in _set_data: a node in the tree has a valid path.
+            raise _Fail(Err.BAD_ARGUMENTS if _path_error(path) is not None else Err.NO_NODE)
         if not check_acl(node.acl, Perm.READ, auth):
             raise _Fail(Err.NO_AUTH)
         _check_version(node.version, version)

@@ -48,6 +48,7 @@ MAX_LINK_FRAME = (1 << 31) - 1
 _LEN = struct.Struct(">I")
 _I32 = 1 << 31
 _I64 = 1 << 63
+_U64 = 1 << 64
 
 
 class LinkError(ValueError):
@@ -64,7 +65,7 @@ def _int(v: Any, what: str, bound: int = _I64) -> int:
 
 
 def _uint(v: Any, what: str) -> int:
-    if type(v) is not int or not 0 <= v < 1 << 64:
+    if type(v) is not int or not 0 <= v < _U64:
         raise LinkError(f"{what}: expected an unsigned integer, got {v!r:.40}")
     return v
 
@@ -191,13 +192,16 @@ class Entries(_Message):
 
     @classmethod
     def _parse(cls, f: list[Any]) -> Entries:
+        # Every write crosses here on every worker: the checks are inline, not calls.
         out = []
         for e in _list(f[0], "entries"):
             if type(e) is not list or len(e) != 3:
                 raise LinkError(f"entry: expected [term, index, data], got {e!r:.40}")
             term, index, data = e
-            out.append(Entry(_uint(index, "entry.index"), _uint(term, "entry.term"),
-                             _bytes(data, "entry.data")))
+            if (type(term) is not int or type(index) is not int or type(data) is not bytes
+                    or not 0 <= term < _U64 or not 0 <= index < _U64):
+                raise LinkError(f"entry: expected [term, index, data], got {e!r:.40}")
+            out.append(Entry(index, term, data))
         return cls(tuple(out))
 
 
