@@ -266,9 +266,15 @@ def check_acl(node_acl: Iterable[Acl], perm: int, auth: Iterable[Any]) -> bool:
     granting `perm` must be world:anyone or match one of the ids (digest: exactly; ip: by
     address or CIDR prefix).
     """
-    node_acl = list(node_acl)
+    if type(node_acl) is not list and type(node_acl) is not tuple:
+        node_acl = list(node_acl)
     if not node_acl:
         return True
+    # world:anyone first, before the ids are looked at: it is most nodes' ACL, every read and
+    # write checks it, and a 'super' id would only give the same answer.
+    for perms, scheme, ident in node_acl:
+        if perms & perm and scheme == "world" and ident == "anyone":
+            return True
     ids = [(scheme, ident) for scheme, ident in auth]
     if any(scheme == "super" for scheme, _ in ids):
         return True

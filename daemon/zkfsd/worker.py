@@ -1,5 +1,6 @@
 """A client worker process (zoo.cfg `clientWorkers`): serves clients on its member's client
-port from its own copy of the tree; workers.py describes the design and the link.
+port from its own copy of the tree; workers.py describes the design, workerlink.py the
+messages of the link.
 
 Started by the member as `python -m zkfsd.worker --fd N --index I`, N being its end of a
 socket pair; it exits when the member closes that (the member stopped, or died: the kernel
@@ -343,10 +344,16 @@ class WorkerServer(ClientPort):
                 nursery.start_soon(self._accept_loop, listener, nursery, None)
             log.info("client worker %d (pid %d) serving clients on %s:%d, %d nodes", self.index,
                      os.getpid(), self.config.client_address, port, self.tree.node_count)
-            async for message in messages:
-                self._heard = trio.current_time()
-                self._on_message(message)
-            log.info("client worker %d: the member closed the link; exiting", self.index)
+            try:
+                async for message in messages:
+                    self._heard = trio.current_time()
+                    self._on_message(message)
+                log.info("client worker %d: the member closed the link; exiting", self.index)
+            except LinkError as exc:
+                # The member is this zkfsd: a message it cannot have meant is a bug there.
+                # Exiting ends the link; the member starts this worker afresh.
+                log.error("client worker %d: bad message from the member (%s); exiting",
+                          self.index, exc)
             nursery.cancel_scope.cancel()
 
     async def _toucher(self) -> None:
