@@ -345,14 +345,15 @@ class Forward(_Message):
     @classmethod
     def _parse(cls, f: list[Any]) -> Forward:
         out = []
-        for data in _list(f[0], "forward"):
-            try:
-                txn = txns.decode(_bytes(data, "forward.txn"))
-            except txns.TxnDecodeError as exc:
-                raise LinkError(f"forward: {exc}") from None
-            if txn.origin is None:
-                raise LinkError("forward: a write without its origin")
-            out.append(txn)
+        decode_txn = txns.decode  # it refuses anything but msgpack bytes
+        try:
+            for data in _list(f[0], "forward"):
+                txn = decode_txn(data)
+                if txn.origin is None:
+                    raise LinkError("forward: a write without its origin")
+                out.append(txn)
+        except txns.TxnDecodeError as exc:
+            raise LinkError(f"forward: {exc}") from None
         return cls(tuple(out))
 
 
