@@ -237,12 +237,16 @@ def encode(txn: Txn) -> bytes:
 # -- decoding: every check happens here ------------------------------------------------------------
 
 def _int(what: str, v: Any) -> int:
+    if type(v) is int and -_I64 <= v < _I64:  # what msgpack gives: one test, not three
+        return v
     if not isinstance(v, int) or isinstance(v, bool) or not -_I64 <= v < _I64:
         raise TxnDecodeError(f"{what}: expected a 64-bit integer, got {type(v).__name__}")
     return v
 
 
 def _str(what: str, v: Any) -> str:
+    if type(v) is str:
+        return v
     if not isinstance(v, str):
         raise TxnDecodeError(f"{what}: expected a string, got {type(v).__name__}")
     return v
