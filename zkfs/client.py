@@ -235,8 +235,13 @@ class Op:
 
     @staticmethod
     def get(path: str) -> Op:
-        """multi_read only: (data, stat)."""
+        """multi_read and read_many: (data, stat)."""
         return Op(OpCode.GET_DATA, path)
+
+    @staticmethod
+    def exists(path: str) -> Op:
+        """read_many only (ZooKeeper's multiRead has no exists): the Stat, or None."""
+        return Op(OpCode.EXISTS, path)
 
     @staticmethod
     def get_children(path: str) -> Op:
@@ -266,6 +271,46 @@ class _Pending:
         if not self.event.is_set():
             self.error = error
             self.event.set()
+
+
+class _Batch:
+    """Wakes the caller of `ZkClient.read_many` once all its requests are answered: one
+    Event for the batch instead of one per request (and no task per request)."""
+    __slots__ = ("left", "done")
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.done = trio.Event()
+
+    def set(self) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self.done.set()
+
+
+class _BatchSlot(_Pending):
+    """One request of a batch: `event` is its own completion flag, counted into the batch."""
+    __slots__ = ("batch", "finished")
+
+    def __init__(self, op: int, batch: _Batch) -> None:
+        # No trio.Event of its own (what makes a request cheap); see `set`/`is_set`.
+        self.op = op
+        self.on_reply = None
+        self.err = 0
+        self.record = None
+        self.error = None
+        self.abandoned = False
+        self.batch = batch
+        self.finished = False
+        self.event = self  # type: ignore[assignment]
+
+    def is_set(self) -> bool:
+        return self.finished
+
+    def set(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self.batch.set()
 
 
 class _Connection:
@@ -1055,6 +1100,49 @@ class ZkClient:
         """Read several nodes at one point in time (Op.get / Op.get_children); failures do not
         abort: each result is (data, stat), a list of children, or a ZkError instance."""
         return await self._multi(OpCode.MULTI_READ, ops)
+
+    async def read_many(self, ops: Sequence[Op]) -> list[Any]:
+        """Independent reads (Op.exists, Op.get, Op.get_children) sent in one write, answered
+        when all replies are in; each result as from the single call (exists: Stat or None;
+        get: (data, stat); get_children: names), or the ZkError instance it failed with.
+        Unlike `multi_read` the reads are not one point in time, and exists is allowed. Costs
+        no task and no Event per request: what makes probing a 1000-entry directory cheap."""
+        ops = list(ops)
+        if not ops:
+            return []
+        conn = await self._connection()
+        batch = _Batch(len(ops))
+        slots: list[_BatchSlot] = []
+        frames: list[bytes] = []
+        for op in ops:
+            full = self._full(op.path)
+            if op.code == OpCode.EXISTS:
+                code, record = OpCode.EXISTS, jute.ExistsRequest(full, False)
+            elif op.code in (OpCode.GET_DATA, OpCode.GET_CHILDREN):
+                code, record = self._op_record(op)
+            else:
+                raise BadArgumentsError(f"op {op.code!r} is not a read", path=op.path)
+            xid = self._next_xid()
+            frames.append(jute.encode_request(xid, code, record))
+            slot = _BatchSlot(code, batch)
+            conn.pending[xid] = slot
+            slots.append(slot)
+        conn.send(b"".join(frames))
+        await batch.done.wait()
+        results: list[Any] = []
+        for op, slot in zip(ops, slots):
+            if slot.error is not None:
+                raise slot.error  # the connection was lost: the whole batch is retried
+            err, record = slot.err, slot.record
+            if op.code == OpCode.EXISTS and err == Err.NO_NODE:
+                results.append(None)
+            elif err != Err.OK:
+                results.append(error_for(err, op.path))
+            elif isinstance(record, jute.ExistsResponse):
+                results.append(record.stat)
+            else:
+                results.append(self._op_result(op, op.code, err, record))
+        return results
 
     async def close(self) -> None:
         """End the session (its ephemeral nodes go at once) and close the connection.

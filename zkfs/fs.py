@@ -86,6 +86,7 @@ from zkfs.mountstate import (
     inval_inode,
 )
 from zkfs.paths import is_within, join_path, parent_path
+from zkfs.probing import Probe, kind_from_data, kind_from_stat, probe_many
 
 __all__ = ["DATA_NAME", "STALE_ERRNO", "MountConfig", "ZkOperations", "errno_for"]
 
@@ -97,8 +98,6 @@ NAME_MAX = 255
 # Directory renames are one multi transaction; past these sizes mv gets EXDEV (it then copies).
 MAX_RENAME_NODES = 1000
 MAX_RENAME_BYTES = 512 * 1024
-# Concurrent stat requests while listing a directory (the client pipelines them).
-_LIST_CONCURRENCY = 128
 # statfs (see ZkOperations.statfs): nominal size and inode count, and how long it waits for
 # the znode count before answering with the last one (df must not hang on a hard mount).
 STATFS_BLOCK = 4096
@@ -317,18 +316,6 @@ def check_name(name: bytes) -> str:
         if (c <= 0x1F or 0x7F <= c <= 0x9F or 0xD800 <= c <= 0xF8FF or 0xFFF0 <= c):
             raise _fail(errno.EINVAL)
     return text
-
-
-@dataclass
-class Probe:
-    stat: Stat
-    kind: Kind
-    #: The data if it had to be fetched (only for empty, childless znodes), else None.
-    data: bytes | None = None
-    #: The follower's event count when the probe started (see MountState.unchanged_since).
-    seq: int = -1
-    #: Whether `data` is the znode's data (else: not fetched).
-    has_data: bool = False
 
 
 def _replayed(fn: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
@@ -621,6 +608,12 @@ class ZkOperations(pyfuse3.Operations):
             self.state.unexpect(expected)
             raise
 
+    async def _read_many(self, ops: list[Op]) -> list[Any]:
+        return await self._zk(self._read_many_now, ops)
+
+    async def _read_many_now(self, ops: list[Op]) -> list[Any]:
+        return await self.zk.read_many(ops)  # the session now (a new one after expiry)
+
     async def _send_multi(self, ops: list[Op]) -> list[Any]:
         return await self.zk.multi(ops)  # the session now (a new one after expiry)
 
@@ -677,17 +670,13 @@ class ZkOperations(pyfuse3.Operations):
                 return None
             except NoAuthError:
                 return await self._probe_unreadable(path, seq)
-            kind = Kind.DIR if (data is None or stat.num_children > 0) else Kind.FILE
-            return Probe(stat, kind, data, seq=seq, has_data=True)
+            return Probe(stat, kind_from_data(stat, data), data, seq=seq, has_data=True)
         stat = await self._zk(self.zk.exists, path)
         if stat is None:
             return None
-        if path == "/":
-            return Probe(stat, Kind.DIR, seq=seq)
-        if stat.num_children > 0:
-            return Probe(stat, Kind.DIR, seq=seq)
-        if stat.data_length > 0:
-            return Probe(stat, Kind.FILE, seq=seq)
+        kind = kind_from_stat(path, stat)
+        if kind is not None:
+            return Probe(stat, kind, seq=seq)
         # Empty and childless: null data (directory) or empty data (file) — only get tells.
         try:
             data, stat = await self._zk(self.zk.get, path)
@@ -695,9 +684,7 @@ class ZkOperations(pyfuse3.Operations):
             return None
         except NoAuthError:
             return await self._probe_unreadable(path, seq)
-        if stat.num_children > 0 or data is None:
-            return Probe(stat, Kind.DIR, data, seq=seq, has_data=True)
-        return Probe(stat, Kind.FILE, data, seq=seq, has_data=True)
+        return Probe(stat, kind_from_data(stat, data), data, seq=seq, has_data=True)
 
     async def _probe_unreadable(self, path: str, seq: int) -> Probe | None:
         """A znode whose data this mount may not read still has a Stat (exists needs no
@@ -1044,18 +1031,18 @@ class ZkOperations(pyfuse3.Operations):
         if path == "/":
             names = [n for n in names if n != META_NAME]
         names = self._showable(path, names)
-        probes: dict[str, Probe] = {}
-        limiter = trio.CapacityLimiter(_LIST_CONCURRENCY)
-
-        async def probe_one(name: str) -> None:
-            async with limiter:
-                p = await self._probe(join_path(path, name), cached=True, with_data=False)
-            if p is not None:  # vanished meanwhile: just not listed
-                probes[name] = p
-
-        async with trio.open_nursery() as nursery:
-            for name in names:
-                nursery.start_soon(probe_one, name)
+        paths = [join_path(path, n) for n in names]
+        by_path: dict[str, Probe] = {}
+        unknown = []
+        for p in paths:
+            cached = self._cached_probe(p)
+            if cached is not None:
+                by_path[p] = cached
+            else:
+                unknown.append(p)
+        if unknown:
+            by_path.update(await probe_many(self._read_many, unknown, self._seq()))
+        probes = {n: by_path[p] for n, p in zip(names, paths) if p in by_path}
         entries = [(n, join_path(path, n), probes[n].kind, probes[n].stat)
                    for n in names if n in probes]
         own = await self._probe(path, cached=True)
