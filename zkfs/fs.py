@@ -45,7 +45,7 @@ import trio
 
 from zkfs.access import Identity, may
 from zkfs.acls import AclTextError, format_acl, parse_acl
-from zkfs.client import Op, Stat, ZkClient
+from zkfs.client import OPEN_ACL_UNSAFE, Op, Stat, ZkClient
 from zkfs.constants import MAX_DATA, CreateMode, EventType, OpCode, Perm
 from zkfs.errors import (
     BadArgumentsError,
@@ -891,6 +891,11 @@ class ZkOperations(pyfuse3.Operations):
     def _is_open(self, inode: Inode) -> bool:
         return any(f.inode is inode for f in self._files.values())
 
+    def _creating(self, inode: Inode) -> bool:
+        """An open handle will create `inode`'s znode at its commit (see `_create_deferred`):
+        until then the handle, not the ensemble, knows the file."""
+        return any(f.inode is inode and f.pending_create for f in self._files.values())
+
     @_translate
     @_replayed
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None
@@ -900,6 +905,8 @@ class ZkOperations(pyfuse3.Operations):
             if node.last_attr is not None and self._is_open(node):
                 return node.last_attr
             raise _fail(errno.ENOENT)
+        if node.known_stat is not None and self._creating(node):
+            return self._attr(node, node.known_stat)
         probe = await self._probe(node.path, cached=True)
         if probe is None:
             if node.known_stat is not None and self._is_open(node):
@@ -1242,7 +1249,10 @@ class ZkOperations(pyfuse3.Operations):
             return (stat.aversion, 0o7111)  # not even the ACL may be read: no r, no w
         if read.acl is None:
             return None
-        acl = read.acl
+        return await self._mode_of(read.acl, read.aversion, kind)
+
+    async def _mode_of(self, acl: list[Any], aversion: int, kind: Kind) -> tuple[int, int]:
+        """(aversion, the permission bits `acl` gives this mount's identities)."""
         ids, ip_known = await self._identities()
         mask = 0o7111
         if may(acl, Perm.READ, ids, ip_known):
@@ -1250,7 +1260,16 @@ class ZkOperations(pyfuse3.Operations):
         writes = (Perm.CREATE, Perm.DELETE) if kind is Kind.DIR else (Perm.WRITE,)
         if any(may(acl, p, ids, ip_known) for p in writes):
             mask |= 0o222
-        return (read.aversion, mask)
+        return (aversion, mask)
+
+    async def _created_mode(self) -> tuple[int, int] | None:
+        """The permission bits of a file this mount creates, known without reading its ACL
+        back: the ACL it creates with, at aversion 0 (unless it names the session's own
+        identities, scheme `auth`, which the server expands)."""
+        acl = self.cfg.create_acl if self.cfg.create_acl is not None else OPEN_ACL_UNSAFE
+        if any(a.id.scheme == "auth" for a in acl):
+            return None
+        return await self._mode_of(list(acl), 0, Kind.FILE)
 
     async def _check_write_access(self, acl: list[Any]) -> None:
         ids, ip_known = await self._identities()
@@ -1406,7 +1425,7 @@ class ZkOperations(pyfuse3.Operations):
         if parent_stat.ephemeral_owner != 0:
             raise _fail(errno.EPERM)  # an ephemeral znode cannot have children
         stat = fake_stat()
-        attr = self._entry(path, Kind.FILE, stat)
+        attr = self._entry(path, Kind.FILE, stat, acl_mode=await self._created_mode())
         inode = self._inode(attr.st_ino)
         fi = self._new_handle(inode, path, b"", stat, flags & ~os.O_TRUNC, ctx)
         f = self._files[fi.fh]
@@ -1542,6 +1561,7 @@ class ZkOperations(pyfuse3.Operations):
                 return
         if f.pending_error:
             raise self._poison(f, f.pending_error)
+        seq = self._seq()
         if f.pending_create:
             stat = await self._commit_create(f)
         elif f.appended is not None:
@@ -1572,6 +1592,10 @@ class ZkOperations(pyfuse3.Operations):
                 other.pending_error = other.pending_error or STALE_ERRNO
         # Read-after-close on this host: the kernel must not keep the old pages or size.
         await self._drop_kernel_data(f.inode)
+        if f.inode.kind is Kind.FILE and f.appended is None:
+            # The attributes the kernel asks for next (stat after close, the permission
+            # check of the next open) come from what this write left, not from a read.
+            self.state.store_written(f.path, Kind.FILE, stat, bytes(f.data), seq)
 
     async def _commit_create(self, f: OpenFile) -> Stat:
         """The deferred create of `f` (see `_create_deferred`), carrying its content."""
@@ -1587,8 +1611,9 @@ class ZkOperations(pyfuse3.Operations):
         except NoNodeError:
             raise self._poison(f, errno.ENOENT) from None  # the directory went meanwhile
         # Created by someone else since open: this handle's content goes onto it, as an
-        # O_TRUNC rewrite (last writer wins) or appended.
+        # O_TRUNC rewrite (last writer wins) or appended. Its ACL is theirs.
         f.pending_create = False
+        f.inode.acl_mode = None
         try:
             current, now = await self._zk(self.zk.get, f.path)
         except NoNodeError:
