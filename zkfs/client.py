@@ -689,7 +689,10 @@ class ZkClient:
             log.warning("session 0x%x: reply for unknown xid %d", self._session_id, xid)
             return
         try:
-            header, record = jute.decode_reply(payload, pending.op)
+            if pending.op == OpCode.EXISTS:
+                header, record = jute.decode_exists_reply(payload)
+            else:
+                header, record = jute.decode_reply(payload, pending.op)
         except jute.JuteError as exc:
             pending.fail(MarshallingError(f"undecodable reply: {exc}"))
             raise
