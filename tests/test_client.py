@@ -547,6 +547,28 @@ def test_read_many_pipelines_independent_reads(hosts: str, base: str) -> None:
     run(main)
 
 
+@pytest.mark.timeout(60)
+def test_send_reads_answers_by_range(hosts: str, base: str) -> None:
+    """send_reads: all sent at once, results awaited by range (the first chunk usable while
+    the rest are answered), in order, the same as read_many's."""
+    async def main() -> None:
+        async with open_client(hosts) as zk:
+            await zk.create(base, None)
+            for i in range(10):
+                await zk.create(f"{base}/n{i}", b"x" * i)
+            ops = [Op.exists(f"{base}/n{i % 12}") for i in range(1000)]
+            reads = await zk.send_reads(ops, chunk=100)
+            assert len(reads) == 1000
+            first = await reads.results(0, 3)
+            assert [s.data_length for s in first] == [0, 1, 2]
+            assert await reads.results(5, 5) == []
+            whole = await reads.results(0, 1000)
+            assert [s is not None for s in whole] == [i % 12 < 10 for i in range(1000)]
+            assert whole == await zk.read_many(ops)
+            assert len(await zk.send_reads([])) == 0
+    run(main)
+
+
 # --------------------------------------------------------------------------- sessions
 
 

@@ -74,6 +74,7 @@ from zkfs.paths import is_within, lineage
 
 __all__ = [
     "DEFAULT_PORT", "ClientState", "WatchedEvent", "WatchCallback", "Op", "ZkClient",
+    "PendingReads",
     "open_client", "parse_connect_string", "make_acl", "digest_id",
     "OPEN_ACL_UNSAFE", "READ_ACL_UNSAFE", "CREATOR_ALL_ACL", "ACL", "Id", "Stat",
 ]
@@ -311,6 +312,44 @@ class _BatchSlot(_Pending):
         if not self.finished:
             self.finished = True
             self.batch.set()
+
+
+class PendingReads:
+    """Reads sent by `ZkClient.send_reads`, answered chunk by chunk."""
+
+    def __init__(self, client: ZkClient, ops: list[Op], slots: list[_BatchSlot],
+                 batches: list[_Batch], chunk: int) -> None:
+        self._client = client
+        self._ops = ops
+        self._slots = slots
+        self._batches = batches
+        self._chunk = chunk
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    async def results(self, start: int, stop: int) -> list[Any]:
+        """The results of ops[start:stop] (as `ZkClient.read_many`'s), once their replies
+        are in; raises what ended the connection if it was lost before they came (the caller
+        sends them again)."""
+        if start >= stop:
+            return []
+        for b in range(start // self._chunk, (stop - 1) // self._chunk + 1):
+            await self._batches[b].done.wait()
+        out: list[Any] = []
+        for op, slot in zip(self._ops[start:stop], self._slots[start:stop]):
+            if slot.error is not None:
+                raise slot.error
+            err, record = slot.err, slot.record
+            if op.code == OpCode.EXISTS and err == Err.NO_NODE:
+                out.append(None)
+            elif err != Err.OK:
+                out.append(error_for(err, op.path))
+            elif isinstance(record, jute.ExistsResponse):
+                out.append(record.stat)
+            else:
+                out.append(self._client._op_result(op, op.code, err, record))
+        return out
 
 
 class _Connection:
@@ -1110,14 +1149,20 @@ class ZkClient:
         get: (data, stat); get_children: names), or the ZkError instance it failed with.
         Unlike `multi_read` the reads are not one point in time, and exists is allowed. Costs
         no task and no Event per request: what makes probing a 1000-entry directory cheap."""
+        reads = await self.send_reads(ops)
+        return await reads.results(0, len(reads))
+
+    async def send_reads(self, ops: Sequence[Op], chunk: int = 128) -> PendingReads:
+        """`read_many`'s requests, sent now; their results are awaited by range
+        (`PendingReads.results`), each `chunk` of them as soon as its replies are in: a
+        caller can use the first ones while the server still answers the rest."""
         ops = list(ops)
-        if not ops:
-            return []
-        conn = await self._connection()
-        batch = _Batch(len(ops))
+        conn = await self._connection() if ops else None
         slots: list[_BatchSlot] = []
+        batches: list[_Batch] = []
         frames: list[bytes] = []
-        for op in ops:
+        xids: list[int] = []
+        for i, op in enumerate(ops):
             full = self._full(op.path)
             if op.code == OpCode.EXISTS:
                 code, record = OpCode.EXISTS, jute.ExistsRequest(full, False)
@@ -1125,27 +1170,16 @@ class ZkClient:
                 code, record = self._op_record(op)
             else:
                 raise BadArgumentsError(f"op {op.code!r} is not a read", path=op.path)
-            xid = self._next_xid()
-            frames.append(jute.encode_request(xid, code, record))
-            slot = _BatchSlot(code, batch)
-            conn.pending[xid] = slot
-            slots.append(slot)
-        conn.send(b"".join(frames))
-        await batch.done.wait()
-        results: list[Any] = []
-        for op, slot in zip(ops, slots):
-            if slot.error is not None:
-                raise slot.error  # the connection was lost: the whole batch is retried
-            err, record = slot.err, slot.record
-            if op.code == OpCode.EXISTS and err == Err.NO_NODE:
-                results.append(None)
-            elif err != Err.OK:
-                results.append(error_for(err, op.path))
-            elif isinstance(record, jute.ExistsResponse):
-                results.append(record.stat)
-            else:
-                results.append(self._op_result(op, op.code, err, record))
-        return results
+            if i % chunk == 0:
+                batches.append(_Batch(min(chunk, len(ops) - i)))
+            xids.append(self._next_xid())
+            frames.append(jute.encode_request(xids[-1], code, record))
+            slots.append(_BatchSlot(code, batches[-1]))
+        if conn is not None:
+            # Registered only once all are encoded: a record the codec rejects sends nothing.
+            conn.pending.update(zip(xids, slots))
+            conn.send(b"".join(frames))
+        return PendingReads(self, ops, slots, batches, chunk)
 
     async def close(self) -> None:
         """End the session (its ephemeral nodes go at once) and close the connection.

@@ -45,7 +45,7 @@ import trio
 
 from zkfs.access import Identity, may
 from zkfs.acls import AclTextError, format_acl, parse_acl
-from zkfs.client import OPEN_ACL_UNSAFE, Op, Stat, ZkClient
+from zkfs.client import OPEN_ACL_UNSAFE, Op, PendingReads, Stat, ZkClient
 from zkfs.constants import MAX_DATA, CreateMode, EventType, OpCode, Perm
 from zkfs.errors import (
     BadArgumentsError,
@@ -86,7 +86,7 @@ from zkfs.mountstate import (
     inval_inode,
 )
 from zkfs.paths import is_within, join_path, parent_path
-from zkfs.probing import Probe, kind_from_data, kind_from_stat, probe_many
+from zkfs.probing import Entry, Listing, Probe, kind_from_data, kind_from_stat
 
 __all__ = ["DATA_NAME", "STALE_ERRNO", "MountConfig", "ZkOperations", "errno_for"]
 
@@ -256,7 +256,7 @@ class OpenLifetime:
 @dataclass
 class DirHandle:
     inode: Inode
-    entries: list[tuple[str, str, Kind, Stat]] | None = None
+    listing: Listing | None = None
     #: The follower's event count when the listing was read (see `readdir`).
     seq: int = -1
 
@@ -613,6 +613,9 @@ class ZkOperations(pyfuse3.Operations):
 
     async def _read_many_now(self, ops: list[Op]) -> list[Any]:
         return await self.zk.read_many(ops)  # the session now (a new one after expiry)
+
+    async def _send_reads(self, ops: list[Op]) -> PendingReads:
+        return await self.zk.send_reads(ops)
 
     async def _send_multi(self, ops: list[Op]) -> list[Any]:
         return await self.zk.multi(ops)  # the session now (a new one after expiry)
@@ -1033,59 +1036,52 @@ class ZkOperations(pyfuse3.Operations):
             shown.append(name)
         return shown
 
-    async def _list(self, path: str) -> list[tuple[str, str, Kind, Stat]]:
+    async def _list(self, path: str) -> Listing:
         names = sorted(await self._zk(self.zk.get_children, path))
         if path == "/":
             names = [n for n in names if n != META_NAME]
         names = self._showable(path, names)
         paths = [join_path(path, n) for n in names]
-        by_path: dict[str, Probe] = {}
-        unknown = []
+        cached: dict[str, Probe] = {}
         for p in paths:
-            cached = self._cached_probe(p)
-            if cached is not None:
-                by_path[p] = cached
-            else:
-                unknown.append(p)
-        if unknown:
-            by_path.update(await probe_many(self._read_many, unknown, self._seq()))
-        probes = {n: by_path[p] for n, p in zip(names, paths) if p in by_path}
-        entries = [(n, join_path(path, n), probes[n].kind, probes[n].stat)
-                   for n in names if n in probes]
+            probe = self._cached_probe(p)
+            if probe is not None:
+                cached[p] = probe
+        sent = [p for p in paths if p not in cached]
+        seq = self._seq()
+        reads = await self._zk(self._send_reads, [Op.exists(p) for p in sent]) if sent else None
+        # While the server answers those: the directory's own entries.
         own = await self._probe(path, cached=True)
-        if DATA_NAME not in probes and own is not None and own.stat.data_length > 0:
-            entries.insert(0, (DATA_NAME, path, Kind.DATA, own.stat))
+        head: list[Entry] = []
+        if DATA_NAME not in names and own is not None and own.stat.data_length > 0:
+            head.append((DATA_NAME, path, Kind.DATA, own.stat))
         # `.` and `..` (ls -a); the kernel takes no reference for them.
         up = parent_path(path)
         up_probe = own if up == path else await self._probe(up, cached=True)
         dots = [(".", path, Kind.DIR, own.stat if own is not None else None),
                 ("..", up, Kind.DIR, up_probe.stat if up_probe is not None else None)]
-        return [(n, p, k, st_) for n, p, k, st_ in dots if st_ is not None] + entries
+        head = [(n, p, k, st_) for n, p, k, st_ in dots if st_ is not None] + head
+        return Listing(head, names, paths, cached, sent, reads, self._read_many, seq)
 
     @_translate
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dirs[fh]
-        if start_id == 0 or handle.entries is None:
+        if start_id == 0 or handle.listing is None:
             handle.seq = self._seq()
             try:
-                handle.entries = await self._list(handle.inode.path)
+                handle.listing = await self._list(handle.inode.path)
             except NoNodeError:
-                handle.entries = []
-            handle.inode.children = {n for n, _, k, _ in handle.entries
-                                     if k is not Kind.DATA and n not in (".", "..")}
-        if start_id >= len(handle.entries):
-            # The kernel read the whole listing (and cached it): later opens may keep it, unless
-            # an event about the directory's children came since it was read.
-            if handle.seq >= 0 and self.state.unchanged_since(handle.seq, handle.inode.path):
-                handle.inode.listed = True
-            return
-        for i in range(start_id, len(handle.entries)):
-            name, path, kind, stat = handle.entries[i]
+                handle.listing = Listing([], [], [], {}, [], None, self._read_many, -1)
+        listing = handle.listing
+        i = start_id
+        while (entry := await listing.entry(i)) is not None:
+            name, path, kind, stat = entry
             if name in (".", ".."):
                 inode = self.inodes.find(path, Kind.DIR) or handle.inode
                 if not pyfuse3.readdir_reply(token, name.encode(),
                                              self._dot_attr(inode, stat), i + 1):
                     return
+                i += 1
                 continue
             inode = self.state.bind(path, kind)
             if not pyfuse3.readdir_reply(token, name.encode(), self._attr(inode, stat), i + 1):
@@ -1093,6 +1089,13 @@ class ZkOperations(pyfuse3.Operations):
                 return
             self.inodes.incref(inode)
             self._remember(inode, None)
+            i += 1
+        handle.inode.children = {n for n, _, k, _ in listing.entries
+                                 if k is not Kind.DATA and n not in (".", "..")}
+        # The kernel read the whole listing (and cached it): later opens may keep it, unless
+        # an event about the directory's children came since it was read.
+        if handle.seq >= 0 and self.state.unchanged_since(handle.seq, handle.inode.path):
+            handle.inode.listed = True
 
     def _dot_attr(self, inode: Inode, stat: Stat) -> pyfuse3.EntryAttributes:
         """Attributes for a `.`/`..` entry, without touching what the kernel was told."""
