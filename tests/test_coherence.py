@@ -32,10 +32,14 @@ def pair(zkfsd, mount):  # type: ignore[no-untyped-def]
 
 def test_cat_and_ls_right_after_the_event(pair) -> None:  # type: ignore[no-untyped-def]
     A, B, kz, _ = pair
-    kz.create("/f", b"v0")
-    assert (B / "f").read_bytes() == b"v0"  # cached from now on
-    assert os.listdir(B) == ["f"]
     with watching(B) as w:
+        kz.create("/f", b"v0")
+        # B replays the creation (CREATE, MODIFY, CLOSE_WRITE) whenever its follower gets to
+        # it: wait for it, or its CLOSE_WRITE would pass for the first rewrite's below.
+        w.wait_for("CLOSE_WRITE", B / "f")
+        w.take()
+        assert (B / "f").read_bytes() == b"v0"  # cached from now on
+        assert os.listdir(B) == ["f"]
         for i in range(1, 30):
             value = f"value-{i}-" + "x" * random.randrange(0, 3000)
             if i % 2:

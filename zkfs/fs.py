@@ -908,9 +908,8 @@ class ZkOperations(pyfuse3.Operations):
             if node.last_attr is not None and self._is_open(node):
                 return node.last_attr
             raise _fail(errno.ENOENT)
-        if node.known_stat is not None and self._creating(node):
-            return self._attr(node, node.known_stat)
-        probe = await self._probe(node.path, cached=True)
+        # A file an open handle creates at its commit is not asked for: not created yet.
+        probe = None if self._creating(node) else await self._probe(node.path, cached=True)
         if probe is None:
             if node.known_stat is not None and self._is_open(node):
                 # fstat on an open file deleted elsewhere, or not created yet (its size is
