@@ -86,4 +86,6 @@ def test_listing_resolves_by_chunk_and_through_a_lost_connection() -> None:
             exists = server.asked.count(OpCode.EXISTS)
             assert exists == (len(sent) if lost else 0)
             assert server.asked.count(OpCode.GET_DATA) == 200 - 1
+        # A directory gone before its listing: no entries.
+        assert await Listing.empty().entry(0) is None
     trio.run(main)

@@ -656,8 +656,7 @@ class ZkOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ probing
 
-    async def _probe(self, path: str, cached: bool = False,
-                     with_data: bool = True) -> Probe | None:
+    async def _probe(self, path: str, cached: bool = False) -> Probe | None:
         """Stat and kind of the znode at `path`, or None if there is none. `cached`: a value
         the follower keeps coherent may answer instead of the ensemble."""
         if cached:
@@ -665,7 +664,7 @@ class ZkOperations(pyfuse3.Operations):
             if probe is not None:
                 return probe
         seq = self._seq()
-        if cached and with_data and path != "/" and self.state.following:
+        if cached and path != "/" and self.state.following:
             # Data and stat together: the kernel's page cache and size must agree.
             try:
                 data, stat = await self._zk(self.zk.get, path)
@@ -1070,7 +1069,7 @@ class ZkOperations(pyfuse3.Operations):
             try:
                 handle.listing = await self._list(handle.inode.path)
             except NoNodeError:
-                handle.listing = Listing([], [], [], {}, [], None, self._read_many, -1)
+                handle.listing = Listing.empty()
         listing = handle.listing
         i = start_id
         while (entry := await listing.entry(i)) is not None:

@@ -117,6 +117,14 @@ class Listing:
         self._chunk = chunk
         self._pos = 0  # names[:_pos] are resolved
 
+    @staticmethod
+    def empty() -> Listing:
+        """The listing of a directory that is gone."""
+
+        async def nothing(ops: Sequence[Op]) -> list[Any]:
+            return []
+        return Listing([], [], [], {}, [], None, nothing, -1)
+
     @property
     def complete(self) -> bool:
         return self._pos >= len(self._names)
