@@ -67,7 +67,9 @@ def test_own_writes_cached_then_overtaken_by_other_hosts(pair) -> None:  # type:
     A, B, kz, _ = pair
     kz.create("/d/seed", b"s", makepath=True)
     kz.set("/d", b"dir data")  # a directory with data: a file once it has no child
-    assert os.path.isdir(A / "d")
+    # kazoo's makepath creates /d empty and childless (a file) before /d/seed: A may see that
+    # state until the child event reaches it (another session's write, as in ZooKeeper).
+    wait_for(lambda: os.path.isdir(A / "d"), 10)
     for i in range(20):
         mine, theirs = f"mine-{i}-" + "a" * i, f"theirs-{i}-" + "b" * (3000 + i)
         (A / "d" / f"f{i}").write_text(mine)
