@@ -517,6 +517,58 @@ def test_multi(hosts: str, base: str) -> None:
     run(main)
 
 
+@pytest.mark.timeout(60)
+def test_read_many_pipelines_independent_reads(hosts: str, base: str) -> None:
+    """read_many: exists/get/get_children in one batch, a result (or the error) per op, in
+    order; a big batch comes back whole; the session goes on after it."""
+    async def main() -> None:
+        async with open_client(hosts) as zk:
+            await zk.create(base, None)
+            await zk.create(f"{base}/f", b"data")
+            await zk.create(f"{base}/e", b"")
+            await zk.create(f"{base}/secret", b"", acl=[make_acl("digest", digest_id("u", "p"),
+                                                               Perm.ALL)])
+            got = await zk.read_many([Op.exists(f"{base}/f"), Op.exists(f"{base}/missing"),
+                                      Op.get(f"{base}/e"), Op.get(base),
+                                      Op.get(f"{base}/missing"), Op.get(f"{base}/secret"),
+                                      Op.get_children(base)])
+            assert got[0].data_length == 4 and got[1] is None
+            assert got[2][0] == b"" and got[3][0] is None and got[3][1].num_children == 3
+            assert isinstance(got[4], errors.NoNodeError)
+            assert isinstance(got[5], errors.NoAuthError)
+            assert sorted(got[6]) == ["e", "f", "secret"]
+            assert await zk.read_many([]) == []
+            with pytest.raises(errors.BadArgumentsError):
+                await zk.read_many([Op.delete(f"{base}/f")])
+            many = await zk.read_many([Op.exists(f"{base}/{'f' if i % 2 else 'x'}")
+                                       for i in range(3000)])
+            assert [s is not None for s in many] == [bool(i % 2) for i in range(3000)]
+            assert (await zk.get(f"{base}/f"))[0] == b"data"
+    run(main)
+
+
+@pytest.mark.timeout(60)
+def test_send_reads_answers_by_range(hosts: str, base: str) -> None:
+    """send_reads: all sent at once, results awaited by range (the first chunk usable while
+    the rest are answered), in order, the same as read_many's."""
+    async def main() -> None:
+        async with open_client(hosts) as zk:
+            await zk.create(base, None)
+            for i in range(10):
+                await zk.create(f"{base}/n{i}", b"x" * i)
+            ops = [Op.exists(f"{base}/n{i % 12}") for i in range(1000)]
+            reads = await zk.send_reads(ops, chunk=100)
+            assert len(reads) == 1000
+            first = await reads.results(0, 3)
+            assert [s.data_length for s in first] == [0, 1, 2]
+            assert await reads.results(5, 5) == []
+            whole = await reads.results(0, 1000)
+            assert [s is not None for s in whole] == [i % 12 < 10 for i in range(1000)]
+            assert whole == await zk.read_many(ops)
+            assert len(await zk.send_reads([])) == 0
+    run(main)
+
+
 # --------------------------------------------------------------------------- sessions
 
 

@@ -642,3 +642,14 @@ def test_compiled_codecs_refuse_what_the_schema_walk_refuses() -> None:
         jute.GetDataRequest.from_bytes((5).to_bytes(4, "big") + b"/a")
     with pytest.raises(jute.JuteError):
         jute.GetDataRequest.from_bytes((2).to_bytes(4, "big") + b"\xff\xfe\x00")
+
+
+def test_exists_reply_fast_decode_matches_the_generic_one() -> None:
+    """decode_exists_reply (one struct unpack per listed child) decodes what decode_reply
+    does: a Stat, and an error without body."""
+    stat = jute.Stat(1, 2, 3, 4, 5, 6, 7, -8, 9, 10, 11)
+    ok = jute.ReplyHeader(5, 99, 0).to_bytes() + jute.ExistsResponse(stat).to_bytes()
+    no_node = jute.ReplyHeader(6, 99, -101).to_bytes()
+    for payload in (ok, no_node):
+        assert jute.decode_exists_reply(payload) == jute.decode_reply(payload, OpCode.EXISTS)
+    assert jute.decode_exists_reply(ok)[1] == jute.ExistsResponse(stat)

@@ -43,6 +43,31 @@ def test_file_or_directory_rule(mnt: Path, kz) -> None:  # type: ignore[no-untyp
     assert sorted(os.listdir(mnt)) == ["empty", "file", "nulldir", "parent"]
 
 
+def test_first_listing_shows_each_kind(mnt: Path, kz) -> None:  # type: ignore[no-untyped-def]
+    """A directory nobody looked at yet: its first listing (all children probed in one
+    batch) gives each entry the type DESIGN.md's rule says, without a stat: file with data,
+    empty file, null-data directory, directory with children and data, an empty znode this
+    session may not read (shown as a file), and a many-entry directory all at once."""
+    from kazoo.security import make_digest_acl
+    kz.create("/l/f", b"content", makepath=True)
+    kz.create("/l/empty", b"")
+    kz.create("/l/nulldir", None)
+    kz.create("/l/parent/child", b"x", makepath=True)
+    kz.set("/l/parent", b"parent data")
+    kz.create("/l/locked", b"", acl=[make_digest_acl("u", "p", all=True)])
+    for i in range(300):
+        kz.create(f"/l/many/n{i}", None if i % 3 == 0 else (b"" if i % 3 == 1 else b"d"),
+                  makepath=True)
+    kinds = {e.name: "d" if e.is_dir(follow_symlinks=False) else "f"
+             for e in os.scandir(mnt / "l")}
+    assert kinds == {"f": "f", "empty": "f", "nulldir": "d", "parent": "d", "locked": "f",
+                     "many": "d"}
+    kinds = {e.name: e.is_dir(follow_symlinks=False) for e in os.scandir(mnt / "l" / "many")}
+    assert kinds == {f"n{i}": i % 3 == 0 for i in range(300)}
+    assert (mnt / "l" / "f").stat().st_size == 7
+    assert os.listdir(mnt / "l" / "parent") == [".data", "child"]
+
+
 def test_mkdir_is_null_data_and_touch_is_empty_data(mnt: Path, kz) -> None:  # type: ignore[no-untyped-def]
     sh("mkdir -p a/b/c && touch a/b/f && echo hi > a/g", cwd=mnt)
     assert kz.get("/a/b/c")[0] is None

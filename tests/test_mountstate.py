@@ -78,3 +78,48 @@ def test_own_events_from_the_ops_sent() -> None:
     # A write that failed causes no event: its expectations are withdrawn.
     state.unexpect([Expected(EventType.NODE_DELETED, "/d/y")])
     assert not state.own(EventType.NODE_DELETED, "/d/y")
+
+
+def test_a_created_child_keeps_its_directorys_view_only() -> None:
+    """NodeCreated of a child: the directory stays a directory and its shown attributes do
+    not move, so its view stays (its listing does not); a file that gains a child (it becomes
+    a directory) and every other event drop the view."""
+    state = _following()
+    d = state.inodes.bind("/d", Kind.DIR)[0]
+    f = state.inodes.bind("/f", Kind.FILE)[0]
+    state.store_view("/d", Kind.DIR, fake_stat(), None, state.seq)
+    state.store_view("/f", Kind.FILE, fake_stat(1), b"x", state.seq)
+    d.listed = f.listed = True
+    state.note("/d/new", created=True)
+    assert state.view("/d") is not None and not d.listed
+    state.note("/f/child", created=True)
+    assert state.view("/f") is None
+    state.note("/d/new")  # deleted or changed: the directory may have lost its last child
+    assert state.view("/d") is None
+
+
+def test_an_own_write_is_cached_unless_another_write_overtook_it() -> None:
+    """store_written: what this mount's write left is cached if at most the write's own
+    events came for the path since it was sent; one more means another write came too."""
+    state = _following()
+    state.inodes.bind("/f", Kind.FILE)
+    seq = state.seq
+    state.note("/f")  # the write's own event, before its reply
+    state.store_written("/f", Kind.FILE, fake_stat(3), b"new", seq)
+    view = state.view("/f")
+    assert view is not None and view.data == b"new"
+    seq = state.seq
+    state.note("/f")
+    state.note("/f")  # someone else's write too
+    state.store_written("/f", Kind.FILE, fake_stat(3), b"mine", seq)
+    assert state.view("/f") is None
+    # An event after the reply drops it as any view.
+    seq = state.seq
+    state.store_written("/f", Kind.FILE, fake_stat(3), b"mine", seq)
+    state.note("/f")
+    assert state.view("/f") is None
+    # Not coherent (events may be missed): nothing is cached.
+    state.coherent = False
+    state.store_written("/f", Kind.FILE, fake_stat(3), b"mine", state.seq)
+    state.coherent = True
+    assert state.view("/f") is None

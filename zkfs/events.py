@@ -143,7 +143,7 @@ class ChangeFollower:
         if event.type not in (CREATED, DELETED, CHANGED, CHILDREN):
             return
         path = event.path
-        self._note(path)
+        self.state.note(path, created=event.type is CREATED)
         if self.one_shot:
             self._arm_send.send_nowait("\0" + f"{int(event.type)}\0{path}")
             return

@@ -45,7 +45,7 @@ import trio
 
 from zkfs.access import Identity, may
 from zkfs.acls import AclTextError, format_acl, parse_acl
-from zkfs.client import Op, Stat, ZkClient
+from zkfs.client import OPEN_ACL_UNSAFE, Op, PendingReads, Stat, ZkClient
 from zkfs.constants import MAX_DATA, CreateMode, EventType, OpCode, Perm
 from zkfs.errors import (
     BadArgumentsError,
@@ -86,6 +86,7 @@ from zkfs.mountstate import (
     inval_inode,
 )
 from zkfs.paths import is_within, join_path, parent_path
+from zkfs.probing import Entry, Listing, Probe, kind_from_data, kind_from_stat
 
 __all__ = ["DATA_NAME", "STALE_ERRNO", "MountConfig", "ZkOperations", "errno_for"]
 
@@ -97,8 +98,6 @@ NAME_MAX = 255
 # Directory renames are one multi transaction; past these sizes mv gets EXDEV (it then copies).
 MAX_RENAME_NODES = 1000
 MAX_RENAME_BYTES = 512 * 1024
-# Concurrent stat requests while listing a directory (the client pipelines them).
-_LIST_CONCURRENCY = 128
 # statfs (see ZkOperations.statfs): nominal size and inode count, and how long it waits for
 # the znode count before answering with the last one (df must not hang on a hard mount).
 STATFS_BLOCK = 4096
@@ -257,7 +256,7 @@ class OpenLifetime:
 @dataclass
 class DirHandle:
     inode: Inode
-    entries: list[tuple[str, str, Kind, Stat]] | None = None
+    listing: Listing | None = None
     #: The follower's event count when the listing was read (see `readdir`).
     seq: int = -1
 
@@ -317,18 +316,6 @@ def check_name(name: bytes) -> str:
         if (c <= 0x1F or 0x7F <= c <= 0x9F or 0xD800 <= c <= 0xF8FF or 0xFFF0 <= c):
             raise _fail(errno.EINVAL)
     return text
-
-
-@dataclass
-class Probe:
-    stat: Stat
-    kind: Kind
-    #: The data if it had to be fetched (only for empty, childless znodes), else None.
-    data: bytes | None = None
-    #: The follower's event count when the probe started (see MountState.unchanged_since).
-    seq: int = -1
-    #: Whether `data` is the znode's data (else: not fetched).
-    has_data: bool = False
 
 
 def _replayed(fn: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
@@ -621,6 +608,15 @@ class ZkOperations(pyfuse3.Operations):
             self.state.unexpect(expected)
             raise
 
+    async def _read_many(self, ops: list[Op]) -> list[Any]:
+        return await self._zk(self._read_many_now, ops)
+
+    async def _read_many_now(self, ops: list[Op]) -> list[Any]:
+        return await self.zk.read_many(ops)  # the session now (a new one after expiry)
+
+    async def _send_reads(self, ops: list[Op]) -> PendingReads:
+        return await self.zk.send_reads(ops)
+
     async def _send_multi(self, ops: list[Op]) -> list[Any]:
         return await self.zk.multi(ops)  # the session now (a new one after expiry)
 
@@ -660,8 +656,7 @@ class ZkOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------------ probing
 
-    async def _probe(self, path: str, cached: bool = False,
-                     with_data: bool = True) -> Probe | None:
+    async def _probe(self, path: str, cached: bool = False) -> Probe | None:
         """Stat and kind of the znode at `path`, or None if there is none. `cached`: a value
         the follower keeps coherent may answer instead of the ensemble."""
         if cached:
@@ -669,7 +664,7 @@ class ZkOperations(pyfuse3.Operations):
             if probe is not None:
                 return probe
         seq = self._seq()
-        if cached and with_data and path != "/" and self.state.following:
+        if cached and path != "/" and self.state.following:
             # Data and stat together: the kernel's page cache and size must agree.
             try:
                 data, stat = await self._zk(self.zk.get, path)
@@ -677,17 +672,13 @@ class ZkOperations(pyfuse3.Operations):
                 return None
             except NoAuthError:
                 return await self._probe_unreadable(path, seq)
-            kind = Kind.DIR if (data is None or stat.num_children > 0) else Kind.FILE
-            return Probe(stat, kind, data, seq=seq, has_data=True)
+            return Probe(stat, kind_from_data(stat, data), data, seq=seq, has_data=True)
         stat = await self._zk(self.zk.exists, path)
         if stat is None:
             return None
-        if path == "/":
-            return Probe(stat, Kind.DIR, seq=seq)
-        if stat.num_children > 0:
-            return Probe(stat, Kind.DIR, seq=seq)
-        if stat.data_length > 0:
-            return Probe(stat, Kind.FILE, seq=seq)
+        kind = kind_from_stat(path, stat)
+        if kind is not None:
+            return Probe(stat, kind, seq=seq)
         # Empty and childless: null data (directory) or empty data (file) — only get tells.
         try:
             data, stat = await self._zk(self.zk.get, path)
@@ -695,9 +686,7 @@ class ZkOperations(pyfuse3.Operations):
             return None
         except NoAuthError:
             return await self._probe_unreadable(path, seq)
-        if stat.num_children > 0 or data is None:
-            return Probe(stat, Kind.DIR, data, seq=seq, has_data=True)
-        return Probe(stat, Kind.FILE, data, seq=seq, has_data=True)
+        return Probe(stat, kind_from_data(stat, data), data, seq=seq, has_data=True)
 
     async def _probe_unreadable(self, path: str, seq: int) -> Probe | None:
         """A znode whose data this mount may not read still has a Stat (exists needs no
@@ -904,6 +893,11 @@ class ZkOperations(pyfuse3.Operations):
     def _is_open(self, inode: Inode) -> bool:
         return any(f.inode is inode for f in self._files.values())
 
+    def _creating(self, inode: Inode) -> bool:
+        """An open handle will create `inode`'s znode at its commit (see `_create_deferred`):
+        until then the handle, not the ensemble, knows the file."""
+        return any(f.inode is inode and f.pending_create for f in self._files.values())
+
     @_translate
     @_replayed
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None
@@ -913,7 +907,8 @@ class ZkOperations(pyfuse3.Operations):
             if node.last_attr is not None and self._is_open(node):
                 return node.last_attr
             raise _fail(errno.ENOENT)
-        probe = await self._probe(node.path, cached=True)
+        # A file an open handle creates at its commit is not asked for: not created yet.
+        probe = None if self._creating(node) else await self._probe(node.path, cached=True)
         if probe is None:
             if node.known_stat is not None and self._is_open(node):
                 # fstat on an open file deleted elsewhere, or not created yet (its size is
@@ -1039,59 +1034,52 @@ class ZkOperations(pyfuse3.Operations):
             shown.append(name)
         return shown
 
-    async def _list(self, path: str) -> list[tuple[str, str, Kind, Stat]]:
+    async def _list(self, path: str) -> Listing:
         names = sorted(await self._zk(self.zk.get_children, path))
         if path == "/":
             names = [n for n in names if n != META_NAME]
         names = self._showable(path, names)
-        probes: dict[str, Probe] = {}
-        limiter = trio.CapacityLimiter(_LIST_CONCURRENCY)
-
-        async def probe_one(name: str) -> None:
-            async with limiter:
-                p = await self._probe(join_path(path, name), cached=True, with_data=False)
-            if p is not None:  # vanished meanwhile: just not listed
-                probes[name] = p
-
-        async with trio.open_nursery() as nursery:
-            for name in names:
-                nursery.start_soon(probe_one, name)
-        entries = [(n, join_path(path, n), probes[n].kind, probes[n].stat)
-                   for n in names if n in probes]
+        paths = [join_path(path, n) for n in names]
+        cached: dict[str, Probe] = {}
+        for p in paths:
+            probe = self._cached_probe(p)
+            if probe is not None:
+                cached[p] = probe
+        sent = [p for p in paths if p not in cached]
+        seq = self._seq()
+        reads = await self._zk(self._send_reads, [Op.exists(p) for p in sent]) if sent else None
+        # While the server answers those: the directory's own entries.
         own = await self._probe(path, cached=True)
-        if DATA_NAME not in probes and own is not None and own.stat.data_length > 0:
-            entries.insert(0, (DATA_NAME, path, Kind.DATA, own.stat))
+        head: list[Entry] = []
+        if DATA_NAME not in names and own is not None and own.stat.data_length > 0:
+            head.append((DATA_NAME, path, Kind.DATA, own.stat))
         # `.` and `..` (ls -a); the kernel takes no reference for them.
         up = parent_path(path)
         up_probe = own if up == path else await self._probe(up, cached=True)
         dots = [(".", path, Kind.DIR, own.stat if own is not None else None),
                 ("..", up, Kind.DIR, up_probe.stat if up_probe is not None else None)]
-        return [(n, p, k, st_) for n, p, k, st_ in dots if st_ is not None] + entries
+        head = [(n, p, k, st_) for n, p, k, st_ in dots if st_ is not None] + head
+        return Listing(head, names, paths, cached, sent, reads, self._read_many, seq)
 
     @_translate
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dirs[fh]
-        if start_id == 0 or handle.entries is None:
+        if start_id == 0 or handle.listing is None:
             handle.seq = self._seq()
             try:
-                handle.entries = await self._list(handle.inode.path)
+                handle.listing = await self._list(handle.inode.path)
             except NoNodeError:
-                handle.entries = []
-            handle.inode.children = {n for n, _, k, _ in handle.entries
-                                     if k is not Kind.DATA and n not in (".", "..")}
-        if start_id >= len(handle.entries):
-            # The kernel read the whole listing (and cached it): later opens may keep it, unless
-            # an event about the directory's children came since it was read.
-            if handle.seq >= 0 and self.state.unchanged_since(handle.seq, handle.inode.path):
-                handle.inode.listed = True
-            return
-        for i in range(start_id, len(handle.entries)):
-            name, path, kind, stat = handle.entries[i]
+                handle.listing = Listing.empty()
+        listing = handle.listing
+        i = start_id
+        while (entry := await listing.entry(i)) is not None:
+            name, path, kind, stat = entry
             if name in (".", ".."):
                 inode = self.inodes.find(path, Kind.DIR) or handle.inode
                 if not pyfuse3.readdir_reply(token, name.encode(),
                                              self._dot_attr(inode, stat), i + 1):
                     return
+                i += 1
                 continue
             inode = self.state.bind(path, kind)
             if not pyfuse3.readdir_reply(token, name.encode(), self._attr(inode, stat), i + 1):
@@ -1099,6 +1087,13 @@ class ZkOperations(pyfuse3.Operations):
                 return
             self.inodes.incref(inode)
             self._remember(inode, None)
+            i += 1
+        handle.inode.children = {n for n, _, k, _ in listing.entries
+                                 if k is not Kind.DATA and n not in (".", "..")}
+        # The kernel read the whole listing (and cached it): later opens may keep it, unless
+        # an event about the directory's children came since it was read.
+        if handle.seq >= 0 and self.state.unchanged_since(handle.seq, handle.inode.path):
+            handle.inode.listed = True
 
     def _dot_attr(self, inode: Inode, stat: Stat) -> pyfuse3.EntryAttributes:
         """Attributes for a `.`/`..` entry, without touching what the kernel was told."""
@@ -1255,7 +1250,10 @@ class ZkOperations(pyfuse3.Operations):
             return (stat.aversion, 0o7111)  # not even the ACL may be read: no r, no w
         if read.acl is None:
             return None
-        acl = read.acl
+        return await self._mode_of(read.acl, read.aversion, kind)
+
+    async def _mode_of(self, acl: list[Any], aversion: int, kind: Kind) -> tuple[int, int]:
+        """(aversion, the permission bits `acl` gives this mount's identities)."""
         ids, ip_known = await self._identities()
         mask = 0o7111
         if may(acl, Perm.READ, ids, ip_known):
@@ -1263,7 +1261,16 @@ class ZkOperations(pyfuse3.Operations):
         writes = (Perm.CREATE, Perm.DELETE) if kind is Kind.DIR else (Perm.WRITE,)
         if any(may(acl, p, ids, ip_known) for p in writes):
             mask |= 0o222
-        return (read.aversion, mask)
+        return (aversion, mask)
+
+    async def _created_mode(self) -> tuple[int, int] | None:
+        """The permission bits of a file this mount creates, known without reading its ACL
+        back: the ACL it creates with, at aversion 0 (unless it names the session's own
+        identities, scheme `auth`, which the server expands)."""
+        acl = self.cfg.create_acl if self.cfg.create_acl is not None else OPEN_ACL_UNSAFE
+        if any(a.id.scheme == "auth" for a in acl):
+            return None
+        return await self._mode_of(list(acl), 0, Kind.FILE)
 
     async def _check_write_access(self, acl: list[Any]) -> None:
         ids, ip_known = await self._identities()
@@ -1419,7 +1426,7 @@ class ZkOperations(pyfuse3.Operations):
         if parent_stat.ephemeral_owner != 0:
             raise _fail(errno.EPERM)  # an ephemeral znode cannot have children
         stat = fake_stat()
-        attr = self._entry(path, Kind.FILE, stat)
+        attr = self._entry(path, Kind.FILE, stat, acl_mode=await self._created_mode())
         inode = self._inode(attr.st_ino)
         fi = self._new_handle(inode, path, b"", stat, flags & ~os.O_TRUNC, ctx)
         f = self._files[fi.fh]
@@ -1555,6 +1562,7 @@ class ZkOperations(pyfuse3.Operations):
                 return
         if f.pending_error:
             raise self._poison(f, f.pending_error)
+        seq = self._seq()
         if f.pending_create:
             stat = await self._commit_create(f)
         elif f.appended is not None:
@@ -1585,6 +1593,10 @@ class ZkOperations(pyfuse3.Operations):
                 other.pending_error = other.pending_error or STALE_ERRNO
         # Read-after-close on this host: the kernel must not keep the old pages or size.
         await self._drop_kernel_data(f.inode)
+        if f.inode.kind is Kind.FILE and f.appended is None:
+            # The attributes the kernel asks for next (stat after close, the permission
+            # check of the next open) come from what this write left, not from a read.
+            self.state.store_written(f.path, Kind.FILE, stat, bytes(f.data), seq)
 
     async def _commit_create(self, f: OpenFile) -> Stat:
         """The deferred create of `f` (see `_create_deferred`), carrying its content."""
@@ -1600,8 +1612,9 @@ class ZkOperations(pyfuse3.Operations):
         except NoNodeError:
             raise self._poison(f, errno.ENOENT) from None  # the directory went meanwhile
         # Created by someone else since open: this handle's content goes onto it, as an
-        # O_TRUNC rewrite (last writer wins) or appended.
+        # O_TRUNC rewrite (last writer wins) or appended. Its ACL is theirs.
         f.pending_create = False
+        f.inode.acl_mode = None
         try:
             current, now = await self._zk(self.zk.get, f.path)
         except NoNodeError:

@@ -1168,6 +1168,19 @@ def decode_reply(payload: bytes, op: int | None) -> tuple[ReplyHeader, Record | 
     return header, (cls.deserialize(r) if cls is not None else None)
 
 
+_EXISTS_REPLY = struct.Struct(">iqiqqqqiiiqiiq")
+
+
+def decode_exists_reply(payload: bytes) -> tuple[ReplyHeader, Record | None]:
+    """`decode_reply(payload, OpCode.EXISTS)` in one struct unpack: a directory listing
+    decodes one of these per child (see zkfs.client.ZkClient.read_many)."""
+    if len(payload) == _EXISTS_REPLY.size:
+        xid, zxid, err, *fields = _EXISTS_REPLY.unpack(payload)
+        if err == 0:
+            return ReplyHeader(xid, zxid, err), ExistsResponse(Stat(*fields))
+    return decode_reply(payload, OpCode.EXISTS)
+
+
 def encode_connect_request(req: ConnectRequest) -> bytes:
     """Framed ConnectRequest (always with the read_only byte, as modern clients send)."""
     return frame(req.to_bytes())

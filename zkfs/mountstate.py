@@ -223,18 +223,26 @@ class MountState:
         """The count of events seen so far (-1 without a follower: nothing may be cached)."""
         return self._seq if self.following else -1
 
-    def note(self, path: str) -> None:
+    def note(self, path: str, created: bool = False) -> None:
         """An event for `path` arrived (called in wire order, before it is handled): cached
-        values it may have changed are dropped and its kernel pages become suspect."""
+        values it may have changed are dropped and its kernel pages become suspect.
+        `created`: the event says `path` was created (NodeCreated)."""
         self._seq += 1
         self._recent.append((self._seq, path))
         if self.reserved(path):
             self._settings.clear()  # a directory's settings (zkfs.meta) changed
             return
         # Cached values of the node and of its directory (child count, kind) are now suspect.
-        for p in (path, parent_path(path)):
+        # Except a directory's view when a child was created: a directory that gains a child
+        # stays one, and what its attributes show (data length, mtime, ACL version) does not
+        # move with its children; only the child count in its Stat is behind, and a view's
+        # child count is only ever read for the kind. (So `echo x > d/f` twice does not
+        # make the second open read d's Stat again for the kernel's permission check.)
+        parent = parent_path(path)
+        for p in (path, parent) if path != "/" else (path,):
             for inode in self.inodes.bound_at(p):
-                inode.view = None
+                if not (created and p == parent and inode.kind is Kind.DIR):
+                    inode.view = None
                 inode.listed = False
         # A child that changes kind shows in its directory's listing with a new inode number.
         grand = self.inodes.find(parent_path(parent_path(path)), Kind.DIR)
@@ -301,6 +309,28 @@ class MountState:
         if inode is None or not inode.bound or not self.following:
             return
         if self.unchanged_since(seq, path):
+            inode.view = (stat, data)
+
+    def store_written(self, path: str, kind: Kind, stat: Stat, data: Any, seq: int,
+                      caused: int = 1) -> None:
+        """Cache what this mount's own write left at `path` (the Stat its reply carried, the
+        data it sent), `seq` read before the write was sent. Kept only if at most the
+        `caused` events of that write came for the path since: ZooKeeper sends a session its
+        notifications in zxid order and a write's own before its reply, so any other write
+        that overtook it shows as one more event here (not cached), and one after it comes
+        after the reply (and drops the view when it is noted)."""
+        inode = self.inodes.find(path, kind)
+        if inode is None or not inode.bound or not self.following or not self.coherent:
+            return
+        if self._recent and self._recent[0][0] > seq + 1:
+            return  # forgotten: assume the worst
+        count = 0
+        for s, p in reversed(self._recent):
+            if s <= seq:
+                break
+            if p == path:
+                count += 1
+        if count <= caused:
             inode.view = (stat, data)
 
     def drop_views(self) -> None:
