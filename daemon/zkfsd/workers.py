@@ -24,8 +24,10 @@ and the member sends it its status (serving, role, leader) when that changes and
 tick (a worker that hears nothing for syncLimit ticks stops serving). The worker's connection
 count rides along with its session report (for the member's mntr).
 
-The messages are typed records, encoded and decoded (and checked, once) by workerlink.py;
-each end dispatches on their class.
+The messages are typed records, one class per kind, encoded and decoded by workerlink.py
+(sans-IO; every field checked once, when decoded), and each end dispatches on their class.
+The link's I/O, which worker.py shares, is here: `Outbox` (messages in order from one writer
+task, consecutive entries or forwarded writes batched into one message) and `read_link`.
 """
 from __future__ import annotations
 
