@@ -4,7 +4,7 @@
 # Without arguments the suite runs as two pytest processes side by side (tests/conftest.py,
 # SIDE_LANE_MODULES, says which modules go where and why): the tests that mostly wait on
 # processes, sockets and timeouts in the foreground, the CPU-bound in-process ones (the Raft
-# simulations, codecs, the tree) and two long single-subprocess ones in the background. The
+# simulations, codecs, the tree) and a few long subprocess runs in the background. The
 # background lane's output follows the foreground's; each lists its slowest tests. The exit
 # status is non-zero if either lane failed or collected nothing.
 #
