@@ -12,6 +12,9 @@
 # pytest process runs everything selected, as before.
 set -euo pipefail
 
+# Everything below is one function, read whole before it runs: bash reads a script as it goes,
+# and a checkout or an edit of this file during a long run would otherwise be read mid-line.
+main() {
 cd "$(dirname "$0")/.."
 
 if [[ ! -x .venv/bin/pytest ]]; then
@@ -80,3 +83,6 @@ if ((main_status)); then
     exit "$main_status"
 fi
 exit "$side_status"
+}
+
+main "$@"
