@@ -29,6 +29,27 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     return report
 
 
+# scripts/test.sh runs the suite as two pytest processes side by side: most tests wait on
+# processes, sockets and timeouts (one core is mostly idle meanwhile), while these modules keep
+# a core busy in-process (the Raft simulations, codecs, the tree) or run long subprocesses
+# with generous timeouts that assert nothing about speed (the benchmark harness, zkCli's
+# outputs, kazoo's own tests, pip install): about a third of the suite's time, so that both
+# lanes end at about the same time. They get the marker `side_lane` and run in the second
+# process ("-m side_lane"), the rest in the first.
+SIDE_LANE_MODULES = frozenset({
+    "test_raft_sim", "test_raft_reconfig_sim", "test_raft", "test_tree", "test_jute",
+    "test_storage", "test_txns", "test_wire", "test_server_inprocess", "test_linearizability",
+    "test_paths", "test_mountstate", "test_watches", "test_sessions", "test_config",
+    "test_bench", "test_zkcli", "test_kazoo_suite", "test_packaging",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.stem in SIDE_LANE_MODULES:
+            item.add_marker(pytest.mark.side_lane)
+
+
 def _test_failed(request: pytest.FixtureRequest) -> bool:
     return any(
         getattr(getattr(request.node, f"rep_{when}", None), "failed", False) for when in ("setup", "call")

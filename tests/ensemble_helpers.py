@@ -275,7 +275,12 @@ def trees_by_member(ens: Ensemble, root: str, ids: Iterable[int] | None = None,
         deadline = time.monotonic() + retry_for
         while True:
             try:
-                with ens.client(sid, connect_timeout=5.0) as k:
+                # kazoo waits session timeout / number of hosts for the answer to its connect
+                # request, and start(timeout) returns only once that wait is over: with the
+                # default 10 s session one unanswered connect used the whole retry window
+                # (test_partitioned_leader_and_follower failed so under load). A session
+                # timeout equal to the connect timeout leaves room for another attempt.
+                with ens.client(sid, connect_timeout=5.0, timeout=5.0) as k:
                     k.sync(root)
                     out[sid] = read_tree(k, root)
                 break

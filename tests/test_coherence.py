@@ -192,7 +192,10 @@ def test_measure_event_latency_and_cached_throughput(pair) -> None:  # type: ign
     A, B, kz, _ = pair
     kz.create("/lat", b"0")
     assert (B / "lat").read_bytes() == b"0"
-    n = int(os.environ.get("ZKFS_LATENCY_WRITES", "1000"))
+    # Every write must bring its own event; 300 of them show that (and give a p99) in a third
+    # of the time 1000 took. The figures worth quoting come from `python -m bench`;
+    # ZKFS_LATENCY_WRITES asks for more here.
+    n = int(os.environ.get("ZKFS_LATENCY_WRITES", "300"))
     lat: list[float] = []
     with watching(B / "lat", events=("close_write",)) as w:
         for i in range(n):
@@ -224,7 +227,7 @@ def test_measure_event_latency_and_cached_throughput(pair) -> None:  # type: ign
             for op in ("stat", "cat"):
                 done = 0
                 t0 = time.perf_counter()
-                while time.perf_counter() - t0 < 1.5:
+                while time.perf_counter() - t0 < 0.5:
                     for p in paths:
                         if op == "stat":
                             os.stat(p)
