@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import logging
 import math
 import os
@@ -41,6 +42,7 @@ from zkfsd.clients import ClientConnection
 from zkfsd.config import ServerConfig
 from zkfsd.adminserver import start_monitoring
 from zkfsd.consensus import Entry, ReadyDriver, Snapshot, make_zxid
+from zkfsd.logsync import LogSyncer
 from zkfsd.peers import PeerTransport
 from zkfsd.raft import ConfChangeRefused, Message, RaftNode, is_urgent
 from zkfsd.sessions import ReportAck, SessionIdGenerator, SessionKeeper, SessionReport, new_password
@@ -181,6 +183,9 @@ class ZkServer:
         self._wakeup = trio.Event()  # the log loop: the core may have a Ready
         self._urgent = trio.Event()  # the sender: the core may have urgent messages
         self._since_snapshot = 0
+        # The log's fsyncs: on the event loop where nothing can starve behind them, else on a
+        # thread (logsync.py).
+        self.syncer = LogSyncer(self._may_sync_inline)
         # ZooKeeper's proportions: a member unheard for syncLimit ticks is given up on (a
         # follower campaigns after syncLimit to 2*syncLimit ticks without its leader, Raft's
         # randomized election timeout; a leader without a majority for syncLimit ticks steps
@@ -366,6 +371,7 @@ class ZkServer:
                 task_status.started(self)
         finally:
             with trio.CancelScope(shield=True):
+                self.syncer.close()
                 self.storage.close()
             log.info("stopped; log synced at zxid 0x%x", self.tree.last_zxid)
 
@@ -653,8 +659,7 @@ class ZkServer:
                 # thread while new proposals and peer messages keep reaching the core.
                 syncs = driver.syncs
                 for work in driver.steps():
-                    with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(work)
+                    await self.syncer.run(work, may_inline=work == self.storage.sync)
                 self.stats.fsyncs += driver.syncs - syncs
                 ready = driver.last
                 assert ready is not None
@@ -669,6 +674,10 @@ class ZkServer:
                 self._check_leader()
                 if ready.committed and self._since_snapshot >= self.config.snap_count:
                     await self._snapshot(ready.committed[-1].index, ready.committed[-1].term)
+
+    def _may_sync_inline(self) -> bool:
+        # Not on an ensemble's leader: its heartbeats must never wait for the disk.
+        return self.standalone or self.core is None or not self.core.is_leader
 
     def _apply(self, index: int, term: int, data: bytes) -> None:
         zxid = make_zxid(term, index)
@@ -799,8 +808,8 @@ class ZkServer:
         started = time.monotonic()
         data = self.tree.snapshot()
         snap = Snapshot(index, term, data)
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self.storage.save_snapshot, snap)
+        await self.syncer.run(functools.partial(self.storage.save_snapshot, snap),
+                              may_inline=False)
         self.core.compact(index, term, data)
         self._since_snapshot = 0
         log.info("snapshot at index %d (zxid 0x%x, %d nodes, %d bytes) in %.3fs", index,

@@ -1,0 +1,120 @@
+"""Where the log loop runs its blocking steps (the fsync of a Ready, saving a snapshot).
+
+Two ways, chosen per step by `LogSyncer`:
+
+- On one persistent thread (`SyncThread`), while the event loop keeps serving clients and peer
+  messages. The hand-off is one lock release to wake the thread and one `run_sync_soon` back;
+  `trio.to_thread.run_sync` did the same plus a capacity limiter, a context copy, the thread
+  cache's bookkeeping and a cancellation hook per call (~30% of the CPU of a write at one
+  request in flight, in the profiles of BENCHMARKS.md's write-path section).
+- Inline on the event loop, which skips the hand-off and the two thread switches altogether,
+  but stalls everything else in this process for as long as the sync takes. So only where
+  nothing else can starve: never on a leader of an ensemble (its heartbeats, and its answers
+  to forwarded writes, must not wait for the disk: a stalled leader looks dead to its
+  followers), and only while the disk is fast (every sync of the last `FAST_WINDOW` seconds
+  took under `FAST_SYNC`; one slow sync sends the next ones to the thread). A follower's or
+  observer's stall delays only its own acknowledgements and heartbeat answers, bounded like
+  this; pre-vote keeps a follower that stalled from deposing a healthy leader.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import outcome
+import trio
+
+__all__ = ["FAST_SYNC", "FAST_WINDOW", "LogSyncer", "SyncThread"]
+
+# A sync this short on the event loop costs other tasks less than the hand-off to a thread
+# would cost them in CPU (~50-100 µs per hand-off on this machine).
+FAST_SYNC = 0.002
+# After a sync slower than FAST_SYNC, syncs go to the thread for this long.
+FAST_WINDOW = 1.0
+
+
+class SyncThread:
+    """One daemon thread that runs the log's blocking steps, one at a time, for one trio run.
+
+    The thread holds no state between jobs; a job's exception is raised in the caller. The
+    caller must not be cancelled while a job runs (the log loop shields it): the job cannot be
+    interrupted, and the log must not move on before its sync returned."""
+
+    def __init__(self, name: str = "zkfsd-log-sync") -> None:
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._go = threading.Lock()
+        self._go.acquire()
+        self._job: tuple[Callable[[], Any], trio.lowlevel.Task] | None = None
+        self._closed = False
+        self._name = name
+        self._thread: threading.Thread | None = None
+
+    def _start(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            self._go.acquire()
+            job = self._job
+            if job is None:  # closed
+                return
+            fn, task = job
+            self._job = None
+            result = outcome.capture(fn)
+            assert self._token is not None
+            try:
+                self._token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+            except trio.RunFinishedError:
+                return
+
+    async def run(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the thread; its result, or its exception raised here."""
+        if self._thread is None:
+            self._start()
+        assert self._job is None, "one job at a time"
+        self._job = (fn, trio.lowlevel.current_task())
+        self._go.release()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            return trio.lowlevel.Abort.FAILED  # the job runs to its end; the caller shields
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def close(self) -> None:
+        """Let the thread end (after the job it may be running)."""
+        if self._thread is not None and not self._closed:
+            self._closed = True
+            self._job = None
+            self._go.release()
+
+
+class LogSyncer:
+    """Runs a blocking step of the log inline or on the `SyncThread` (module docstring)."""
+
+    def __init__(self, inline_allowed: Callable[[], bool]) -> None:
+        self.thread = SyncThread()
+        self._inline_allowed = inline_allowed
+        self._slow_until = 0.0  # monotonic time until which syncs go to the thread
+        self.inline = 0  # steps run inline, for the statistics
+        self.threaded = 0
+
+    async def run(self, fn: Callable[[], Any], *, may_inline: bool = True) -> Any:
+        started = time.monotonic()
+        try:
+            if may_inline and started >= self._slow_until and self._inline_allowed():
+                self.inline += 1
+                return fn()
+            self.threaded += 1
+            with trio.CancelScope(shield=True):
+                return await self.thread.run(fn)
+        finally:
+            ended = time.monotonic()
+            if ended - started > FAST_SYNC:
+                self._slow_until = ended + FAST_WINDOW
+
+    def close(self) -> None:
+        self.thread.close()
