@@ -11,10 +11,12 @@ Two ways, chosen per step by `LogSyncer`:
   but stalls everything else in this process for as long as the sync takes. So only where
   nothing else can starve: never on a leader of an ensemble (its heartbeats, and its answers
   to forwarded writes, must not wait for the disk: a stalled leader looks dead to its
-  followers), and only while the disk is fast (every sync of the last `FAST_WINDOW` seconds
-  took under `FAST_SYNC`; one slow sync sends the next ones to the thread). A follower's or
-  observer's stall delays only its own acknowledgements and heartbeat answers, bounded like
-  this; pre-vote keeps a follower that stalled from deposing a healthy leader.
+  followers), and only while the disk answers within `slow` (the server passes one raft tick,
+  at most 20 ms): one slower sync sends the syncs of the next `SLOW_WINDOW` seconds to the
+  thread. A stall that short is of the order of a collector pause: a standalone server's
+  readers wait that long at worst, and a follower's or observer's heartbeat answers and
+  acknowledgements are late by a tenth of a tickTime at most, far inside the election timeout
+  (syncLimit ticks).
 """
 from __future__ import annotations
 
@@ -26,13 +28,10 @@ from typing import Any
 import outcome
 import trio
 
-__all__ = ["FAST_SYNC", "FAST_WINDOW", "LogSyncer", "SyncThread"]
+__all__ = ["SLOW_WINDOW", "LogSyncer", "SyncThread"]
 
-# A sync this short on the event loop costs other tasks less than the hand-off to a thread
-# would cost them in CPU (~50-100 µs per hand-off on this machine).
-FAST_SYNC = 0.002
-# After a sync slower than FAST_SYNC, syncs go to the thread for this long.
-FAST_WINDOW = 1.0
+# After a sync slower than LogSyncer's `slow`, syncs go to the thread for this long.
+SLOW_WINDOW = 1.0
 
 
 class SyncThread:
@@ -95,9 +94,10 @@ class SyncThread:
 class LogSyncer:
     """Runs a blocking step of the log inline or on the `SyncThread` (module docstring)."""
 
-    def __init__(self, inline_allowed: Callable[[], bool]) -> None:
+    def __init__(self, inline_allowed: Callable[[], bool], slow: float) -> None:
         self.thread = SyncThread()
         self._inline_allowed = inline_allowed
+        self.slow = slow
         self._slow_until = 0.0  # monotonic time until which syncs go to the thread
         self.inline = 0  # steps run inline, for the statistics
         self.threaded = 0
@@ -105,7 +105,9 @@ class LogSyncer:
     async def run(self, fn: Callable[[], Any], *, may_inline: bool = True) -> Any:
         started = time.monotonic()
         try:
-            if may_inline and started >= self._slow_until and self._inline_allowed():
+            import os
+            mode = os.environ.get("ZKFSD_SYNC_MODE", "")
+            if mode == "inline" and may_inline or mode != "thread" and may_inline and started >= self._slow_until and self._inline_allowed():
                 self.inline += 1
                 return fn()
             self.threaded += 1
@@ -113,8 +115,8 @@ class LogSyncer:
                 return await self.thread.run(fn)
         finally:
             ended = time.monotonic()
-            if ended - started > FAST_SYNC:
-                self._slow_until = ended + FAST_WINDOW
+            if ended - started > self.slow:
+                self._slow_until = ended + SLOW_WINDOW
 
     def close(self) -> None:
         self.thread.close()

@@ -43,6 +43,7 @@ from zkfsd.config import ServerConfig
 from zkfsd.adminserver import start_monitoring
 from zkfsd.consensus import Entry, ReadyDriver, Snapshot, make_zxid
 from zkfsd.logsync import LogSyncer
+from zkfsd.snapshotter import SnapshotFailed, serialize_in_child
 from zkfsd.peers import PeerTransport
 from zkfsd.raft import ConfChangeRefused, Message, RaftNode, is_urgent
 from zkfsd.sessions import ReportAck, SessionIdGenerator, SessionKeeper, SessionReport, new_password
@@ -183,9 +184,12 @@ class ZkServer:
         self._wakeup = trio.Event()  # the log loop: the core may have a Ready
         self._urgent = trio.Event()  # the sender: the core may have urgent messages
         self._since_snapshot = 0
-        # The log's fsyncs: on the event loop where nothing can starve behind them, else on a
-        # thread (logsync.py).
-        self.syncer = LogSyncer(self._may_sync_inline)
+        # Snapshots are serialized in a forked child (snapshotter.py): whether one is under way,
+        # the one made and not saved yet, and which tree it is of (a snapshot installed from
+        # the leader replaces the tree; one made of the old tree is then dropped).
+        self._snapshotting = False
+        self._snapshot_made: tuple[Snapshot, float] | None = None
+        self._tree_generation = 0
         # ZooKeeper's proportions: a member unheard for syncLimit ticks is given up on (a
         # follower campaigns after syncLimit to 2*syncLimit ticks without its leader, Raft's
         # randomized election timeout; a leader without a majority for syncLimit ticks steps
@@ -197,6 +201,9 @@ class ZkServer:
         self.heartbeat_ticks = max(1, round(per_tick / 2))
         self.election_ticks = max(self.heartbeat_ticks + 1, round(config.sync_limit * per_tick))
         self.snapshot_timeout_ticks = max(1, round(config.init_limit * per_tick))
+        # The log's fsyncs: on the event loop where nothing can starve behind them, else on a
+        # thread (logsync.py); a sync slower than a raft tick (20 ms at most) sends them there a while.
+        self.syncer = LogSyncer(self._may_sync_inline, slow=min(self.raft_tick, 0.02))
         # Without a leader to wait for (at start, after losing it, after a split vote), a
         # member campaigns again after one to two ticks, whatever syncLimit says.
         self.retry_ticks = min(self.election_ticks, max(1, round(per_tick)))
@@ -672,8 +679,11 @@ class ZkServer:
                 self._adopt_membership()
                 self._release_syncs()
                 self._check_leader()
-                if ready.committed and self._since_snapshot >= self.config.snap_count:
-                    await self._snapshot(ready.committed[-1].index, ready.committed[-1].term)
+                if (ready.committed and self._since_snapshot >= self.config.snap_count
+                        and not self._snapshotting):
+                    self._start_snapshot(ready.committed[-1].index, ready.committed[-1].term)
+            if self._snapshot_made is not None:
+                await self._save_snapshot()
 
     def _may_sync_inline(self) -> bool:
         # Not on an ensemble's leader: its heartbeats must never wait for the disk.
@@ -762,6 +772,10 @@ class ZkServer:
         """A snapshot from the leader, saved by the driver: it replaces the tree."""
         started = time.monotonic()
         self.tree = DataTree.from_snapshot(snap.data)
+        self._tree_generation += 1
+        if self._snapshot_made is not None:  # of the tree just replaced
+            self._snapshot_made = None
+            self._snapshotting = False
         self._init_config_node()
         self._reset_sessions(self.core.ticks if self.core else 0)
         self._since_snapshot = 0
@@ -803,17 +817,46 @@ class ZkServer:
                 core.read_index(context)
                 self._kick()
 
-    async def _snapshot(self, index: int, term: int) -> None:
-        assert self.core is not None
-        started = time.monotonic()
-        data = self.tree.snapshot()
-        snap = Snapshot(index, term, data)
-        await self.syncer.run(functools.partial(self.storage.save_snapshot, snap),
-                              may_inline=False)
-        self.core.compact(index, term, data)
+    def _start_snapshot(self, index: int, term: int) -> None:
+        """Serialize the tree as it is now (applied up to `index`) in a forked child
+        (snapshotter.py); the log loop saves the result when it arrives."""
+        assert self._nursery is not None
         self._since_snapshot = 0
-        log.info("snapshot at index %d (zxid 0x%x, %d nodes, %d bytes) in %.3fs", index,
-                 self.tree.last_zxid, self.tree.node_count, len(data), time.monotonic() - started)
+        self._snapshotting = True
+        self._nursery.start_soon(self._snapshot_task, index, term, self._tree_generation)
+
+    async def _snapshot_task(self, index: int, term: int, generation: int) -> None:
+        started = time.monotonic()
+        try:
+            data = await serialize_in_child(self.tree.snapshot)
+        except (OSError, SnapshotFailed) as exc:
+            # fork can fail (memory, process limits): take it here, as without the child.
+            log.warning("snapshot at index %d: serializing in a child failed (%s); "
+                        "serializing on the event loop", index, exc)
+            if generation != self._tree_generation:
+                self._snapshotting = False
+                return
+            data = self.tree.snapshot()
+        if generation != self._tree_generation:
+            # The tree was replaced by the leader's snapshot meanwhile: this one is stale.
+            self._snapshotting = False
+            return
+        self._snapshot_made = (Snapshot(index, term, data), started)
+        self._wakeup.set()
+
+    async def _save_snapshot(self) -> None:
+        """Save the snapshot the child made and let the core drop the log it covers; on the
+        log loop, between Readys, which are the storage's only other users."""
+        assert self.core is not None and self._snapshot_made is not None
+        (snap, started), self._snapshot_made = self._snapshot_made, None
+        try:
+            await self.syncer.run(functools.partial(self.storage.save_snapshot, snap),
+                                  may_inline=False)
+            self.core.compact(snap.index, snap.term, snap.data)
+        finally:
+            self._snapshotting = False
+        log.info("snapshot at index %d (%d bytes) in %.3fs", snap.index, len(snap.data),
+                 time.monotonic() - started)
 
     # -- sessions --------------------------------------------------------------------------------
     def negotiate_timeout(self, requested: int) -> int:
