@@ -105,9 +105,7 @@ class LogSyncer:
     async def run(self, fn: Callable[[], Any], *, may_inline: bool = True) -> Any:
         started = time.monotonic()
         try:
-            import os
-            mode = os.environ.get("ZKFSD_SYNC_MODE", "")
-            if mode == "inline" and may_inline or mode != "thread" and may_inline and started >= self._slow_until and self._inline_allowed():
+            if may_inline and started >= self._slow_until and self._inline_allowed():
                 self.inline += 1
                 return fn()
             self.threaded += 1
