@@ -42,7 +42,7 @@ from zkfsd.clients import ClientConnection
 from zkfsd.config import ServerConfig
 from zkfsd.adminserver import start_monitoring
 from zkfsd.consensus import Entry, ReadyDriver, Snapshot, make_zxid
-from zkfsd.logsync import LogSyncer
+from zkfsd.logsync import SMALL_BATCH, LogSyncer
 from zkfsd.snapshotter import SnapshotFailed, serialize_in_child
 from zkfsd.peers import PeerTransport
 from zkfsd.raft import ConfChangeRefused, Message, RaftNode, is_urgent
@@ -666,7 +666,9 @@ class ZkServer:
                 # thread while new proposals and peer messages keep reaching the core.
                 syncs = driver.syncs
                 for work in driver.steps():
-                    await self.syncer.run(work, may_inline=work == self.storage.sync)
+                    # driver.last is the Ready being handled: inline only a small batch's sync.
+                    await self.syncer.run(work, may_inline=work == self.storage.sync and len(
+                        driver.last.entries) <= SMALL_BATCH)
                 self.stats.fsyncs += driver.syncs - syncs
                 ready = driver.last
                 assert ready is not None
