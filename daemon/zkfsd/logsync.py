@@ -13,12 +13,12 @@ Two ways, chosen per step by `LogSyncer`:
   was most of the CPU and a good part of the latency), and only where
   nothing else can starve: never on a leader of an ensemble (its heartbeats, and its answers
   to forwarded writes, must not wait for the disk: a stalled leader looks dead to its
-  followers), and only while the disk answers within `slow` (the server passes one raft tick,
-  at most 20 ms): one slower sync sends the syncs of the next `SLOW_WINDOW` seconds to the
-  thread. A stall that short is of the order of a collector pause: a standalone server's
-  readers wait that long at worst, and a follower's or observer's heartbeat answers and
-  acknowledgements are late by a tenth of a tickTime at most, far inside the election timeout
-  (syncLimit ticks).
+  followers), and only while the disk answers within `SLOW_SYNC` (20 ms, the shortest raft
+  tick): one slower sync sends the syncs of the next `SLOW_WINDOW` seconds to the thread. A
+  stall that short is of the order of a collector pause: a standalone server's readers wait
+  that long at worst, and a follower's or observer's heartbeat answers and acknowledgements
+  are late by at most a tenth of a tickTime, far inside the election timeout (syncLimit
+  ticks).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from typing import Any
 import outcome
 import trio
 
-__all__ = ["SLOW_WINDOW", "SMALL_BATCH", "LogSyncer", "SyncThread"]
+__all__ = ["SLOW_SYNC", "SLOW_WINDOW", "SMALL_BATCH", "LogSyncer", "SyncThread"]
 
 # Inline only for a Ready of at most this many entries: a small batch means few writers, so
 # there is little to overlap with the fsync, while a big batch means many clients whose next
@@ -38,7 +38,8 @@ __all__ = ["SLOW_WINDOW", "SMALL_BATCH", "LogSyncer", "SyncThread"]
 # flight the thread served ~10-15% more writes than inline syncs in alternating runs).
 SMALL_BATCH = 4
 
-# After a sync slower than LogSyncer's `slow`, syncs go to the thread for this long.
+# After a sync slower than SLOW_SYNC, syncs go to the thread for SLOW_WINDOW seconds.
+SLOW_SYNC = 0.02
 SLOW_WINDOW = 1.0
 
 
@@ -102,26 +103,25 @@ class SyncThread:
 class LogSyncer:
     """Runs a blocking step of the log inline or on the `SyncThread` (module docstring)."""
 
-    def __init__(self, inline_allowed: Callable[[], bool], slow: float) -> None:
+    def __init__(self, inline_allowed: Callable[[], bool]) -> None:
         self.thread = SyncThread()
         self._inline_allowed = inline_allowed
-        self.slow = slow
         self._slow_until = 0.0  # monotonic time until which syncs go to the thread
-        self.inline = 0  # steps run inline, for the statistics
-        self.threaded = 0
 
     async def run(self, fn: Callable[[], Any], *, may_inline: bool = True) -> Any:
+        """`fn()`, inline if `may_inline` (the caller's say: a sync of a small batch) and the
+        rules above allow, else on the thread; not cancellable while it runs."""
         started = time.monotonic()
         try:
             if may_inline and started >= self._slow_until and self._inline_allowed():
-                self.inline += 1
                 return fn()
-            self.threaded += 1
             with trio.CancelScope(shield=True):
                 return await self.thread.run(fn)
         finally:
+            # Only the syncs that could run inline tell how fast the disk is now (a snapshot's
+            # save is slow by nature).
             ended = time.monotonic()
-            if ended - started > self.slow:
+            if may_inline and ended - started > SLOW_SYNC:
                 self._slow_until = ended + SLOW_WINDOW
 
     def close(self) -> None:

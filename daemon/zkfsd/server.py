@@ -202,8 +202,8 @@ class ZkServer:
         self.election_ticks = max(self.heartbeat_ticks + 1, round(config.sync_limit * per_tick))
         self.snapshot_timeout_ticks = max(1, round(config.init_limit * per_tick))
         # The log's fsyncs: on the event loop where nothing can starve behind them, else on a
-        # thread (logsync.py); a sync slower than a raft tick (20 ms at most) sends them there a while.
-        self.syncer = LogSyncer(self._may_sync_inline, slow=min(self.raft_tick, 0.02))
+        # thread (logsync.py).
+        self.syncer = LogSyncer(self._may_sync_inline)
         # Without a leader to wait for (at start, after losing it, after a split vote), a
         # member campaigns again after one to two ticks, whatever syncLimit says.
         self.retry_ticks = min(self.election_ticks, max(1, round(per_tick)))
