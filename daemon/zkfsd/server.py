@@ -363,6 +363,7 @@ class ZkServer:
                         if quorum_tls is not None else None)
                     await nursery.start(self.transport.run)
                     self._adopt_membership()
+                    self._urgent.set()  # what the core made before there was a transport
                 nursery.start_soon(self._sender)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._reaper_loop)
@@ -629,9 +630,11 @@ class ZkServer:
     # -- the log ---------------------------------------------------------------------------------
     def _kick(self) -> None:
         """The core took input (a message, ticks, a proposal): wake the log loop, and the
-        sender for what may leave before the next fsync."""
+        sender for what may leave before the next fsync (only with peers: a standalone
+        member's sender would wake for nothing after every proposal)."""
         self._wakeup.set()
-        self._urgent.set()
+        if self.transport is not None:
+            self._urgent.set()
 
     async def _sender(self) -> None:
         """Heartbeats and their answers leave as soon as the core makes them, never behind a
