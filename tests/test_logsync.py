@@ -125,3 +125,33 @@ def test_large_snapshot_crosses_the_pipe_whole() -> None:
         return await serialize_in_child(lambda: blob)
 
     assert trio.run(main) == blob
+
+
+def test_snapshot_child_does_not_hold_the_members_connections_open() -> None:
+    """A connection the member closes while a snapshot child runs must close at once (the
+    child would otherwise keep the socket, and a dead leader's peer connections, open)."""
+    import socket
+    import time
+
+    a, b = socket.socketpair()
+
+    async def main() -> float:
+        async with trio.open_nursery() as nursery:
+            forking = trio.Event()
+
+            async def snap() -> None:
+                forking.set()
+                await serialize_in_child(lambda: (time.sleep(1.0), b"x")[1])
+
+            nursery.start_soon(snap)
+            await forking.wait()
+            started = time.monotonic()
+            a.close()  # the member closes its end while the child serializes
+            b.settimeout(5)
+            assert b.recv(1) == b""  # EOF: no copy of `a` is left in the child
+            return time.monotonic() - started
+
+    try:
+        assert trio.run(main) < 0.5
+    finally:
+        b.close()

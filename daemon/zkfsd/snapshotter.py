@@ -30,10 +30,22 @@ class SnapshotFailed(Exception):
     """The child did not deliver a whole snapshot."""
 
 
+def _max_fd() -> int:
+    try:
+        return os.sysconf("SC_OPEN_MAX")
+    except (OSError, ValueError):
+        return 65536
+
+
 def _child(write_fd: int, serialize: Callable[[], bytes]) -> None:
     """In the child: never return (no trio, no finalizers, no atexit, no buffered output)."""
     status = 1
     try:
+        # Let go of every inherited descriptor but the pipe (and stdio): otherwise a client or
+        # peer connection the parent closes, or the listening port, would stay open as long as
+        # the child lives, and a killed leader's peers would not see its connections drop.
+        os.closerange(3, write_fd)
+        os.closerange(write_fd + 1, _max_fd())
         # The parent's signal wakeup fd and handlers are trio's; a signal here is not for it.
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
