@@ -3,15 +3,24 @@
 test_ensemble (snapshots with a small snapCount, kill -9 under load)."""
 from __future__ import annotations
 
+import errno
 import os
 import threading
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import trio
 
-from zkfsd import logsync
+from zkfs import jute
+from zkfs.constants import Err, OpCode
+from zkfsd import handlers, logsync
+from zkfsd.config import ServerConfig
 from zkfsd.logsync import LogSyncer, SyncThread
+from zkfsd.server import ZkServer
 from zkfsd.snapshotter import SnapshotFailed, serialize_in_child
+from zkfsd.storage import Storage
+from zkfsd.tree import DataTree
 
 
 def test_sync_thread_runs_jobs_in_order_on_one_thread() -> None:
@@ -155,3 +164,83 @@ def test_snapshot_child_does_not_hold_the_members_connections_open() -> None:
         assert trio.run(main) < 0.5
     finally:
         b.close()
+
+
+# -- a member taking snapshots (in-process ZkServer, data on disk) ---------------------------------
+
+def _run_member(tmp_path: Path, snap_count: int,
+                body: Callable[[ZkServer], Awaitable[None]]) -> None:
+    async def main() -> None:
+        config = ServerConfig(data_dir=str(tmp_path / "data"), client_port=0,
+                              client_address="127.0.0.1", tick_time=200, snap_count=snap_count)
+        (tmp_path / "data").mkdir(exist_ok=True)
+        server = ZkServer(config)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            await body(server)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+async def _create_all(server: ZkServer, paths: list[str]) -> None:
+    acl = [jute.ACL(31, jute.Id("world", "anyone"))]
+    proposals = [server.propose(handlers.write_txn(OpCode.CREATE,
+                                                   jute.CreateRequest(p, b"x", acl, 0), 0, []))
+                 for p in paths]
+    for proposal in proposals:
+        await proposal.done.wait()
+        assert proposal.result is not None and proposal.result.err == Err.OK
+
+
+async def _snapshots_settled(server: ZkServer, tmp_path: Path) -> list[Path]:
+    with trio.fail_after(10):
+        while server._snapshotting or not list((tmp_path / "data").glob("snapshot.*[0-9]")):
+            await trio.sleep(0.01)
+    return sorted((tmp_path / "data").glob("snapshot.*[0-9]"))
+
+
+def test_snapshots_taken_while_writes_flow_are_of_their_index(tmp_path: Path) -> None:
+    """Writes keep being applied while the child serializes: the snapshot saved must hold
+    exactly the state at its index (a prefix of the creates), and a restart from it must
+    come back with every write."""
+    paths = [f"/n{i:03d}" for i in range(300)]
+
+    async def write(server: ZkServer) -> None:
+        await _create_all(server, paths)
+        assert await _snapshots_settled(server, tmp_path)
+
+    _run_member(tmp_path, 40, write)
+    loaded = Storage(tmp_path / "data").load()
+    assert loaded.snapshot is not None
+    tree = DataTree.from_snapshot(loaded.snapshot.data)
+    assert tree.last_zxid & 0xFFFFFFFF == loaded.snapshot.index
+    in_snapshot = sorted(p for p in paths if tree.get(p) is not None)
+    assert in_snapshot == paths[:len(in_snapshot)]  # nothing applied after the fork leaked in
+    # Entries 1 (the leader's empty entry) and 2.. (the creates): the snapshot's index says
+    # how many creates it holds.
+    assert len(in_snapshot) == loaded.snapshot.index - 1
+
+    async def check(server: ZkServer) -> None:
+        assert all(server.tree.get(p) is not None for p in paths)
+
+    _run_member(tmp_path, 40, check)
+
+
+def test_snapshot_is_taken_in_process_when_fork_fails(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_fork() -> int:
+        raise OSError(errno.EAGAIN, "fork: resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    paths = [f"/m{i:03d}" for i in range(100)]
+
+    async def write(server: ZkServer) -> None:
+        await _create_all(server, paths)
+        assert await _snapshots_settled(server, tmp_path)
+        await _create_all(server, ["/after"])  # still serving
+
+    _run_member(tmp_path, 30, write)
+    loaded = Storage(tmp_path / "data").load()
+    assert loaded.snapshot is not None
+    assert DataTree.from_snapshot(loaded.snapshot.data).get("/m000") is not None

@@ -43,7 +43,7 @@ from zkfsd.config import ServerConfig
 from zkfsd.adminserver import start_monitoring
 from zkfsd.consensus import Entry, ReadyDriver, Snapshot, make_zxid
 from zkfsd.logsync import SMALL_BATCH, LogSyncer
-from zkfsd.snapshotter import SnapshotFailed, serialize_in_child
+from zkfsd.snapshotter import ChildSnapshot, SnapshotFailed
 from zkfsd.peers import PeerTransport
 from zkfsd.raft import ConfChangeRefused, Message, RaftNode, is_urgent
 from zkfsd.sessions import ReportAck, SessionIdGenerator, SessionKeeper, SessionReport, new_password
@@ -823,25 +823,34 @@ class ZkServer:
                 self._kick()
 
     def _start_snapshot(self, index: int, term: int) -> None:
-        """Serialize the tree as it is now (applied up to `index`) in a forked child
-        (snapshotter.py); the log loop saves the result when it arrives."""
+        """Snapshot the tree as it is now (applied up to `index`): fork the child that
+        serializes it (snapshotter.py) before anything else is applied; the log loop saves
+        the result when it arrives."""
         assert self._nursery is not None
         self._since_snapshot = 0
         self._snapshotting = True
-        self._nursery.start_soon(self._snapshot_task, index, term, self._tree_generation)
-
-    async def _snapshot_task(self, index: int, term: int, generation: int) -> None:
         started = time.monotonic()
         try:
-            data = await serialize_in_child(self.tree.snapshot)
+            child = ChildSnapshot(self.tree.snapshot)
+        except OSError as exc:
+            # No fork (memory, process limits): serialize here, as before there was a child.
+            log.warning("snapshot at index %d: cannot fork (%s); serializing on the event loop",
+                        index, exc)
+            self._snapshot_made = (Snapshot(index, term, self.tree.snapshot()), started)
+            return
+        self._nursery.start_soon(self._snapshot_task, child, index, term,
+                                 self._tree_generation, started)
+
+    async def _snapshot_task(self, child: ChildSnapshot, index: int, term: int,
+                             generation: int, started: float) -> None:
+        try:
+            data = await child.result()
         except (OSError, SnapshotFailed) as exc:
-            # fork can fail (memory, process limits): take it here, as without the child.
-            log.warning("snapshot at index %d: serializing in a child failed (%s); "
-                        "serializing on the event loop", index, exc)
-            if generation != self._tree_generation:
-                self._snapshotting = False
-                return
-            data = self.tree.snapshot()
+            # The tree has moved on since the fork: the next snapshot is due after another
+            # snapCount transactions.
+            log.warning("snapshot at index %d failed: %s", index, exc)
+            self._snapshotting = False
+            return
         if generation != self._tree_generation:
             # The tree was replaced by the leader's snapshot meanwhile: this one is stale.
             self._snapshotting = False

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import trio
 
-__all__ = ["SnapshotFailed", "serialize_in_child"]
+__all__ = ["ChildSnapshot", "SnapshotFailed", "serialize_in_child"]
 
 _CHUNK = 1 << 20
 
@@ -62,51 +62,66 @@ def _child(write_fd: int, serialize: Callable[[], bytes]) -> None:
         os._exit(status)
 
 
-async def serialize_in_child(serialize: Callable[[], bytes]) -> bytes:
-    """`serialize()` run in a forked child, its result read back here without blocking the
-    event loop. SnapshotFailed if the child failed; cancellation kills the child."""
-    read_fd, write_fd = os.pipe()
-    try:
-        pid = os.fork()
-    except BaseException:
-        os.close(read_fd)
+class ChildSnapshot:
+    """`serialize()` running in a child forked when this is made: the snapshot is of the
+    state at that moment, whatever the member does meanwhile. OSError if the fork fails (the
+    caller's state has not moved: it may serialize in-process instead)."""
+
+    def __init__(self, serialize: Callable[[], bytes]) -> None:
+        self._read_fd, write_fd = os.pipe()
+        try:
+            pid = os.fork()
+        except BaseException:
+            os.close(self._read_fd)
+            os.close(write_fd)
+            raise
+        if pid == 0:  # pragma: no cover - the child
+            os.close(self._read_fd)
+            _child(write_fd, serialize)
         os.close(write_fd)
-        raise
-    if pid == 0:  # pragma: no cover - the child
-        os.close(read_fd)
-        _child(write_fd, serialize)
-    os.close(write_fd)
-    reaped = False
-    try:
-        os.set_blocking(read_fd, False)
-        chunks: list[bytes] = []
-        while True:
-            await trio.lowlevel.wait_readable(read_fd)
-            try:
-                chunk = os.read(read_fd, _CHUNK)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                break
-            chunks.append(chunk)
-        # The child exits right after its last write; reap it off the event loop anyway.
-        _, status = await trio.to_thread.run_sync(os.waitpid, pid, 0)
-        reaped = True
-        # The 8-byte length arrives whole in the first read (pipe writes that small are atomic).
-        expected = int.from_bytes(chunks[0][:8], "big") if chunks else -1
-        if chunks:
-            chunks[0] = chunks[0][8:]
-        data = b"".join(chunks)
-        if status != 0 or len(data) != expected:
-            raise SnapshotFailed(f"snapshot child {pid} ended with status {status} after "
-                                 f"{len(data)} of {expected} bytes")
-        return data
-    finally:
-        os.close(read_fd)
-        if not reaped:
-            with trio.CancelScope(shield=True):
+        self.pid = pid
+
+    async def result(self) -> bytes:
+        """The child's bytes, read without blocking the event loop. SnapshotFailed if the
+        child failed; cancellation kills the child. Once only."""
+        read_fd, pid = self._read_fd, self.pid
+        reaped = False
+        try:
+            os.set_blocking(read_fd, False)
+            chunks: list[bytes] = []
+            while True:
+                await trio.lowlevel.wait_readable(read_fd)
                 try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                await trio.to_thread.run_sync(os.waitpid, pid, 0)
+                    chunk = os.read(read_fd, _CHUNK)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            # The child exits right after its last write; reap it off the event loop anyway.
+            _, status = await trio.to_thread.run_sync(os.waitpid, pid, 0)
+            reaped = True
+            # The 8-byte length arrives whole in the first read (pipe writes that small are
+            # atomic).
+            expected = int.from_bytes(chunks[0][:8], "big") if chunks else -1
+            if chunks:
+                chunks[0] = chunks[0][8:]
+            data = b"".join(chunks)
+            if status != 0 or len(data) != expected:
+                raise SnapshotFailed(f"snapshot child {pid} ended with status {status} after "
+                                     f"{len(data)} of {expected} bytes")
+            return data
+        finally:
+            os.close(read_fd)
+            if not reaped:
+                with trio.CancelScope(shield=True):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    await trio.to_thread.run_sync(os.waitpid, pid, 0)
+
+
+async def serialize_in_child(serialize: Callable[[], bytes]) -> bytes:
+    """`serialize()` run in a child forked now, its result read back without blocking."""
+    return await ChildSnapshot(serialize).result()
