@@ -125,11 +125,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _encode_record(obj: list[Any]) -> bytes:
-    payload = msgpack.packb(obj, use_bin_type=True)
-    return _REC_HDR.pack(len(payload), zlib.crc32(payload)) + payload
-
-
 def _decode_record(buf: bytes, off: int) -> tuple[list[Any], int]:
     """Decode the record at `off`; return (payload, next offset) or raise _Corrupt(reason)."""
     remaining = len(buf) - off
