@@ -1,5 +1,5 @@
 """Server CPU per request: one standalone zkfsd, one lean-driver cell per op, CPU seconds of the
-zkfsd process (user + system, all threads) divided by the requests it answered.
+zkfsd process (user + system, all threads, and its reaped snapshot children) divided by the requests it answered.
 
     .venv/bin/python -m bench.cpu                       # 16 sessions x 32 in flight, 2 s per op
     .venv/bin/python -m bench.cpu --cpus 0              # zkfsd pinned to one core (taskset)
@@ -40,8 +40,9 @@ class CpuFigure:
 
 
 def _cpu_seconds(proc: psutil.Process) -> float:
+    # With the children it reaped: zkfsd serializes snapshots in forked children.
     t = proc.cpu_times()
-    return t.user + t.system
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def measure(port: int, pid: int, ops: list[str], sessions: int, window: int, duration: float,

@@ -4,6 +4,7 @@ servers round by round so both see the same machine load.
 
     .venv/bin/python -m bench.writes                        # 1x1 and 16x32, 3 rounds, 1.5 s cells
     .venv/bin/python -m bench.writes --rounds 5 --shapes 1x1
+    .venv/bin/python -m bench.writes --ensemble             # 3-member ensembles, driven at member 1
 
 Prints the median ops/s per cell and server, their ratio, and the 1x1 cells' p50 latency.
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 
 from bench import driver
 from bench.driver import Cell, Session, ensure_path
-from bench.servers import Shape, ZkfsdStandalone, ZooKeeperStandalone
+from bench.servers import (Shape, ZkfsdEnsemble, ZkfsdStandalone, ZooKeeperEnsemble,
+                           ZooKeeperStandalone)
 
 
 def _shapes(text: str) -> list[tuple[int, int]]:
@@ -34,11 +36,13 @@ def main() -> None:
     ap.add_argument("--shapes", default="1x1,16x32", help="sessions x window, comma-separated")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=1.5)
+    ap.add_argument("--ensemble", action="store_true",
+                    help="3-member ensembles (member 1 takes the load) instead of standalone")
     args = ap.parse_args()
     ops, shapes = args.ops.split(","), _shapes(args.shapes)
     with tempfile.TemporaryDirectory(prefix="bench-writes-", dir="/tmp") as tmp:
-        zkfsd: Shape = ZkfsdStandalone(Path(tmp), 2000)
-        zk: Shape = ZooKeeperStandalone(Path(tmp), 2000)
+        zkfsd: Shape = (ZkfsdEnsemble if args.ensemble else ZkfsdStandalone)(Path(tmp), 2000)
+        zk: Shape = (ZooKeeperEnsemble if args.ensemble else ZooKeeperStandalone)(Path(tmp), 2000)
         with zkfsd, zk:
             servers = [("zkfsd", zkfsd), ("zookeeper", zk)]
             results: dict[tuple[str, str, int, int], list[tuple[float, float]]] = {}

@@ -11,7 +11,7 @@ import sys
 import click
 
 from zkfsd.config import ConfigError, build_config
-from zkfsd.service import LOG_FORMAT, Logging, Reloader
+from zkfsd.service import Logging, Reloader
 from zkfsd.zkimport import ZkImportError, is_zookeeper_dir, load_zookeeper_dir, write_zkfsd_data_dir
 
 log = logging.getLogger("zkfsd")

@@ -20,6 +20,7 @@ ensemble of one and takes the same path.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -41,6 +42,8 @@ from zkfsd.clients import ClientConnection
 from zkfsd.config import ServerConfig
 from zkfsd.adminserver import start_monitoring
 from zkfsd.consensus import Entry, ReadyDriver, Snapshot, make_zxid
+from zkfsd.logsync import SMALL_BATCH, LogSyncer
+from zkfsd.snapshotter import ChildSnapshot, SnapshotFailed
 from zkfsd.peers import PeerTransport
 from zkfsd.raft import ConfChangeRefused, Message, RaftNode, is_urgent
 from zkfsd.sessions import ReportAck, SessionIdGenerator, SessionKeeper, SessionReport, new_password
@@ -179,6 +182,12 @@ class ZkServer(ClientPort):
         self._wakeup = trio.Event()  # the log loop: the core may have a Ready
         self._urgent = trio.Event()  # the sender: the core may have urgent messages
         self._since_snapshot = 0
+        # Snapshots are serialized in a forked child (snapshotter.py): whether one is under way,
+        # the one made and not saved yet, and which tree it is of (a snapshot installed from
+        # the leader replaces the tree; one made of the old tree is then dropped).
+        self._snapshotting = False
+        self._snapshot_made: tuple[Snapshot, float] | None = None
+        self._tree_generation = 0
         # ZooKeeper's proportions: a member unheard for syncLimit ticks is given up on (a
         # follower campaigns after syncLimit to 2*syncLimit ticks without its leader, Raft's
         # randomized election timeout; a leader without a majority for syncLimit ticks steps
@@ -190,6 +199,9 @@ class ZkServer(ClientPort):
         self.heartbeat_ticks = max(1, round(per_tick / 2))
         self.election_ticks = max(self.heartbeat_ticks + 1, round(config.sync_limit * per_tick))
         self.snapshot_timeout_ticks = max(1, round(config.init_limit * per_tick))
+        # The log's fsyncs: on the event loop where nothing can starve behind them, else on a
+        # thread (logsync.py).
+        self.syncer = LogSyncer(self._may_sync_inline)
         # Without a leader to wait for (at start, after losing it, after a split vote), a
         # member campaigns again after one to two ticks, whatever syncLimit says.
         self.retry_ticks = min(self.election_ticks, max(1, round(per_tick)))
@@ -348,6 +360,7 @@ class ZkServer(ClientPort):
                         if quorum_tls is not None else None)
                     await nursery.start(self.transport.run)
                     self._adopt_membership()
+                    self._urgent.set()  # what the core made before there was a transport
                 nursery.start_soon(self._sender)
                 nursery.start_soon(self._ticker)
                 nursery.start_soon(self._reaper_loop)
@@ -366,6 +379,7 @@ class ZkServer(ClientPort):
                 task_status.started(self)
         finally:
             with trio.CancelScope(shield=True):
+                self.syncer.close()
                 self.storage.close()
             log.info("stopped; log synced at zxid 0x%x", self.tree.last_zxid)
 
@@ -623,9 +637,11 @@ class ZkServer(ClientPort):
     # -- the log ---------------------------------------------------------------------------------
     def _kick(self) -> None:
         """The core took input (a message, ticks, a proposal): wake the log loop, and the
-        sender for what may leave before the next fsync."""
+        sender for what may leave before the next fsync (only with peers: a standalone
+        member's sender would wake for nothing after every proposal)."""
         self._wakeup.set()
-        self._urgent.set()
+        if self.transport is not None:
+            self._urgent.set()
 
     async def _sender(self) -> None:
         """Heartbeats and their answers leave as soon as the core makes them, never behind a
@@ -660,8 +676,9 @@ class ZkServer(ClientPort):
                 # thread while new proposals and peer messages keep reaching the core.
                 syncs = driver.syncs
                 for work in driver.steps():
-                    with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(work)
+                    # driver.last is the Ready being handled: inline only a small batch's sync.
+                    await self.syncer.run(work, may_inline=work == self.storage.sync and len(
+                        driver.last.entries) <= SMALL_BATCH)
                 self.stats.fsyncs += driver.syncs - syncs
                 ready = driver.last
                 assert ready is not None
@@ -674,8 +691,15 @@ class ZkServer(ClientPort):
                 self._adopt_membership()
                 self._release_syncs()
                 self._check_leader()
-                if ready.committed and self._since_snapshot >= self.config.snap_count:
-                    await self._snapshot(ready.committed[-1].index, ready.committed[-1].term)
+                if (ready.committed and self._since_snapshot >= self.config.snap_count
+                        and not self._snapshotting):
+                    self._start_snapshot(ready.committed[-1].index, ready.committed[-1].term)
+            if self._snapshot_made is not None:
+                await self._save_snapshot()
+
+    def _may_sync_inline(self) -> bool:
+        # Not on an ensemble's leader: its heartbeats must never wait for the disk.
+        return self.standalone or self.core is None or not self.core.is_leader
 
     def _apply(self, index: int, term: int, data: bytes) -> None:
         zxid = make_zxid(term, index)
@@ -760,6 +784,10 @@ class ZkServer(ClientPort):
         """A snapshot from the leader, saved by the driver: it replaces the tree."""
         started = time.monotonic()
         self.tree = DataTree.from_snapshot(snap.data)
+        self._tree_generation += 1
+        if self._snapshot_made is not None:  # of the tree just replaced
+            self._snapshot_made = None
+            self._snapshotting = False
         self._init_config_node()
         self._reset_sessions(self.core.ticks if self.core else 0)
         self._since_snapshot = 0
@@ -801,17 +829,55 @@ class ZkServer(ClientPort):
                 core.read_index(context)
                 self._kick()
 
-    async def _snapshot(self, index: int, term: int) -> None:
-        assert self.core is not None
-        started = time.monotonic()
-        data = self.tree.snapshot()
-        snap = Snapshot(index, term, data)
-        with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(self.storage.save_snapshot, snap)
-        self.core.compact(index, term, data)
+    def _start_snapshot(self, index: int, term: int) -> None:
+        """Snapshot the tree as it is now (applied up to `index`): fork the child that
+        serializes it (snapshotter.py) before anything else is applied; the log loop saves
+        the result when it arrives."""
+        assert self._nursery is not None
         self._since_snapshot = 0
-        log.info("snapshot at index %d (zxid 0x%x, %d nodes, %d bytes) in %.3fs", index,
-                 self.tree.last_zxid, self.tree.node_count, len(data), time.monotonic() - started)
+        self._snapshotting = True
+        started = time.monotonic()
+        try:
+            child = ChildSnapshot(self.tree.snapshot)
+        except OSError as exc:
+            # No fork (memory, process limits): serialize here, as before there was a child.
+            log.warning("snapshot at index %d: cannot fork (%s); serializing on the event loop",
+                        index, exc)
+            self._snapshot_made = (Snapshot(index, term, self.tree.snapshot()), started)
+            return
+        self._nursery.start_soon(self._snapshot_task, child, index, term,
+                                 self._tree_generation, started)
+
+    async def _snapshot_task(self, child: ChildSnapshot, index: int, term: int,
+                             generation: int, started: float) -> None:
+        try:
+            data = await child.result()
+        except (OSError, SnapshotFailed) as exc:
+            # The tree has moved on since the fork: the next snapshot is due after another
+            # snapCount transactions.
+            log.warning("snapshot at index %d failed: %s", index, exc)
+            self._snapshotting = False
+            return
+        if generation != self._tree_generation:
+            # The tree was replaced by the leader's snapshot meanwhile: this one is stale.
+            self._snapshotting = False
+            return
+        self._snapshot_made = (Snapshot(index, term, data), started)
+        self._wakeup.set()
+
+    async def _save_snapshot(self) -> None:
+        """Save the snapshot the child made and let the core drop the log it covers; on the
+        log loop, between Readys, which are the storage's only other users."""
+        assert self.core is not None and self._snapshot_made is not None
+        (snap, started), self._snapshot_made = self._snapshot_made, None
+        try:
+            await self.syncer.run(functools.partial(self.storage.save_snapshot, snap),
+                                  may_inline=False)
+            self.core.compact(snap.index, snap.term, snap.data)
+        finally:
+            self._snapshotting = False
+        log.info("snapshot at index %d (%d bytes) in %.3fs", snap.index, len(snap.data),
+                 time.monotonic() - started)
 
     # -- sessions --------------------------------------------------------------------------------
     def negotiate_timeout(self, requested: int) -> int:

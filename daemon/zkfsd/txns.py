@@ -26,6 +26,7 @@ storage tools and the tests import it without cycles.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
@@ -197,8 +198,9 @@ class Txn:
 
 # -- encoding --------------------------------------------------------------------------------------
 
-def _acl_out(acl: tuple[Acl, ...]) -> list[list[Any]]:
-    return [[p, s, i] for p, s, i in acl]
+def _acl_out(acl: tuple[Acl, ...]) -> tuple[Acl, ...]:
+    # msgpack packs a tuple as the same array as a list: no copy needed.
+    return acl
 
 
 def _body_out(body: Body) -> list[Any]:
@@ -225,13 +227,21 @@ def _body_out(body: Body) -> list[Any]:
     raise TypeError(f"not a transaction body: {body!r}")
 
 
+# msgpack.packb builds a Packer per call; one per thread is reused instead (a Packer is not
+# thread-safe, and the daemon encodes on its event loop only, tests and tools anywhere).
+_packers = threading.local()
+
+
 def encode(txn: Txn) -> bytes:
     origin = txn.origin
-    return msgpack.packb(
-        [TXN_FORMAT, txn.session, [[s, i] for s, i in txn.auth], txn.time,
-         None if origin is None else [origin.member, origin.incarnation, origin.seq],
-         _body_out(txn.body)],
-        use_bin_type=True)
+    try:
+        pack = _packers.pack
+    except AttributeError:
+        pack = _packers.pack = msgpack.Packer(use_bin_type=True).pack
+    return pack(
+        [TXN_FORMAT, txn.session, txn.auth, txn.time,
+         None if origin is None else (origin.member, origin.incarnation, origin.seq),
+         _body_out(txn.body)])
 
 
 # -- decoding: every check happens here ------------------------------------------------------------
