@@ -25,14 +25,21 @@ CONTENTS = [b"a" * 5000, b"b" * 9000, b"c" * 100, b"d" * 12288, b"e" * 4096, b"f
             b"g" * 1, b"h" * 20000]
 
 
-@pytest.fixture
-def pair(zkfsd, mount):  # type: ignore[no-untyped-def]
-    """Two mounts (host A, host B) of one zkfsd, through a fresh chroot."""
-    with two_hosts(zkfsd, mount, "session_timeout=4") as (a, b, kz):
+@pytest.fixture(params=["direct", "page_cache"])
+def pair(request, zkfsd, mount):  # type: ignore[no-untyped-def]
+    """Two mounts (host A, host B) of one zkfsd, through a fresh chroot; reads through direct
+    I/O (the default) or the kernel's page cache (`-o page_cache`)."""
+    options = "session_timeout=4" + (",page_cache" if request.param == "page_cache" else "")
+    with two_hosts(zkfsd, mount, options) as (a, b, kz):
         yield a.mountpoint, b.mountpoint, kz
 
 
-def test_cat_on_b_never_sees_a_torn_file_while_a_rewrites_it(pair) -> None:  # type: ignore[no-untyped-def]
+def test_cat_on_b_never_sees_a_torn_file_while_a_rewrites_it(pair, request) -> None:  # type: ignore[no-untyped-def]
+    if "page_cache" in request.node.callspec.id:
+        # The known race of `-o page_cache` (zkfs(5)): with several readers of the file and a
+        # loaded machine the kernel may keep a stale size and zero-fill up to it. Seen in
+        # test_coherence's three-reader stress test (4 in ~40 runs at load 5), not in this one.
+        request.applymarker(pytest.mark.xfail(reason="known page_cache race", strict=False))
     A, B, kz = pair
     (A / "f").write_bytes(CONTENTS[0])
     wait_for(lambda: (B / "f").exists() and (B / "f").read_bytes() == CONTENTS[0],

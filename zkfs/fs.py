@@ -184,6 +184,12 @@ class MountConfig:
     create_acl: list[Any] | None = None
     #: Credentials (scheme, credential) the session authenticates with (auth= option).
     auth: list[tuple[str, bytes]] = field(default_factory=list)
+    #: Serve read-only opens through the kernel's page cache (page_cache option; see
+    #: `_new_handle`). Off by default: under concurrent remote rewrites and several readers of
+    #: one file, the kernel can keep a stale, larger size when it drops an attribute reply
+    #: that raced an invalidation, and zero-fill a short read up to it (a torn read; see
+    #: zkfs(5), "page_cache"). Direct I/O has no such window.
+    page_cache: bool = False
 
 
 @dataclass
@@ -446,9 +452,6 @@ class ReplayResponder:
 class ZkOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
-    #: Serve read-only opens through the kernel's page cache (see `_new_handle` for how a
-    #: read never combines one version's size with another version's pages).
-    use_page_cache = True
     #: flock(2) and fcntl locks are cluster-wide ZooKeeper locks (zkfs.mountlocks); this
     #: needs pyfuse3 with lock operations (contrib/pyfuse3, built by scripts/setup.sh).
     enable_posix_locks = True
@@ -1178,7 +1181,7 @@ class ZkOperations(pyfuse3.Operations):
         # writers (whose uncommitted buffers must never reach the page cache): the next stat
         # tells the kernel the current size, and the next open is cached.
         known = inode.known_stat
-        if (self.use_page_cache and not f.writable and not truncated
+        if (self.cfg.page_cache and not f.writable and not truncated
                 and self._coherent() and inode.kind is Kind.FILE and inode.bound
                 and inode.inval_seq >= inode.noted_seq
                 and known is not None and known.mzxid == stat.mzxid

@@ -45,7 +45,7 @@ _KNOWN = frozenset({"session_timeout", "ro", "hard", "soft", "timeout", "allow_o
                     "allow_root", "uid", "gid", "lifetime", "sequential", "fsname",
                     "entry_timeout", "attr_timeout", "debug", "logfile", "auto_unmount",
                     "watch", "umask", "file_mode", "dir_mode", "noatime", "nodiratime",
-                    "strictatime", "replace", "auth", "acl"})
+                    "strictatime", "replace", "auth", "acl", "page_cache"})
 #: Options of which only the last given counts (`-o ro,rw` is read-write, as with mount(8)).
 _EXCLUSIVE = (frozenset({"ro", "rw"}), frozenset({"hard", "soft"}),
               frozenset({"atime", "noatime", "relatime", "strictatime"}),
@@ -167,6 +167,7 @@ def build_config(options: dict[str, str], servers: str = "zkfs"
         umask=_mode(options, "umask", 0o022),
         create_acl=_create_acl(options.get("acl", "world")),
         auth=auth,
+        page_cache="page_cache" in options,
     )
     # The source column of /proc/mounts and df: the connect string, like host:path for NFS.
     # libfuse splits its option string at commas, and a connect string has them: escape them.
