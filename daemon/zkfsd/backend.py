@@ -262,32 +262,10 @@ class MemberBackend:
         server, stats, tree, config = self.server, self.server.stats, self.server.tree, self.config
         core = server.core
         watches = server.watches
-        connections: tuple[fourlw.ConnectionStatus, ...] = ()
-        if "connections" in needs:
-            connections = tuple(
-                fourlw.ConnectionStatus(c.peer, c.session_id, c.timeout_ms, c.received, c.sent,
-                                        c.connected_at) for c in server.connections)
-        config_rows: tuple[tuple[str, object], ...] = ()
-        if "config" in needs:
-            config_rows = (
-                ("clientPort", server.listen_port or config.client_port),
-                ("clientPortAddress", config.client_address),
-                ("dataDir", config.data_dir),
-                ("dataLogDir", config.data_log_dir or config.data_dir),
-                ("tickTime", config.tick_time),
-                ("minSessionTimeout", config.min_timeout),
-                ("maxSessionTimeout", config.max_timeout),
-                ("serverId", server.member_id),
-                ("snapCount", config.snap_count))
-        by_session: tuple[tuple[int, tuple[str, ...]], ...] = ()
-        watched: tuple[str, ...] = ()
-        if "watches" in needs:
-            by_session = tuple((getattr(w, "session_id", 0), tuple(paths))
-                               for w, paths in watches.by_watcher().items())
-            watched = tuple(sorted(set(watches.data) | set(watches.child)))
-        ephemerals: tuple[tuple[int, tuple[str, ...]], ...] = ()
-        if "ephemerals" in needs:
-            ephemerals = tuple((sid, tuple(tree.ephemerals(sid))) for sid in sorted(tree.sessions))
+        parts = process_status_parts(
+            needs, server.connections, watches, tree, config,
+            port=server.listen_port or config.client_port, member_id=server.member_id,
+            config_rows=(("snapCount", config.snap_count),))
         whitelist = getattr(config, "four_letter_words", None)
         return fourlw.ServerStatus(
             mode=server.role(), serving=server.serving, read_only=server.read_only,
@@ -298,13 +276,9 @@ class MemberBackend:
             epoch=core.term if core is not None else 0,
             leader_id=core.leader_id if core is not None else 0,
             peers=server.peer_states() if not server.standalone and core is not None else {},
-            connections=connections, config_rows=config_rows,
             four_letter_words=frozenset(whitelist) if whitelist is not None else None,
             mntr_rows=tuple(metrics.mntr_rows(server, fourlw.VERSION)) if "mntr" in needs else (),
-            watch_count=watches.count() if "watches" in needs else 0,
-            watch_paths=watches.paths() if "watches" in needs else 0,
-            watches_by_session=by_session, watched_paths=watched,
-            ephemerals_by_session=ephemerals)
+            **parts)
 
     # -- accounting ------------------------------------------------------------------------------
     def account_reply_bytes(self, conn: Connection, delta: int) -> None:
@@ -318,3 +292,40 @@ class MemberBackend:
 
     def record_latency(self, seconds: float) -> None:
         self.stats.record_latency(seconds)
+
+
+def process_status_parts(needs: frozenset[str], connections: Any, watches: Any, tree: Any,
+                         config: ServerConfig, *, port: int, member_id: int,
+                         config_rows: tuple[tuple[str, object], ...] = ()) -> dict[str, Any]:
+    """The parts of a four-letter-word snapshot (fourlw.ServerStatus keywords) that describe
+    one client-serving process, member or client worker: its connections, its watches, its
+    tree's ephemerals and the `conf` rows common to both; `needs` names the costly parts to
+    include (fourlw.NEEDS)."""
+    conns: tuple[fourlw.ConnectionStatus, ...] = ()
+    if "connections" in needs:
+        conns = tuple(fourlw.ConnectionStatus(c.peer, c.session_id, c.timeout_ms, c.received,
+                                              c.sent, c.connected_at) for c in connections)
+    rows: tuple[tuple[str, object], ...] = ()
+    if "config" in needs:
+        rows = (("clientPort", port),
+                ("clientPortAddress", config.client_address),
+                ("dataDir", config.data_dir),
+                ("dataLogDir", config.data_log_dir or config.data_dir),
+                ("tickTime", config.tick_time),
+                ("minSessionTimeout", config.min_timeout),
+                ("maxSessionTimeout", config.max_timeout),
+                ("serverId", member_id)) + config_rows
+    by_session: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    watched: tuple[str, ...] = ()
+    if "watches" in needs:
+        by_session = tuple((getattr(w, "session_id", 0), tuple(paths))
+                           for w, paths in watches.by_watcher().items())
+        watched = tuple(sorted(set(watches.data) | set(watches.child)))
+    ephemerals: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    if "ephemerals" in needs:
+        ephemerals = tuple((sid, tuple(tree.ephemerals(sid))) for sid in sorted(tree.sessions))
+    return dict(connections=conns, config_rows=rows,
+                watch_count=watches.count() if "watches" in needs else 0,
+                watch_paths=watches.paths() if "watches" in needs else 0,
+                watches_by_session=by_session, watched_paths=watched,
+                ephemerals_by_session=ephemerals)

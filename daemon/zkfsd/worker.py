@@ -23,7 +23,8 @@ from zkfs import jute
 from zkfs.constants import Err, OpCode
 
 from zkfsd import fourlw, handlers, metrics, reconfig, txns
-from zkfsd.backend import Connection, MemberBackend, SessionGrant, SubmittedWrite
+from zkfsd.backend import (Connection, MemberBackend, SessionGrant, SubmittedWrite,
+                            process_status_parts)
 from zkfsd.clientport import ClientPort, open_shared_listeners
 from zkfsd.clients import ClientConnection
 from zkfsd.config import ServerConfig
@@ -99,33 +100,10 @@ class WorkerBackend(MemberBackend):
         four-letter word asked on the client port reports the process that took it."""
         worker, stats, tree, config = self.server, self.stats, self.server.tree, self.config
         member, watches = worker.member, worker.watches
-        connections: tuple[fourlw.ConnectionStatus, ...] = ()
-        if "connections" in needs:
-            connections = tuple(
-                fourlw.ConnectionStatus(c.peer, c.session_id, c.timeout_ms, c.received, c.sent,
-                                        c.connected_at) for c in worker.connections)
-        config_rows: tuple[tuple[str, object], ...] = ()
-        if "config" in needs:
-            config_rows = (
-                ("clientPort", worker.listen_port),
-                ("clientPortAddress", config.client_address),
-                ("dataDir", config.data_dir),
-                ("dataLogDir", config.data_log_dir or config.data_dir),
-                ("tickTime", config.tick_time),
-                ("minSessionTimeout", config.min_timeout),
-                ("maxSessionTimeout", config.max_timeout),
-                ("serverId", worker.member_id),
-                ("clientWorkers", config.client_workers),
-                ("clientWorker", worker.index))
-        by_session: tuple[tuple[int, tuple[str, ...]], ...] = ()
-        watched: tuple[str, ...] = ()
-        if "watches" in needs:
-            by_session = tuple((getattr(w, "session_id", 0), tuple(paths))
-                               for w, paths in watches.by_watcher().items())
-            watched = tuple(sorted(set(watches.data) | set(watches.child)))
-        ephemerals: tuple[tuple[int, tuple[str, ...]], ...] = ()
-        if "ephemerals" in needs:
-            ephemerals = tuple((sid, tuple(tree.ephemerals(sid))) for sid in sorted(tree.sessions))
+        parts = process_status_parts(
+            needs, worker.connections, watches, tree, config,
+            port=worker.listen_port, member_id=worker.member_id,
+            config_rows=(("clientWorkers", config.client_workers), ("clientWorker", worker.index)))
         mntr_rows: tuple[tuple[str, object], ...] = ()
         if "mntr" in needs:
             low, avg, high = metrics.latency(worker)  # type: ignore[arg-type]
@@ -150,14 +128,9 @@ class WorkerBackend(MemberBackend):
             packets_received=stats.packets_received, packets_sent=stats.packets_sent,
             outstanding=len(worker.pending), connection_count=len(worker.connections),
             last_zxid=tree.last_zxid, node_count=tree.node_count, epoch=member.epoch,
-            leader_id=member.leader_id, peers=dict(member.peers), connections=connections,
-            config_rows=config_rows,
+            leader_id=member.leader_id, peers=dict(member.peers),
             four_letter_words=frozenset(whitelist) if whitelist is not None else None,
-            mntr_rows=mntr_rows,
-            watch_count=watches.count() if "watches" in needs else 0,
-            watch_paths=watches.paths() if "watches" in needs else 0,
-            watches_by_session=by_session, watched_paths=watched,
-            ephemerals_by_session=ephemerals)
+            mntr_rows=mntr_rows, **parts)
 
 
 class WorkerServer(ClientPort):
