@@ -7,6 +7,7 @@ tests/fault_proxy.py where a test partitions the ensemble.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -433,6 +434,63 @@ def test_partitioned_leader_and_follower(ensembles):
     assert ens.wait_stable() == new
     assert ens.srvr(new).get("Epoch") == epoch, "the healed follower forced a new election"
     assert_converged(ens, root, acked)
+
+
+@pytest.mark.parametrize("workers", [1, 3], ids=["member", "client-workers"])
+def test_forwards_lost_on_the_link_to_the_leader_fail_instead_of_hanging(ensembles, workers):
+    """A follower's writes and new clients' session creates, forwarded to the leader while the
+    follower -> leader link swallows them, then the link is re-established (well within the
+    time the follower keeps serving): all must end, not hang. A write fails with a lost
+    connection (ZooKeeper's way for a write whose fate is unknown; never applied twice), a
+    connect gets no session and kazoo retries it. With clientWorkers the clients land on the
+    worker processes too, whose writes the member forwards: they fail the same way."""
+    # A longer tick with workers: nine zkfsd processes share the machine (as in test_workers).
+    ens = ensembles(3, proxied=True, tick_time=200 if workers == 1 else 500,
+                    extra_cfg=[f"clientWorkers={workers}"] if workers > 1 else [])
+    assert ens.mesh is not None
+    root = "/fwdlost"
+    lead = ens.wait_stable()
+    follower = next(s for s in ens.ids if s != lead)
+    with contextlib.ExitStack() as stack:
+        # kazoo waits session timeout / hosts (30 s here) for the answer to its connect.
+        pool = [stack.enter_context(ens.client(follower, timeout=30.0)) for _ in range(4)]
+        pool[0].ensure_path(root)
+        for k in pool:
+            k.sync(root)
+        ens.mesh.cut(follower, lead)  # blackhole: the follower's frames vanish
+        pending = [k.create_async(f"{root}/w{i}-", b"x", sequence=True)
+                   for i, k in enumerate(pool)]
+        late = [KazooClient(hosts=ens.hosts([follower]), timeout=30.0) for _ in range(2)]
+        starters = [threading.Thread(target=c.start, kwargs={"timeout": 20.0}, daemon=True)
+                    for c in late]
+        for t in starters:
+            t.start()
+        time.sleep(0.6)
+        ens.mesh.heal()  # the swallowed connection is closed; the follower dials again
+        try:
+            for i, p in enumerate(pending):
+                try:
+                    outcome: object = p.get(timeout=15.0)
+                except KazooTimeoutError:
+                    pytest.fail(f"forwarded write {i}, lost on the member link, hung")
+                except KazooException as exc:
+                    outcome = exc
+                assert (isinstance(outcome, str)
+                        or type(outcome).__name__ == "ConnectionLoss"), outcome
+            for t in starters:
+                t.join(timeout=25.0)
+            for c in late:
+                assert c.connected, "a forwarded session create lost on the member link hung"
+                c.retry(c.ensure_path, f"{root}/late")
+        finally:
+            for c in late:
+                c.stop()
+                c.close()
+        for i, k in enumerate(pool):
+            write_until(k, f"{root}/after{i}", b"ok", within=15)
+            assert len([c for c in k.get_children(root) if c.startswith(f"w{i}-")]) <= 1
+    ens.wait_stable()
+    assert_converged(ens, root)
 
 
 def test_one_way_link_loss_keeps_ensemble_available(ensembles):

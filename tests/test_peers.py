@@ -141,3 +141,38 @@ def test_endless_small_frames_before_authentication_end_at_the_handshake_deadlin
         assert rss_kib(pid) - before < 20 * 1024
     finally:
         ens.stop_all()
+
+
+@pytest.mark.timeout(30)
+def test_a_dialled_connection_the_member_closed_is_reported_and_its_queue_dropped() -> None:
+    """The other side closing the connection this member dialled (here: member 1 drops it on a
+    frame it refuses) is noticed without writing into it, reported by on_link_down, and what
+    was queued for it before the report never arrives later; the link then comes back."""
+    addresses = _addresses(2)
+    received: list[object] = []
+    down: list[int] = []
+
+    def on_message(frm: int, obj: object) -> None:
+        if obj == ["close", "me"]:
+            raise ValueError("refused")  # member 1 closes its side of the connection
+        received.append(obj)
+
+    async def main() -> None:
+        member1 = PeerTransport(1, addresses, on_message)
+        member2 = PeerTransport(2, addresses, lambda frm, obj: None, on_link_down=down.append)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(member1.run)
+            await nursery.start(member2.run)
+            await _wait_for(lambda: 1 in member2.connected_out)
+            assert member2.send(1, ["close", "me"])
+            # Noticed with nothing more to send: nothing is written into the dead connection.
+            await _wait_for(lambda: down == [1])
+            assert 1 not in member2.connected_out
+            await _wait_for(lambda: 1 in member2.connected_out)
+            assert member2.send(1, ["after", 1])
+            await _wait_for(lambda: bool(received))
+            assert received == [["after", 1]]
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+

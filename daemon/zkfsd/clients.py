@@ -319,7 +319,7 @@ class ClientConnection:
                 queue.popleft()
                 reply = backend.write_reply(head)
                 if reply is None:
-                    self.abort("its write could not be committed (leader lost)")
+                    self.abort("its write could not be committed (leader, or the link to it, lost)")
                     return False
                 self.codec.send_reply(head.xid, *reply)
                 backend.record_latency(time.monotonic() - head.started)

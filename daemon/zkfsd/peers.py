@@ -3,7 +3,10 @@
 Each member listens on its own peer port and dials every other member; a dialled connection only
 carries messages *to* that member, an accepted one only messages *from* it, so there is no tie to
 break between two members dialling each other. Messages may be lost (a full queue, a reconnect):
-the consensus core retransmits, and nothing above it relies on delivery.
+the consensus core retransmits. What is not retransmitted (a follower's forwarded writes) relies
+on one promise instead: a message queued for a member either goes out on the dialled connection
+that was up, or that connection's end is reported (`on_link_down`) after anything still queued
+for it is dropped, so a message queued before the report can no longer arrive late.
 
 Joining takes a challenge: the listener sends a random nonce, the dialler answers with its member
 id and HMAC-SHA256(secret, nonce || id). With a shared secret configured, an outsider cannot join
@@ -80,15 +83,19 @@ class PeerTransport:
     def __init__(self, member_id: int, addresses: dict[int, tuple[str, int]],
                  on_message: Callable[[int, Any], None], secret: bytes | None = None,
                  on_lost: Callable[[int], None] | None = None,
-                 tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None) -> None:
+                 tls: tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+                 on_link_down: Callable[[int], None] | None = None) -> None:
         """`tls`: (server context, client context) to run every member link over TLS
-        (sslQuorum); the shared-secret challenge still runs inside it."""
+        (sslQuorum); the shared-secret challenge still runs inside it. `on_link_down(member)`:
+        the connection this member dialled to `member` ended; whatever was queued for it
+        before may have been lost, and nothing queued before will still be sent."""
         self.member_id = member_id
         self.addresses = addresses
         self.on_message = on_message
         # Told when a member's connection to us ends: on one machine or a LAN that is how a
         # crashed member shows itself long before any timeout.
         self.on_lost = on_lost
+        self.on_link_down = on_link_down
         self.secret = secret or b""
         self._tls = tls
         self._queues: dict[int, tuple[trio.MemorySendChannel[bytes],
@@ -158,21 +165,66 @@ class PeerTransport:
                     delay = 0.05
                     self.connected_out.add(peer)
                     log.info("connected to member %d at %s:%d", peer, host, port)
-                    async for first in receive:
-                        batch = [first]
-                        while len(batch) < 512:
-                            try:
-                                batch.append(receive.receive_nowait())
-                            except trio.WouldBlock:
-                                break
-                        await stream.send_all(b"".join(batch))
+                    await self._carry(stream, receive)
             except (OSError, trio.BrokenResourceError, trio.TooSlowError, ValueError) as exc:
                 if peer in self.connected_out:
                     log.info("lost connection to member %d: %s", peer, exc or type(exc).__name__)
             finally:
-                self.connected_out.discard(peer)
+                if peer in self.connected_out:
+                    self.connected_out.discard(peer)
+                    self._link_down(peer, receive)
             await trio.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    async def _carry(self, stream: trio.abc.Stream,
+                     receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        """Send what is queued for the member over its connection until that breaks. The
+        member never writes on a connection it accepted after the challenge, so anything
+        read here (end of stream, an error) means it closed its side: stop at once rather
+        than write more frames into a connection nobody reads (they would be lost)."""
+        closed = False
+        failure: BaseException | None = None
+
+        async def watch(scope: trio.CancelScope) -> None:
+            nonlocal closed
+            try:
+                await stream.receive_some(1)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            closed = True
+            scope.cancel()
+
+        async with trio.open_nursery() as link:
+            link.start_soon(watch, link.cancel_scope)
+            try:
+                async for first in receive:
+                    batch = [first]
+                    while len(batch) < 512:
+                        try:
+                            batch.append(receive.receive_nowait())
+                        except trio.WouldBlock:
+                            break
+                    await stream.send_all(b"".join(batch))
+            except (OSError, trio.BrokenResourceError) as exc:
+                failure = exc
+            link.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if closed:
+            raise trio.BrokenResourceError("closed by the member")
+
+    def _link_down(self, peer: int, receive: trio.MemoryReceiveChannel[bytes]) -> None:
+        """An established connection to `peer` ended: a batch that failed to send and frames
+        written just before the other side's close are lost. Drop what is still queued (the
+        core retransmits its part), then report, so the caller can fail whatever it sent
+        that is not retransmitted: after the report, nothing queued before it can arrive."""
+        while True:
+            try:
+                receive.receive_nowait()
+            except trio.WouldBlock:
+                break
+        if self.on_link_down is not None:
+            self.on_link_down(peer)
 
     # -- incoming ------------------------------------------------------------------------------
     async def _accept(self, tcp: trio.SocketStream) -> None:

@@ -167,6 +167,11 @@ class ZkServer(ClientPort):
         # A follower's writes on their way to the leader: sent by the sender task, all that
         # arrived in one scheduling round in one frame (the leader proposes them together).
         self._forwards: list[txns.Txn] = []
+        # Forwarded writes (this member's and its client workers') handed to the transport and
+        # not applied here yet, by (incarnation, seq), with the leader they went to: a forward
+        # is sent once, so when the link to that leader drops (its frame may be lost) they fail
+        # at once, and their clients get a lost connection instead of waiting forever.
+        self._in_flight: dict[tuple[int, int], tuple[int, txns.Origin]] = {}
         self._next_seq = 0
         # The transactions this member proposed as leader, by the identity of their encoding
         # (the log entry's data is that very object): applying them needs no decoding. Entries
@@ -177,6 +182,7 @@ class ZkServer(ClientPort):
         # entry from completing a new proposal that happens to have the same number.
         self._incarnation = int.from_bytes(os.urandom(8), "big") >> 1
         self._leader = 0
+        self._leader_term = 0
         self._replayed = False
         self.driver: ReadyDriver | None = None  # the core's Readys -> storage, peers, tree
         self._wakeup = trio.Event()  # the log loop: the core may have a Ready
@@ -357,7 +363,8 @@ class ZkServer(ClientPort):
                         self.member_id, addresses, self._on_peer_message, secret,
                         on_lost=self._on_peer_lost,
                         tls=(tls.server_context(quorum_tls), tls.client_context(quorum_tls))
-                        if quorum_tls is not None else None)
+                        if quorum_tls is not None else None,
+                        on_link_down=self._on_link_down)
                     await nursery.start(self.transport.run)
                     self._adopt_membership()
                     self._urgent.set()  # what the core made before there was a transport
@@ -578,19 +585,45 @@ class ZkServer(ClientPort):
         leader = self.core.leader_id if self.core is not None else 0
         if leader and self.transport is not None and self.transport.send(
                 leader, ["fwd", [txns.encode(txn) for txn in batch]]):
+            for txn in batch:
+                if txn.origin is not None:
+                    self._in_flight[(txn.origin.incarnation, txn.origin.seq)] = (
+                        leader, txn.origin)
             return
         for txn in batch:
-            origin = txn.origin
-            if origin is None:
-                continue
-            if origin.incarnation != self._incarnation:
-                # A client worker's write (workers.py): the worker fails it.
-                if self.workers is not None:
-                    self.workers.forward_failed(origin)
-                continue
-            proposal = self._pending.pop(origin.seq, None)
-            if proposal is not None:
-                proposal.fail()
+            if txn.origin is not None:
+                self._forward_failed(txn.origin)
+
+    def _forward_failed(self, origin: txns.Origin) -> None:
+        """A forwarded write will not reach the leader (or may not have): its proposal fails,
+        the client's connection closes (ConnectionLoss) and the client retries."""
+        if origin.incarnation != self._incarnation:
+            # A client worker's write (workers.py): the worker fails it.
+            if self.workers is not None:
+                self.workers.forward_failed(origin)
+            return
+        proposal = self._pending.pop(origin.seq, None)
+        if proposal is not None:
+            proposal.fail()
+
+    def _fail_in_flight(self, leader: int | None, why: str) -> None:
+        """Fail the forwards handed to the transport for `leader` (None: for any member)."""
+        lost = [key for key, (to, _origin) in self._in_flight.items()
+                if leader is None or to == leader]
+        if lost:
+            log.info("member %d: %d forwarded write(s) failed: %s", self.member_id, len(lost),
+                     why)
+        for key in lost:
+            _to, origin = self._in_flight.pop(key)
+            self._forward_failed(origin)
+
+    def _on_link_down(self, member: int) -> None:
+        """The connection this member dialled to `member` ended: forwards sent over it may
+        have been lost (a batch whose send failed, frames written into a connection the other
+        side had closed), and none is ever resent. Failing them all is ZooKeeper's way (a
+        write whose fate is unknown is a lost connection to its client), and never applies a
+        write twice: one that did arrive still commits, and the retrying client sees it."""
+        self._fail_in_flight(member, f"the link to member {member} dropped")
 
     def _on_peer_message(self, frm: int, obj: Any) -> None:
         """A frame from another member. Malformed input raises ValueError (drops that peer)."""
@@ -731,6 +764,8 @@ class ZkServer(ClientPort):
             if self.core is not None:
                 self.memberships.prune(self.core.commit)
         origin = txn.origin
+        if origin is not None and origin.member == self.member_id and self._in_flight:
+            self._in_flight.pop((origin.incarnation, origin.seq), None)
         if (origin is not None and origin.member == self.member_id
                 and origin.incarnation == self._incarnation):
             proposal = self._pending.pop(origin.seq, None)
@@ -746,8 +781,14 @@ class ZkServer(ClientPort):
         assert self.core is not None
         leader = self.core.leader_id
         if leader == self._leader:
+            if leader and self.core.term != self._leader_term:
+                # The same leader in a new term stepped down in between, and a forward that
+                # reached it then was dropped (it was not leader): fail what is in flight.
+                self._leader_term = self.core.term
+                self._fail_in_flight(None, f"member {leader} was re-elected")
             return
         previous, self._leader = self._leader, leader
+        self._leader_term = self.core.term
         self._own_txns.clear()
         log.info("member %d: leader is now %s (term %d, was %s)", self.member_id,
                  leader or "unknown", self.core.term, previous or "unknown")
@@ -759,6 +800,8 @@ class ZkServer(ClientPort):
                 proposal.fail()
             self._pending.clear()
             self._forwards.clear()  # meant for the old leader; their proposals just failed
+            # The client workers fail theirs on the status that names the new leader.
+            self._in_flight.clear()
             # Unanswered syncs die with the leadership (the core drops them); answered ones
             # only wait for this member to apply what was committed.
             for proposal, _asked in self._syncs.values():
