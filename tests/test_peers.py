@@ -176,3 +176,34 @@ def test_a_dialled_connection_the_member_closed_is_reported_and_its_queue_droppe
 
     trio.run(main)
 
+
+@pytest.mark.timeout(30)
+def test_direct_and_queued_sends_keep_their_order() -> None:
+    """Frames for an idle link are written straight to its socket; a frame too big for the
+    socket's buffer sends its rest through the link's task, and every frame sent after it
+    (small ones that could have gone direct) must still arrive after it, in order."""
+    addresses = _addresses(2)
+    received: list[object] = []
+
+    async def main() -> None:
+        member1 = PeerTransport(1, addresses, lambda frm, obj: received.append(obj), b"k")
+        member2 = PeerTransport(2, addresses, lambda frm, obj: None, b"k")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(member1.run)
+            await nursery.start(member2.run)
+            await _wait_for(lambda: 1 in member2.connected_out)
+            expected: list[object] = []
+            for i in range(200):
+                # Every 50th frame is 8 MiB: far more than a socket buffer takes at once.
+                obj = [i, b"x" * (8 << 20 if i % 50 == 25 else 10)]
+                assert member2.send(1, obj)
+                expected.append(obj)
+                if i % 10 == 0:
+                    await trio.sleep(0)  # let the link's task run now and then
+            await _wait_for(lambda: len(received) == len(expected), 20.0)
+            assert [o[0] for o in received] == list(range(200))  # type: ignore[index]
+            assert received == expected
+            await _wait_for(member2.all_sent)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)

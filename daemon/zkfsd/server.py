@@ -731,8 +731,13 @@ class ZkServer(ClientPort):
                 await self._save_snapshot()
 
     def _may_sync_inline(self) -> bool:
-        # Not on an ensemble's leader: its heartbeats must never wait for the disk.
-        return self.standalone or self.core is None or not self.core.is_leader
+        # On an ensemble's leader only once its appends are on the wire (the transport wrote
+        # them straight to idle links): the followers then sync while the leader does, and the
+        # thread's hand-off (0.3-0.6 ms, BENCHMARKS.md "Ensemble write latency") leaves the
+        # commit path. Appends still queued would wait behind the sync, so then the thread.
+        if self.standalone or self.core is None or not self.core.is_leader:
+            return True
+        return self.transport is not None and self.transport.all_sent()
 
     def _apply(self, index: int, term: int, data: bytes) -> None:
         zxid = make_zxid(term, index)
