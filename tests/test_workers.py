@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from helpers import four_letter_word, kazoo_client
+from mount_helpers import wait_for
 
 from zkfsd.config import ConfigError, build_config
 
@@ -79,16 +80,6 @@ def serving_pid(client: Any, server_port: int, pids: list[int]) -> int | None:
     return next((pid for pid in pids if inode in _socket_inodes(pid)), None)
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 class Server:
     """The server under test: `hosts`, a fresh path prefix, and for zkfsd its processes."""
 
@@ -111,7 +102,7 @@ def start_with_workers(zkfsd_factory: Callable[..., Any], tmp_path: Path, worker
                    f"4lw.commands.whitelist=*\n")
     proc = zkfsd_factory(name, extra_args=["--config", str(cfg)])
     # Every process listens before a test counts on connections spreading.
-    wait_until(lambda: _listeners(proc.port) == workers, 20, f"{workers} listeners")
+    wait_for(lambda: _listeners(proc.port) == workers, 20, what=f"{workers} listeners")
     return proc
 
 
@@ -212,7 +203,7 @@ def test_watches_fire_once_in_order_across_processes(server: Server) -> None:
         writer.set(f"{base}/x", b"2")  # the data watch is used up: no second event
         writer.create(f"{base}/y", b"")
         writer.delete(f"{base}/y")
-        wait_until(lambda: len(events) >= 3, 10, "three watch events")
+        wait_for(lambda: len(events) >= 3, 10, what="three watch events")
         time.sleep(0.5)  # room for a wrong extra event to arrive
         with lock:
             got = list(events)
@@ -251,8 +242,8 @@ def test_ephemeral_nodes_die_with_their_session(server: Server, tmp_path: Path) 
             child.kill()
             child.wait()
         # zkfsd negotiates the 1 s asked for; ZooKeeper raises it to 2 ticks of 2 s.
-        wait_until(lambda: other.sync(path) is not None and other.exists(path + "2") is None,
-                   20, "the dead client's ephemeral node to go")
+        wait_for(lambda: other.sync(path) is not None and other.exists(path + "2") is None,
+                   20, what="the dead client's ephemeral node to go")
 
 
 def test_kill9_of_a_worker_loses_its_connections_only(zkfsd_factory: Callable[..., Any],
@@ -283,8 +274,8 @@ def test_kill9_of_a_worker_loses_its_connections_only(zkfsd_factory: Callable[..
         os.kill(victim, signal.SIGKILL)
         # Its clients reconnect (to another process) and keep their sessions.
         for i in victims:
-            wait_until(lambda i=i: pool[i].connected and "CONNECTED" in states[i][1:], 20,
-                       f"client {i} to reconnect")
+            wait_for(lambda i=i: pool[i].connected and "CONNECTED" in states[i][1:], 20,
+                     what=f"client {i} to reconnect")
         for i, c in enumerate(pool):
             assert c.client_id[0] == sessions[i]
             assert "LOST" not in states[i]
@@ -298,8 +289,8 @@ def test_kill9_of_a_worker_loses_its_connections_only(zkfsd_factory: Callable[..
             assert c.get(f"/k{i}")[0] == b"after"
         assert proc.running
         # The member starts the worker again.
-        wait_until(lambda: _listeners(proc.port) == WORKERS and victim not in _children(member),
-                   30, "the worker to be started again")
+        wait_for(lambda: _listeners(proc.port) == WORKERS and victim not in _children(member),
+                   30, what="the worker to be started again")
 
 
 def test_four_letter_words_from_any_process(zkfsd_factory: Callable[..., Any],
@@ -357,7 +348,7 @@ def test_workers_of_a_follower_across_a_leader_change(tmp_path: Path) -> None:
         leader = ens.wait_stable()
         follower = next(sid for sid in ens.ids if sid != leader)
         port = ens.client_ports[follower]
-        wait_until(lambda: _listeners(port) == WORKERS, 20, "the follower's workers")
+        wait_for(lambda: _listeners(port) == WORKERS, 20, what="the follower's workers")
         survivors = [sid for sid in ens.ids if sid != leader]
         with clients(ens.hosts([follower]), 8, timeout=10.0) as pool:
             pids = [ens.pids()[follower], *_children(ens.pids()[follower])]
@@ -376,7 +367,7 @@ def test_workers_of_a_follower_across_a_leader_change(tmp_path: Path) -> None:
             # two survivors elected a leader.
             ens.wait_stable(survivors, timeout=30)
             for i, c in enumerate(pool):
-                wait_until(lambda c=c: c.connected, 30, f"client {i} to reconnect")
+                wait_for(lambda c=c: c.connected, 30, what=f"client {i} to reconnect")
                 assert c.client_id[0] == sessions[i]
                 c.retry(c.sync, "/")
                 for j in range(len(pool)):
@@ -405,8 +396,8 @@ def test_workers_exit_with_their_member(zkfsd_factory: Callable[..., Any],
         except OSError:
             return False
 
-    wait_until(lambda: not any(alive(pid) for pid in workers), 10, "the workers to exit")
-    wait_until(lambda: _listeners(proc.port) == 0, 10, "the client port to close")
+    wait_for(lambda: not any(alive(pid) for pid in workers), 10, what="the workers to exit")
+    wait_for(lambda: _listeners(proc.port) == 0, 10, what="the client port to close")
 
 
 # The trio client's single-session contract tests (tests/test_client.py), run once more
@@ -440,7 +431,7 @@ def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = ZkfsdProcess(tmp / "data", log_path=tmp / "zkfsd.log", extra_args=["--config", str(cfg)])
     proc.start()
     try:
-        wait_until(lambda: _listeners(proc.port) == WORKERS, 20, f"{WORKERS} listeners")
+        wait_for(lambda: _listeners(proc.port) == WORKERS, 20, what=f"{WORKERS} listeners")
         yield proc.hosts
     finally:
         proc.stop()
@@ -486,10 +477,10 @@ def test_workers_of_a_stopped_member_stop_serving(zkfsd_factory: Callable[..., A
         os.kill(member, signal.SIGSTOP)
         try:
             # tickTime 200 ms x syncLimit 5: a second of silence, then the worker lets go.
-            wait_until(lambda: "SUSPENDED" in states, 10, "the worker to drop its client")
+            wait_for(lambda: "SUSPENDED" in states, 10, what="the worker to drop its client")
         finally:
             os.kill(member, signal.SIGCONT)
-        wait_until(lambda: client.connected, 20, "the client to reconnect")
+        wait_for(lambda: client.connected, 20, what="the client to reconnect")
         assert client.client_id[0] == session
         assert "LOST" not in states
         client.retry(client.set, "/stopped", b"1")
