@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from bench import driver
-from bench.driver import Cell, Session, ensure_path
+from bench.driver import Cell
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import ApacheZooKeeper, ZkfsdProcess, apache_zookeeper_missing  # noqa: E402
@@ -90,12 +90,8 @@ def measure(server: str, cpus: str, port: int, pid: int, ops: list[str], session
             window: int, duration: float) -> list[CoresFigure]:
     address = ("127.0.0.1", port)
     figures = []
-    with Session(*address) as s:
-        ensure_path(s, "/cores")
     for n, op in enumerate(ops):
-        prefix = f"/cores/{op}{n}-{int(time.time() * 1000)}"
-        with Session(*address) as s:
-            ensure_path(s, prefix)
+        prefix = driver.made_path(address, f"/cores/{op}{n}-{int(time.time() * 1000)}")
         cell = Cell(op, sessions, window, duration, 10**9, prefix)
         psutil.cpu_percent()  # starts the machine-wide interval
         result, before, after = driver.run_cell(address, cell, 2, lambda: _cpu(pid))

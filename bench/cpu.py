@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from bench import driver
-from bench.driver import Cell, Session, ensure_path
+from bench.driver import Cell
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import ZkfsdProcess  # noqa: E402
@@ -50,12 +50,9 @@ def measure(port: int, pid: int, ops: list[str], sessions: int, window: int, dur
     address = ("127.0.0.1", port)
     proc = psutil.Process(pid)
     figures = []
-    with Session(*address) as s:
-        ensure_path(s, "/cpu")
     for n, op in enumerate(ops):
-        prefix = f"/cpu/{op.replace('/', '')}{n}-{int(time.time() * 1000)}"
-        with Session(*address) as s:
-            ensure_path(s, prefix)
+        prefix = driver.made_path(
+            address, f"/cpu/{op.replace('/', '')}{n}-{int(time.time() * 1000)}")
         cell = Cell(op, sessions, window, duration, 10**9, prefix)
         spy = None
         if flame:

@@ -166,6 +166,13 @@ def ensure_path(session: Session, path: str) -> None:
             session.create("/" + "/".join(parts[:i]), None)
 
 
+def made_path(address: tuple[str, int], path: str) -> str:
+    """`path` (and its parents) created on the server at `address`, for a cell's prefix."""
+    with Session(*address) as s:
+        ensure_path(s, path)
+    return path
+
+
 # ---------------------------------------------------------------------------------------------
 # Pipelined load
 

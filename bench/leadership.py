@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import helpers  # noqa: E402
 
-from bench.driver import Cell, Session, ensure_path, run_cell  # noqa: E402
+from bench.driver import Cell, Session, ensure_path, made_path, run_cell  # noqa: E402
 from bench.server_bench import _write_until_ok  # noqa: E402
 from bench.servers import ZkfsdEnsemble, mntr  # noqa: E402
 
@@ -59,9 +59,7 @@ def main() -> None:
                   "| errors | leader changes | fsyncs per write per member |")
             print("| --- | ---: | ---: | ---: | ---: |")
             for n, op in enumerate(args.ops.split(",")):
-                prefix = f"/bench/lead{n}"
-                with Session(*address) as s:
-                    ensure_path(s, prefix)
+                prefix = made_path(address, f"/bench/lead{n}")
                 before = _epochs(shape)
                 cell = Cell(op, args.sessions, args.window, args.duration, 10**9, prefix)
                 r, f0, f1 = run_cell(address, cell, 2, shape.fsync_count)

@@ -79,10 +79,7 @@ def _section(shape: Shape, what: str) -> str:
 
 
 def _fresh_prefix(address, stem: str) -> str:
-    path = _Names.next(stem)
-    with Session(*address) as s:
-        ensure_path(s, path)
-    return path
+    return driver.made_path(address, _Names.next(stem))
 
 
 def throughput(shape: Shape, st: Settings, res: Results, log=print) -> None:

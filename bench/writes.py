@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from bench import driver
-from bench.driver import Cell, Session, ensure_path
+from bench.driver import Cell
 from bench.servers import (Shape, ZkfsdEnsemble, ZkfsdStandalone, ZooKeeperEnsemble,
                            ZooKeeperStandalone)
 
@@ -51,9 +51,8 @@ def main() -> None:
                     for s, w in shapes:
                         for name, shape in servers:
                             address = shape.addresses[0]
-                            prefix = f"/w{r}{op}{s}x{w}-{int(time.time() * 1000)}"
-                            with Session(*address) as sess:
-                                ensure_path(sess, prefix)
+                            prefix = driver.made_path(
+                                address, f"/w{r}{op}{s}x{w}-{int(time.time() * 1000)}")
                             cell = Cell(op, s, w, args.duration, 10**9, prefix)
                             res, _, _ = driver.run_cell(address, cell)
                             if res.failure:
