@@ -38,7 +38,9 @@ def test_file_or_directory_rule(mnt: Path, kz) -> None:  # type: ignore[no-untyp
     assert (mnt / "nulldir").is_dir()
     assert (mnt / "file").is_file() and (mnt / "file").read_bytes() == b"content"
     assert (mnt / "empty").is_file() and (mnt / "empty").read_bytes() == b""
-    assert (mnt / "parent").is_dir()
+    # makepath creates /parent empty and childless (a file) before its child: the mount, another
+    # session, may show that state until the child's event reaches it.
+    wait_for(lambda: (mnt / "parent").is_dir(), 10, what="/parent as a directory")
     assert (mnt / "parent" / "child").read_bytes() == b"x"
     assert sorted(os.listdir(mnt)) == ["empty", "file", "nulldir", "parent"]
 
